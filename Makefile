@@ -1,0 +1,52 @@
+# Thin wrappers over CMake. `make test` and `make demo` install missing Debian
+# packages first, so they work on a fresh machine.
+BUILD    ?= build
+JOBS     ?= 2
+CMAKE_FLAGS ?=
+PREFIX   ?= $(CURDIR)/$(BUILD)/stage
+
+# Runtime + test dependencies (Debian package names).
+DEPS      = build-essential cmake pkg-config libevent-dev check libsqlite3-dev \
+            libcurl4-openssl-dev libjansson-dev libuv1-dev curl python3 python3-aiosmtpd
+BENCH_DEPS = wrk python3-tornado
+
+.PHONY: all deps build test demo test-asan test-tsan install install-check bench clean
+
+all: build
+
+deps:
+	@sh scripts/deps.sh $(DEPS)
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+test-asan:
+	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DEVX_SANITIZE=address -DEVX_BUILD_BENCH=OFF"
+
+test-tsan:
+	$(MAKE) test BUILD=build-tsan CMAKE_FLAGS="-DEVX_SANITIZE=thread -DEVX_BUILD_BENCH=OFF"
+
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
+
+# Build a program outside the tree against the installed library, with both
+# pkg-config and find_package(evexec).
+install-check: install
+	sh scripts/install-check.sh $(PREFIX)
+
+demo: build
+	@sh scripts/demo.sh $(BUILD)
+
+bench: deps
+	@sh scripts/deps.sh $(BENCH_DEPS)
+	$(MAKE) build BUILD=build-bench CMAKE_FLAGS="-DCMAKE_BUILD_TYPE=Release"
+	sh bench/run.sh build-bench
+
+clean:
+	rm -rf build build-asan build-tsan build-bench

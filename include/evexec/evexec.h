@@ -1,0 +1,17 @@
+/**
+ * @file evexec.h
+ * Umbrella header: Tornado's offload model for libevent programs.
+ * A loop thread that never blocks (loop.h), fixed worker pools for blocking
+ * calls (executor.h), futures (future.h), long-poll conditions (condition.h)
+ * and asynchronous HTTP handlers (http.h).
+ */
+#ifndef EVEXEC_EVEXEC_H
+#define EVEXEC_EVEXEC_H
+
+#include <evexec/common.h>
+#include <evexec/condition.h>
+#include <evexec/executor.h>
+#include <evexec/future.h>
+#include <evexec/loop.h>
+
+#endif /* EVEXEC_EVEXEC_H */

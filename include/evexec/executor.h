@@ -1,0 +1,168 @@
+/**
+ * @file executor.h
+ * evx_executor: Tornado's ThreadPoolExecutor - a fixed pool of worker threads
+ * with a bounded queue. `work` runs on a worker; `done` runs on the loop thread.
+ *
+ * Guarantees:
+ *  - `done(arg, status)` runs exactly once per accepted job, on the loop
+ *    thread, never inside the call that submitted it. status is EVX_OK when
+ *    `work` ran, EVX_ECANCELED when the job was cancelled before it started.
+ *  - A call that fails (any non-zero return) never calls `work` or `done`.
+ *  - A full queue answers EVX_EBUSY at once; submit never blocks.
+ *  - Completions are posted to the loop in batches with one wakeup per batch.
+ */
+#ifndef EVEXEC_EXECUTOR_H
+#define EVEXEC_EXECUTOR_H
+
+#include <evexec/common.h>
+#include <evexec/loop.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Runs on a worker thread. May block. Must not call loop-thread-only APIs. */
+typedef void (*evx_work_fn)(void *arg);
+/** Runs on the loop thread. status: EVX_OK or EVX_ECANCELED. */
+typedef void (*evx_done_fn)(void *arg, int status);
+
+typedef struct evx_executor evx_executor;
+/** A handle to one accepted job (see evx_submit_job). */
+typedef struct evx_job evx_job;
+/** A serial queue over an executor: its jobs run one at a time, in order. */
+typedef struct evx_strand evx_strand;
+
+/** Executor options. Zero fields take the defaults. */
+typedef struct evx_executor_opts {
+  unsigned threads;  /**< worker threads; default 4 */
+  size_t max_queue;  /**< jobs waiting (not running) before EVX_EBUSY; default 4096 */
+  const char *name;  /**< for logs, metrics and thread names; copied; default "evx" */
+} evx_executor_opts;
+
+#define EVX_SHUTDOWN_DRAIN 0  /**< run every accepted job, then stop the workers */
+#define EVX_SHUTDOWN_CANCEL 1 /**< cancel jobs not started; running jobs finish */
+
+/**
+ * Create an executor bound to `loop` and start its threads. Loop thread only.
+ * @param opts options, or NULL for the defaults; copied.
+ * @return the executor, owned by the caller (evx_executor_free; the loop frees
+ *         any left at evx_loop_free), or NULL (NULL loop, threads > 1024,
+ *         out of memory, or a thread could not be started).
+ */
+EVX_API evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts);
+
+/**
+ * Submit a job. Safe from any thread.
+ * @return EVX_OK (done will be called exactly once); EVX_EINVAL (NULL ex or
+ *         work; done may be NULL); EVX_EBUSY (queue full); EVX_ECLOSED (after
+ *         shutdown); EVX_ENOMEM.
+ */
+EVX_API int evx_submit(evx_executor *ex, evx_work_fn work, evx_done_fn done, void *arg);
+
+/**
+ * Like evx_submit, and stores a handle to the job in *job (which may not be NULL).
+ * The handle is owned by the executor and valid until `done` has been called;
+ * it is only for evx_job_cancel.
+ */
+EVX_API int evx_submit_job(evx_executor *ex, evx_work_fn work, evx_done_fn done, void *arg,
+                           evx_job **job);
+
+/**
+ * Cancel a job that has not started. Loop thread only.
+ * On success `work` will never run and `done(arg, EVX_ECANCELED)` is called
+ * in a later loop iteration (not inside this call).
+ * @return EVX_OK; EVX_EBUSY when the job already started or finished (done
+ *         will report its real outcome); EVX_EINVAL for NULL.
+ */
+EVX_API int evx_job_cancel(evx_job *job);
+
+/**
+ * Stop accepting jobs: afterwards every submit answers EVX_ECLOSED.
+ * DRAIN: every accepted job still runs. CANCEL: jobs not started are
+ * cancelled (their `done` gets EVX_ECANCELED); running jobs finish.
+ * Never blocks: the `done` callbacks run on the loop thread as the loop runs
+ * (or inside evx_executor_free). Calling it again is allowed; CANCEL after
+ * DRAIN cancels what is still waiting.
+ * @return EVX_OK, or EVX_EINVAL (NULL, unknown `how`).
+ */
+EVX_API int evx_executor_shutdown(evx_executor *ex, int how);
+
+/**
+ * Free the executor. Loop thread only (or after the loop stopped running).
+ * Implies evx_executor_shutdown(ex, EVX_SHUTDOWN_CANCEL) when the executor was
+ * not shut down yet, waits for the worker threads (jobs that are running
+ * finish; with DRAIN every queued job runs first), then calls every `done`
+ * still owed - so no accepted job is lost. Strands on it are freed too.
+ * NULL is accepted (no-op).
+ */
+EVX_API void evx_executor_free(evx_executor *ex);
+
+/** The loop the executor posts its completions to (borrowed). NULL for NULL. */
+EVX_API evx_loop *evx_executor_loop(evx_executor *ex);
+
+/** The executor's name (borrowed; lives as long as the executor). */
+EVX_API const char *evx_executor_name(evx_executor *ex);
+
+#define EVX_STATS_BUCKETS 32
+
+/**
+ * A snapshot of an executor's counters. Counts are since creation.
+ * Histograms are log2 buckets of microseconds: bucket 0 counts durations
+ * below 1 us, bucket i (i >= 1) counts [2^(i-1), 2^i) us; the last bucket
+ * also takes everything longer.
+ */
+typedef struct evx_executor_stats {
+  unsigned threads;       /**< worker threads */
+  uint64_t queued;        /**< jobs waiting now (including strand queues) */
+  uint64_t running;       /**< jobs running now */
+  uint64_t submitted;     /**< jobs accepted */
+  uint64_t completed;     /**< jobs whose work ran to the end */
+  uint64_t rejected;      /**< submits answered EVX_EBUSY */
+  uint64_t cancelled;     /**< jobs cancelled before they started */
+  uint64_t wait_ns_total; /**< sum of queue waits of started jobs */
+  uint64_t run_ns_total;  /**< sum of run times of completed jobs */
+  uint64_t wait_ns_max;
+  uint64_t run_ns_max;
+  uint64_t wait_hist[EVX_STATS_BUCKETS];
+  uint64_t run_hist[EVX_STATS_BUCKETS];
+} evx_executor_stats;
+
+/**
+ * Copy the executor's counters into *out. Safe from any thread.
+ * @return EVX_OK or EVX_EINVAL for NULL.
+ */
+EVX_API int evx_executor_stats_get(evx_executor *ex, evx_executor_stats *out);
+
+/**
+ * The value (in microseconds, the upper edge of a bucket) below which the
+ * fraction `q` (0..1) of the recorded durations fall; 0 when the histogram is empty.
+ */
+EVX_API uint64_t evx_stats_quantile_us(const uint64_t hist[EVX_STATS_BUCKETS], double q);
+
+/**
+ * Create a strand (serial queue) on an executor. Loop thread only.
+ * Jobs submitted to a strand run one at a time, in submission order, on the
+ * executor's workers; they count against the executor's max_queue.
+ * @return the strand, owned by the caller (evx_strand_free, or freed with the
+ *         executor), or NULL (NULL ex, out of memory).
+ */
+EVX_API evx_strand *evx_strand_new(evx_executor *ex);
+
+/** Submit to a strand. Same contract and return codes as evx_submit. Safe from any thread. */
+EVX_API int evx_strand_submit(evx_strand *s, evx_work_fn work, evx_done_fn done, void *arg);
+
+/** Like evx_strand_submit, with a handle for evx_job_cancel. */
+EVX_API int evx_strand_submit_job(evx_strand *s, evx_work_fn work, evx_done_fn done, void *arg,
+                                  evx_job **job);
+
+/**
+ * Free a strand. Loop thread only. Jobs still waiting on it are cancelled
+ * (their `done` gets EVX_ECANCELED); a job that is running finishes normally.
+ * NULL is accepted.
+ */
+EVX_API void evx_strand_free(evx_strand *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EVEXEC_EXECUTOR_H */

@@ -1,0 +1,110 @@
+/**
+ * @file loop.h
+ * evx_loop: Tornado's IOLoop over a libevent event_base.
+ *
+ * One thread runs the loop (the "loop thread"): every handler, timer, future
+ * callback and executor `done` runs there. evx_add_callback() and
+ * evx_loop_stop() are the only calls that are safe from any thread; every
+ * other call in evexec that takes an evx_loop (or an object bound to one)
+ * must be made on the loop thread, and returns EVX_EINVAL (or NULL) when a
+ * different thread is detected while the loop is running.
+ */
+#ifndef EVEXEC_LOOP_H
+#define EVEXEC_LOOP_H
+
+#include <evexec/common.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct event_base;
+
+/** Opaque loop. */
+typedef struct evx_loop evx_loop;
+
+/** A plain callback: runs on the loop thread. */
+typedef void (*evx_cb)(void *arg);
+
+/**
+ * Create a loop.
+ * @param base an event_base to adopt (the caller keeps ownership and must free
+ *             it after evx_loop_free), or NULL to create one that the loop owns.
+ * @return the loop, owned by the caller (free with evx_loop_free), or NULL when
+ *         out of memory or when the wakeup channel cannot be created.
+ */
+EVX_API evx_loop *evx_loop_new(struct event_base *base);
+
+/**
+ * Run the loop on the calling thread, which becomes the loop thread, until
+ * evx_loop_stop(). Callbacks queued before the call run in the first iteration.
+ * @return EVX_OK after a stop; EVX_EINVAL for NULL, for a loop already running,
+ *         or when called from inside a loop callback; EVX_EIO if libevent fails.
+ */
+EVX_API int evx_loop_run(evx_loop *loop);
+
+/**
+ * Ask the loop to return from evx_loop_run() after the current iteration.
+ * Safe from any thread and from callbacks. A stop requested while the loop is
+ * not running makes the next evx_loop_run() return after one iteration.
+ * Callbacks added after the stop are kept and run on the next evx_loop_run(),
+ * or by evx_loop_free().
+ * @return EVX_OK, or EVX_EINVAL for NULL.
+ */
+EVX_API int evx_loop_stop(evx_loop *loop);
+
+/**
+ * Free the loop. Must not be called while evx_loop_run() is executing.
+ * Order of teardown:
+ *  1. every executor still bound to the loop is freed (evx_executor_free:
+ *     shutdown with CANCEL, wait for running jobs, every `done` is called);
+ *  2. callbacks still queued run on the calling thread; callbacks they add
+ *     run too; from then on evx_add_callback() answers EVX_ECLOSED;
+ *  3. pending timers are dropped without calling them;
+ *  4. the owned event_base is freed (an adopted one is left to the caller).
+ * Producer threads must have stopped calling evx_add_callback() before the
+ * loop memory goes away: their calls during step 2 get EVX_ECLOSED, a call
+ * after the function returned is a use-after-free. NULL is accepted (no-op).
+ */
+EVX_API void evx_loop_free(evx_loop *loop);
+
+/** The loop's event_base (borrowed; owned as described at evx_loop_new). NULL for NULL. */
+EVX_API struct event_base *evx_loop_base(evx_loop *loop);
+
+/**
+ * Queue fn(arg) to run on the loop thread in a later iteration - never inside
+ * this call. Safe from any thread, including the loop thread.
+ * Callbacks from one producer thread run in the order they were added; none is
+ * lost or run twice. Wakeups are coalesced: only the producer that finds the
+ * queue empty wakes the loop, and the loop runs the whole batch per wakeup.
+ * @return EVX_OK; EVX_EINVAL for a NULL loop or fn; EVX_ENOMEM (fn will not be
+ *         called); EVX_ECLOSED while evx_loop_free is tearing down.
+ */
+EVX_API int evx_add_callback(evx_loop *loop, evx_cb fn, void *arg);
+
+/** Non-zero when called on the thread currently running the loop (or, before the first run, the creating thread). */
+EVX_API int evx_loop_in_thread(evx_loop *loop);
+
+/** Opaque timer handle returned by evx_call_later. */
+typedef struct evx_timer evx_timer;
+
+/**
+ * Run fn(arg) on the loop thread after `ms` milliseconds (0: next iteration).
+ * Loop thread only.
+ * @return a handle owned by the loop, valid until fn has been called or the
+ *         timer was cancelled - after that, drop it; or NULL on EVX_EINVAL
+ *         (NULL loop/fn, wrong thread) or EVX_ENOMEM (fn will not be called).
+ */
+EVX_API evx_timer *evx_call_later(evx_loop *loop, uint64_t ms, evx_cb fn, void *arg);
+
+/**
+ * Cancel a pending timer: fn will not be called and the handle is freed.
+ * Loop thread only.
+ * @return EVX_OK, or EVX_EINVAL for NULL.
+ */
+EVX_API int evx_timer_cancel(evx_timer *timer);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EVEXEC_LOOP_H */
