@@ -1,0 +1,162 @@
+#!/bin/sh
+# HTTP benchmark: examples/hello (evexec) and, when Debian's python3-tornado is
+# installed, its Tornado twin (bench/tornado_server.py), under the same wrk load.
+#
+#   sh bench/http.sh [BUILD_DIR]          (default build-bench)
+#
+# For each route (/hello, /work?ms=0, /work?ms=10) and each server, one wrk
+# warm-up second, then one measured run; prints
+#   http impl=evexec route=/hello threads=T conns=C requests=.. rps=.. p50_ms=.. p99_ms=.. errors=..
+# then the ratios, then the memory of 10k held long-poll requests (/wait) on a
+# fresh server of each kind (bench/longpoll.py):
+#   longpoll impl=evexec conns=10000 held=.. answered=.. rss_base_kb=.. rss_held_kb=.. bytes_per_conn=..
+#
+# Environment: THREADS (workers, default 2), DURATION (seconds per run, 5),
+# CONNS (wrk connections, 64), CONNS_WORK10 (wrk connections for /work?ms=10,
+# default 4 x THREADS: enough to keep every worker busy, few enough that the
+# warm-up's queue drains in 40 ms instead of eating into the measured run),
+# WRK_THREADS (1), PORT (18080), TORNADO_PORT
+# (18081), LONGPOLL_CONNS (10000; 0 skips), PYTHON (/usr/bin/python3: Debian's
+# Tornado is installed for it). Servers log to $TMPDIR; only 127.0.0.1 is used.
+set -euf  # -f: routes like /work?ms=0 must never glob
+
+BUILD=${1:-build-bench}
+THREADS=${THREADS:-2}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-64}
+CONNS_WORK10=${CONNS_WORK10:-$((THREADS * 4))}
+WRK_THREADS=${WRK_THREADS:-1}
+PORT=${PORT:-18080}
+TORNADO_PORT=${TORNADO_PORT:-18081}
+LONGPOLL_CONNS=${LONGPOLL_CONNS:-10000}
+PYTHON=${PYTHON:-/usr/bin/python3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+HELLO=$BUILD/examples/hello
+HOST=127.0.0.1
+
+if [ ! -x "$HELLO" ]; then
+  echo "http skipped reason=no-$HELLO"
+  exit 0
+fi
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "http skipped reason=no-wrk (apt-get install wrk)"
+  exit 0
+fi
+HAVE_TORNADO=0
+if "$PYTHON" -c 'import tornado' >/dev/null 2>&1; then HAVE_TORNADO=1; fi
+
+LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/evx-http.XXXXXX")
+PIDS=""
+cleanup() {
+  for p in $PIDS; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in $PIDS; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Servers may hold 10k connections: raise the open-files limit (inherited).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# start NAME PORT CMD...: start a server in the background, wait until it answers.
+# Sets SERVER_PID.
+start() {
+  name=$1 port=$2
+  shift 2
+  "$@" >"$LOGDIR/$name.out" 2>"$LOGDIR/$name.log" &
+  SERVER_PID=$!
+  PIDS="$PIDS $SERVER_PID"
+  i=0
+  while ! curl -s -o /dev/null --max-time 1 "http://$HOST:$port/hello"; do
+    i=$((i + 1))
+    if [ $i -ge 100 ] || ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      echo "http: $name did not start on port $port; its log:" >&2
+      tail -n 20 "$LOGDIR/$name.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+
+# stop PID: SIGTERM, wait (bounded), SIGKILL if it did not exit.
+stop() {
+  pid=$1
+  kill -TERM "$pid" 2>/dev/null || true
+  i=0
+  while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do
+    sleep 0.1
+    i=$((i + 1))
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "http: pid $pid ignored SIGTERM for 5 s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+  PIDS=$(echo "$PIDS" | tr ' ' '\n' | grep -vx "$pid" | tr '\n' ' ')
+}
+
+# measure IMPL PORT ROUTE KEY CONNS: print one `http` line, remember its rps as rps_IMPL_KEY.
+measure() {
+  impl=$1 port=$2 route=$3 key=$4 c=$5
+  url="http://$HOST:$port$route"
+  wrk -t "$WRK_THREADS" -c "$c" -d 1s "$url" >/dev/null 2>&1 || true
+  sleep 0.5 # let the warm-up's queued requests finish
+  out=$(wrk -t "$WRK_THREADS" -c "$c" -d "${DURATION}s" -s "$HERE/wrk-report.lua" "$url" | grep '^wrk ' || true)
+  if [ -z "$out" ]; then
+    echo "http: wrk failed on $url" >&2
+    exit 1
+  fi
+  echo "http impl=$impl route=$route threads=$THREADS conns=$c ${out#wrk }"
+  rps=$(echo "$out" | sed -n 's/.* rps=\([0-9.]*\).*/\1/p')
+  eval "rps_${impl}_${key}=$rps"
+}
+
+div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
+
+echo "# http: $HELLO --threads $THREADS vs tornado_server.py --threads $THREADS; wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
+start evexec "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS"
+EVX_PID=$SERVER_PID
+if [ $HAVE_TORNADO = 1 ]; then
+  start tornado "$TORNADO_PORT" "$PYTHON" "$HERE/tornado_server.py" --port "$TORNADO_PORT" \
+    --host "$HOST" --threads "$THREADS"
+  TOR_PID=$SERVER_PID
+else
+  echo "# http: python3-tornado not installed for $PYTHON; Tornado cases skipped"
+fi
+
+# Alternate the servers route by route, so both see the same machine state.
+for case in hello:/hello work0:/work?ms=0 work10:/work?ms=10; do
+  key=${case%%:*} route=${case#*:} c=$CONNS
+  if [ "$key" = work10 ]; then c=$CONNS_WORK10; fi
+  measure evexec "$PORT" "$route" "$key" "$c"
+  if [ $HAVE_TORNADO = 1 ]; then measure tornado "$TORNADO_PORT" "$route" "$key" "$c"; fi
+done
+stop "$EVX_PID"
+if [ $HAVE_TORNADO = 1 ]; then stop "$TOR_PID"; fi
+
+ceiling=$((THREADS * 100))
+echo "ratio http work0_vs_hello impl=evexec rps=$(div "$rps_evexec_work0" "$rps_evexec_hello")"
+echo "ratio http work10_vs_ceiling impl=evexec rps=$(div "$rps_evexec_work10" "$ceiling") ceiling_rps=$ceiling"
+if [ $HAVE_TORNADO = 1 ]; then
+  echo "ratio http work0_vs_hello impl=tornado rps=$(div "$rps_tornado_work0" "$rps_tornado_hello")"
+  echo "ratio http work10_vs_ceiling impl=tornado rps=$(div "$rps_tornado_work10" "$ceiling") ceiling_rps=$ceiling"
+  for key in hello work0 work10; do
+    case $key in hello) route=/hello ;; work0) route='/work?ms=0' ;; *) route='/work?ms=10' ;; esac
+    eval "e=\$rps_evexec_$key t=\$rps_tornado_$key"
+    echo "ratio http evexec_vs_tornado route=$route rps=$(div "$e" "$t")"
+  done
+fi
+
+if [ "$LONGPOLL_CONNS" -gt 0 ]; then
+  start evexec-lp "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS"
+  "$PYTHON" "$HERE/longpoll.py" --pid "$SERVER_PID" --port "$PORT" --conns "$LONGPOLL_CONNS" \
+    --impl evexec || echo "http: long-poll run on evexec incomplete (see above)" >&2
+  stop "$SERVER_PID"
+  if [ $HAVE_TORNADO = 1 ]; then
+    start tornado-lp "$TORNADO_PORT" "$PYTHON" "$HERE/tornado_server.py" --port "$TORNADO_PORT" \
+      --host "$HOST" --threads "$THREADS"
+    "$PYTHON" "$HERE/longpoll.py" --pid "$SERVER_PID" --port "$TORNADO_PORT" \
+      --conns "$LONGPOLL_CONNS" --impl tornado || echo "http: long-poll run on tornado incomplete" >&2
+    stop "$SERVER_PID"
+  fi
+fi
+rm -rf "$LOGDIR"
