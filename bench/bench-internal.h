@@ -4,11 +4,14 @@
  * (evexec's evx_executor and libuv's uv_queue_work) in one process, so both
  * see the same machine state. Every number is computed by this file's code
  * from timestamps taken the same way for both implementations:
- *   - a job's latency is bench_now_ns() just before it is submitted to
- *     bench_now_ns() when its completion callback starts on the loop thread;
+ *   - a job's latency runs from its submit to bench_now_ns() when its
+ *     completion callback starts on the loop thread. A job submitted from a
+ *     completion callback (the steady state) reuses that callback's
+ *     timestamp as its submit time, so each job costs one clock read on the
+ *     loop thread (20 ns here) - the same for both implementations;
  *   - a round's wall time runs from the first submit to the last completion;
- *   - CPU time is getrusage(RUSAGE_SELF) (every thread of the process) over
- *     the round, so spinning or extra wakeups show up as cpu_pct.
+ *   - CPU time is CLOCK_PROCESS_CPUTIME_ID (every thread of the process)
+ *     over the round, so spinning or extra wakeups show up as cpu_pct.
  * A driver (bench_evexec.c, bench_libuv.c) only submits and completes jobs.
  */
 #ifndef EVX_BENCH_INTERNAL_H

@@ -40,7 +40,7 @@ typedef struct uvb_slot {
 
 static void uvb_work(uv_work_t *req) { bench_noop_work(req->data); }
 
-static int uvb_submit(uvb_slot *s);
+static int uvb_submit(uvb_slot *s, uint64_t now);
 
 static void uvb_after(uv_work_t *req, int status) {
   uint64_t now = bench_now_ns();
@@ -52,12 +52,13 @@ static void uvb_after(uv_work_t *req, int status) {
   if (c->completed == r->jobs) r->t_end = now;
   /* A failed submit leaves the slot idle; uv_run still returns once the
    * other slots drain, and uvb_jobs reports the shortfall. */
-  if (c->submitted < r->jobs && uvb_submit(s) != 0) r->errors++;
+  if (c->submitted < r->jobs && uvb_submit(s, now) != 0) r->errors++;
 }
 
-static int uvb_submit(uvb_slot *s) {
+/* Submit the slot's next job; `now` is its submit time (see bench-internal.h). */
+static int uvb_submit(uvb_slot *s, uint64_t now) {
   s->ctx->submitted++;
-  s->t0 = bench_now_ns();
+  s->t0 = now;
   return uv_queue_work(&uvb_loop, &s->req, uvb_work, uvb_after);
 }
 
@@ -85,7 +86,7 @@ static int uvb_jobs(bench_round *r) {
   for (uint64_t i = 0; i < w; i++) {
     slots[i].req.data = &slots[i];
     slots[i].ctx = &c;
-    if (uvb_submit(&slots[i]) != 0) r->errors++;
+    if (uvb_submit(&slots[i], bench_now_ns()) != 0) r->errors++;
   }
   /* uv_run returns once no request is active: all jobs completed. */
   uv_run(&uvb_loop, UV_RUN_DEFAULT);

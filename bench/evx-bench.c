@@ -146,9 +146,34 @@ static void parse_args(int argc, char **argv, opts *o) {
 
 /* ---- statistics ---- */
 
-static int cmp_u64(const void *a, const void *b) {
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
+/* The k-th smallest (0-based) of v[0..n), reordering v: quickselect with a
+ * three-way partition (latencies repeat a lot) and a pseudo-random pivot. */
+static uint64_t select_kth(uint64_t *v, uint64_t n, uint64_t k) {
+  uint64_t lo = 0, hi = n, seed = 0x9e3779b97f4a7c15u;
+  for (;;) {
+    if (hi - lo <= 1) return v[lo];
+    seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+    uint64_t pivot = v[lo + seed % (hi - lo)];
+    uint64_t lt = lo, i = lo, gt = hi; /* [lo,lt) < pivot, [lt,i) == pivot, [gt,hi) > pivot */
+    while (i < gt) {
+      uint64_t x = v[i];
+      if (x < pivot) {
+        v[i++] = v[lt];
+        v[lt++] = x;
+      } else if (x > pivot) {
+        v[i] = v[--gt];
+        v[gt] = x;
+      } else {
+        i++;
+      }
+    }
+    if (k < lt)
+      hi = lt;
+    else if (k >= gt)
+      lo = gt;
+    else
+      return pivot;
+  }
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -156,12 +181,12 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* Nearest-rank percentile of a sorted array, in microseconds. */
-static double pct_us(const uint64_t *sorted, uint64_t n, double q) {
+/* Nearest-rank percentile of v[0..n) in microseconds; reorders v. */
+static double pct_us(uint64_t *v, uint64_t n, double q) {
   uint64_t rank = (uint64_t)(q * (double)n + 0.999999);
   if (rank < 1) rank = 1;
   if (rank > n) rank = n;
-  return (double)sorted[rank - 1] / 1000.0;
+  return (double)select_kth(v, n, rank - 1) / 1000.0;
 }
 
 static double median(double *v, unsigned n) {
@@ -215,7 +240,6 @@ static summary series_summary(series *s) {
 /* Record one round's figures; `count` results were timed in lat_ns. */
 static void series_add(series *s, uint64_t *lat_ns, uint64_t count, uint64_t t_start, uint64_t t_end,
                        uint64_t cpu_ns, uint64_t call_ns) {
-  qsort(lat_ns, count, sizeof *lat_ns, cmp_u64);
   double wall = (double)(t_end - t_start) / 1e9;
   s->ops[s->n] = wall > 0 ? (double)count / wall : 0;
   s->p50[s->n] = pct_us(lat_ns, count, 0.50);
