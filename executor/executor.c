@@ -18,6 +18,12 @@
  *   and hand all their completions to the loop in one step. Only the worker
  *   that makes the completed list non-empty posts ex->post_node to the loop
  *   (one wakeup per batch); the loop takes the whole list at once.
+ * - Wakeups from the loop thread are batched: a done() callback that submits
+ *   (the usual "next job" pattern) does not wake an idle worker per job; the
+ *   drain wakes as many workers as it owes once per EVX__WAKE_BATCH submits
+ *   and at its end (ex->wakes_owed). Busy workers see the jobs at once, since
+ *   they are on ex->queue; only idle workers wait, and at most until the
+ *   current batch of done() callbacks ends.
  * - Strands: a strand has at most one job "active" (on ex->queue or
  *   running); the rest wait on the strand's own list. The worker that
  *   finishes the active job, under the lock, moves the next waiting one onto
@@ -39,6 +45,7 @@
 #define EVX__MAX_THREADS 1024
 #define EVX__WORKER_BATCH 16
 #define EVX__JOB_CACHE_MAX 4096
+#define EVX__WAKE_BATCH 32 /* loop-thread submits per deferred worker wakeup */
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 
@@ -77,6 +84,7 @@ struct evx_executor {
   size_t nqueued; /* on ex->queue plus waiting on strands */
   size_t nrunning;
   unsigned nidle;
+  unsigned wakes_owed; /* signals skipped by submits inside our own drain (see DESIGN) */
   int closed;
   int cancel_all; /* shutdown(CANCEL): workers stop taking jobs */
   evx_job *completed, *completed_tail;
@@ -127,10 +135,31 @@ static void evx__post(evx_executor *ex) {
   (void)evx__loop_post(ex->loop, &ex->post_node);
 }
 
-/* ex->lock held. Put a job on the run queue and wake a worker. */
+/* The executor whose done() callbacks this thread is running, if any. Only
+ * the loop thread ever sets it, so `evx__draining_ex == ex` proves that the
+ * caller is inside ex's drain on the loop thread. */
+static _Thread_local evx_executor *evx__draining_ex;
+
+/* ex->lock held. Wake the workers owed by deferred submits. */
+static void evx__pay_wakes_locked(evx_executor *ex) {
+  if (ex->wakes_owed >= ex->nidle) {
+    if (ex->nidle) pthread_cond_broadcast(&ex->work_cv);
+  } else {
+    for (unsigned i = 0; i < ex->wakes_owed; i++) pthread_cond_signal(&ex->work_cv);
+  }
+  ex->wakes_owed = 0;
+}
+
+/* ex->lock held. Put a job on the run queue and wake a worker (or, inside
+ * our own drain, note that one is owed). */
 static void evx__enqueue_locked(evx_executor *ex, evx_job *job) {
   evx__list_insert_tail(&ex->queue, &job->link);
-  if (ex->nidle) pthread_cond_signal(&ex->work_cv);
+  if (!ex->nidle) return;
+  if (evx__draining_ex != ex) {
+    pthread_cond_signal(&ex->work_cv);
+  } else if (++ex->wakes_owed >= EVX__WAKE_BATCH) {
+    evx__pay_wakes_locked(ex);
+  }
 }
 
 /* ex->lock held. The strand's active job left it (finished or cancelled). */
@@ -223,6 +252,8 @@ static void evx__executor_drain(void *arg) {
   if (!list) return;
 
   ex->draining = 1;
+  evx_executor *outer = evx__draining_ex; /* a done() may free another executor */
+  evx__draining_ex = ex;
   evx_job *last = NULL;
   size_t count = 0;
   for (evx_job *job = list; job; job = job->next_done) {
@@ -230,9 +261,11 @@ static void evx__executor_drain(void *arg) {
     last = job;
     count++;
   }
+  evx__draining_ex = outer;
   ex->draining = 0;
 
   pthread_mutex_lock(&ex->lock);
+  evx__pay_wakes_locked(ex);
   if (ex->nfree < EVX__JOB_CACHE_MAX) {
     last->next_done = ex->free_jobs;
     ex->free_jobs = list;
