@@ -18,12 +18,26 @@
  *   and hand all their completions to the loop in one step. Only the worker
  *   that makes the completed list non-empty posts ex->post_node to the loop
  *   (one wakeup per batch); the loop takes the whole list at once.
- * - Wakeups from the loop thread are batched: a done() callback that submits
- *   (the usual "next job" pattern) does not wake an idle worker per job; the
- *   drain wakes as many workers as it owes once per EVX__WAKE_BATCH submits
- *   and at its end (ex->wakes_owed). Busy workers see the jobs at once, since
- *   they are on ex->queue; only idle workers wait, and at most until the
- *   current batch of done() callbacks ends.
+ * - Submits from our own done() callbacks are batched (the "next job"
+ *   pattern: the loop thread runs done() and submits again). While the loop
+ *   thread drains ex's completions (evx__draining_ex == ex), evx_submit takes
+ *   no lock: it uses a queue slot reserved in advance and a node recycled by
+ *   this drain, and appends the job to ex->deferred, which only the draining
+ *   thread touches. Every EVX__WAKE_BATCH jobs and when the batch of done()
+ *   callbacks ends, evx__refill() moves them onto ex->queue under one lock
+ *   and wakes the idle workers they need (one signal per batch, not one per
+ *   job). Reservation keeps max_queue exact: ex->reserved (under the lock)
+ *   counts slots handed to the draining thread and not yet spliced, and
+ *   every submitter checks nqueued + reserved < max_queue. Consequences, all
+ *   bounded by one batch and confined to the drain: another thread may see
+ *   EVX_EBUSY up to EVX__WAKE_BATCH - 1 jobs early, stats read from another
+ *   thread may miss up to that many accepted jobs (the draining thread's own
+ *   stats_get, cancel and shutdown splice first, so it sees them), and a
+ *   deferred job's queue wait is counted from the splice. A job waits on
+ *   ex->deferred only while the draining thread runs done() callbacks.
+ *   Submits that cannot take the fast path (other threads, strands, nested
+ *   drains) take the lock; inside a drain they too leave their wakeups owed
+ *   (ex->wakes_owed), paid by the same refill.
  * - Strands: a strand has at most one job "active" (on ex->queue or
  *   running); the rest wait on the strand's own list. The worker that
  *   finishes the active job, under the lock, moves the next waiting one onto
@@ -35,6 +49,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -45,7 +60,7 @@
 #define EVX__MAX_THREADS 1024
 #define EVX__WORKER_BATCH 16
 #define EVX__JOB_CACHE_MAX 4096
-#define EVX__WAKE_BATCH 32 /* loop-thread submits per deferred worker wakeup */
+#define EVX__WAKE_BATCH 32 /* jobs submitted inside a drain per splice and wakeup */
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 
@@ -85,8 +100,9 @@ struct evx_executor {
   size_t nrunning;
   unsigned nidle;
   unsigned wakes_owed; /* signals skipped by submits inside our own drain (see DESIGN) */
+  size_t reserved;     /* queue slots handed to the draining thread, not yet spliced */
   int closed;
-  int cancel_all; /* shutdown(CANCEL): workers stop taking jobs */
+  int cancel_all; /* shutdown(CANCEL) ran: deferred jobs spliced later are cancelled */
   evx_job *completed, *completed_tail;
   int posted;      /* post_node is on the loop queue */
   evx_job *free_jobs;
@@ -94,6 +110,15 @@ struct evx_executor {
   evx_executor_stats stats;
 
   evx__cbnode post_node;
+  atomic_int closed_pub; /* closed, readable without the lock (deferred submits) */
+
+  /* Owned by the thread running evx__executor_drain(ex), only while it runs
+   * (see DESIGN): jobs submitted from our done() callbacks, not yet on queue. */
+  evx__list deferred;
+  size_t ndeferred;
+  size_t slots;       /* reserved slots not used yet */
+  evx_job *lfree;     /* nodes whose done() ran in this drain, reused first */
+
   /* Loop thread only. */
   int draining;       /* inside evx__executor_drain */
   int free_requested; /* evx_executor_free called from one of our done callbacks */
@@ -162,6 +187,112 @@ static void evx__enqueue_locked(evx_executor *ex, evx_job *job) {
   }
 }
 
+/* Append every node of src to dst (in order), leaving src empty. */
+static void evx__list_append_all(evx__list *dst, evx__list *src) {
+  if (evx__list_empty(src)) return;
+  evx__list *first = src->next, *last = src->prev;
+  first->prev = dst->prev;
+  dst->prev->next = first;
+  last->next = dst;
+  dst->prev = last;
+  evx__list_init(src);
+}
+
+/* ex->lock held, by ex's draining thread. Move the deferred jobs onto the run
+ * queue - or cancel them, when a shutdown(CANCEL) came after they were
+ * accepted - give back the unused slots and pay the wakeups owed. `now` is
+ * the deferred jobs' queue time. Returns 1 when the caller must post
+ * ex->post_node after unlocking. */
+static int evx__splice_locked(evx_executor *ex, uint64_t now) {
+  int post = 0;
+  ex->reserved -= ex->ndeferred + ex->slots;
+  ex->slots = 0;
+  if (ex->ndeferred) {
+    ex->stats.submitted += ex->ndeferred;
+    if (ex->cancel_all) {
+      evx__list *n;
+      while ((n = evx__list_pop_head(&ex->deferred)) != NULL) {
+        ex->stats.cancelled++;
+        post |= evx__complete_locked(ex, EVX__CONTAINER_OF(n, evx_job, link), JOB_CANCELLED);
+      }
+    } else {
+      for (evx__list *l = ex->deferred.next; l != &ex->deferred; l = l->next)
+        EVX__CONTAINER_OF(l, evx_job, link)->t_queued = now;
+      evx__list_append_all(&ex->queue, &ex->deferred);
+      ex->nqueued += ex->ndeferred;
+      ex->wakes_owed += (unsigned)ex->ndeferred;
+    }
+    ex->ndeferred = 0;
+  }
+  evx__pay_wakes_locked(ex);
+  /* Closed workers wait for reserved == 0 before they exit: let them look. */
+  if (ex->closed && ex->reserved == 0) pthread_cond_broadcast(&ex->work_cv);
+  return post;
+}
+
+/* ex's draining thread: splice the deferred jobs, then reserve up to `want`
+ * new slots (and take as many free nodes). Returns EVX_OK, or EVX_ECLOSED /
+ * EVX_EBUSY when want > 0 and no slot could be reserved. */
+static int evx__refill(evx_executor *ex, size_t want) {
+  uint64_t now = ex->ndeferred ? evx_now_ns() : 0;
+  int rc = EVX_OK;
+  pthread_mutex_lock(&ex->lock);
+  int post = evx__splice_locked(ex, now);
+  if (want && ex->closed) {
+    rc = EVX_ECLOSED;
+  } else if (want) {
+    size_t used = ex->nqueued + ex->reserved;
+    size_t avail = used < ex->max_queue ? ex->max_queue - used : 0;
+    if (avail == 0) {
+      ex->stats.rejected++;
+      rc = EVX_EBUSY;
+    } else {
+      ex->slots = avail < want ? avail : want;
+      ex->reserved += ex->slots;
+      for (size_t i = 0; i < ex->slots && ex->free_jobs; i++) {
+        evx_job *job = ex->free_jobs;
+        ex->free_jobs = job->next_done;
+        ex->nfree--;
+        job->next_done = ex->lfree;
+        ex->lfree = job;
+      }
+    }
+  }
+  pthread_mutex_unlock(&ex->lock);
+  if (post) evx__post(ex);
+  return rc;
+}
+
+/* evx_submit from one of ex's own done() callbacks: no lock (see DESIGN). */
+static int evx__submit_deferred(evx_executor *ex, evx_work_fn work, evx_done_fn done, void *arg,
+                                evx_job **handle) {
+  /* Acquire pairs with the release in shutdown: a done() that learnt of a
+   * shutdown from another thread sees the executor closed. */
+  if (atomic_load_explicit(&ex->closed_pub, memory_order_acquire)) return EVX_ECLOSED;
+  if (ex->slots == 0) {
+    int rc = evx__refill(ex, EVX__WAKE_BATCH);
+    if (rc != EVX_OK) return rc;
+  }
+  evx_job *job = ex->lfree;
+  if (job) {
+    ex->lfree = job->next_done;
+  } else {
+    job = evx_malloc(sizeof *job);
+    if (!job) return EVX_ENOMEM; /* the slot stays unused; the next splice returns it */
+  }
+  job->work = work;
+  job->done = done;
+  job->arg = arg;
+  job->ex = ex;
+  job->strand = NULL;
+  job->state = JOB_QUEUED;
+  evx__list_insert_tail(&ex->deferred, &job->link);
+  ex->slots--;
+  ex->ndeferred++;
+  if (handle) *handle = job;
+  return EVX_OK;
+}
+
 /* ex->lock held. The strand's active job left it (finished or cancelled). */
 static void evx__strand_advance_locked(evx_strand *s) {
   s->active = NULL;
@@ -186,14 +317,15 @@ static void *evx__worker(void *arg) {
   evx_job *batch[EVX__WORKER_BATCH];
   pthread_mutex_lock(&ex->lock);
   for (;;) {
-    while (evx__list_empty(&ex->queue) && !ex->closed) {
+    while (evx__list_empty(&ex->queue) && (!ex->closed || ex->reserved)) {
       ex->nidle++;
       pthread_cond_wait(&ex->work_cv, &ex->lock);
       ex->nidle--;
     }
     /* closed: DRAIN exits once the queue is empty (strand successors are
-     * queued by the worker finishing their predecessor before it gets here);
-     * CANCEL already emptied the queue. */
+     * queued by the worker finishing their predecessor before it gets here)
+     * and no deferred job can still be spliced (reserved == 0: the splice
+     * that zeroes it broadcasts); CANCEL already emptied the queue. */
     if (evx__list_empty(&ex->queue)) break;
 
     size_t share = ex->nqueued / ex->nthreads;
@@ -254,29 +386,39 @@ static void evx__executor_drain(void *arg) {
   ex->draining = 1;
   evx_executor *outer = evx__draining_ex; /* a done() may free another executor */
   evx__draining_ex = ex;
-  evx_job *last = NULL;
-  size_t count = 0;
-  for (evx_job *job = list; job; job = job->next_done) {
+  for (evx_job *job = list, *next; job; job = next) {
+    next = job->next_done;
     if (job->done) job->done(job->arg, job->state == JOB_CANCELLED ? EVX_ECANCELED : EVX_OK);
-    last = job;
-    count++;
+    /* done() ran: the node is free, and the next deferred submit reuses it. */
+    job->next_done = ex->lfree;
+    ex->lfree = job;
   }
   evx__draining_ex = outer;
   ex->draining = 0;
 
+  /* Splice what our done() callbacks submitted, and recycle the nodes. */
+  uint64_t now = ex->ndeferred ? evx_now_ns() : 0;
+  evx_job *extra = NULL;
   pthread_mutex_lock(&ex->lock);
-  evx__pay_wakes_locked(ex);
-  if (ex->nfree < EVX__JOB_CACHE_MAX) {
-    last->next_done = ex->free_jobs;
-    ex->free_jobs = list;
-    ex->nfree += count;
-    list = NULL;
+  int post = evx__splice_locked(ex, now);
+  while (ex->lfree) {
+    evx_job *job = ex->lfree;
+    ex->lfree = job->next_done;
+    if (ex->nfree < EVX__JOB_CACHE_MAX) {
+      job->next_done = ex->free_jobs;
+      ex->free_jobs = job;
+      ex->nfree++;
+    } else {
+      job->next_done = extra;
+      extra = job;
+    }
   }
   pthread_mutex_unlock(&ex->lock);
-  while (list) {
-    evx_job *next = list->next_done;
-    evx_free(list);
-    list = next;
+  if (post) evx__post(ex);
+  while (extra) {
+    evx_job *next = extra->next_done;
+    evx_free(extra);
+    extra = next;
   }
   if (ex->free_requested && !ex->freeing) evx_executor_free(ex);
 }
@@ -304,6 +446,8 @@ evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
   }
   evx__list_init(&ex->queue);
   evx__list_init(&ex->strands);
+  evx__list_init(&ex->deferred);
+  atomic_init(&ex->closed_pub, 0);
   ex->stats.threads = o.threads;
   ex->post_node.fn = evx__executor_drain;
   ex->post_node.arg = ex;
@@ -338,7 +482,7 @@ fail_mem:
 /* Allocate a job node and account it as queued, or say why not. ex->lock held. */
 static int evx__job_new_locked(evx_executor *ex, evx_job **out) {
   if (ex->closed) return EVX_ECLOSED;
-  if (ex->nqueued >= ex->max_queue) {
+  if (ex->nqueued + ex->reserved >= ex->max_queue) {
     ex->stats.rejected++;
     return EVX_EBUSY;
   }
@@ -356,31 +500,36 @@ static int evx__job_new_locked(evx_executor *ex, evx_job **out) {
 
 static int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_done_fn done,
                        void *arg, evx_job **handle) {
+  int own_drain = evx__draining_ex == ex;
+  if (own_drain && !s) return evx__submit_deferred(ex, work, done, arg, handle);
+  uint64_t now = evx_now_ns();
   evx_job *job;
   pthread_mutex_lock(&ex->lock);
+  /* A strand submit from our own done(): splice first, so that the slots
+   * this thread holds do not count against it. */
+  int post = own_drain ? evx__splice_locked(ex, now) : 0;
   int rc = evx__job_new_locked(ex, &job);
-  if (rc != EVX_OK) {
-    pthread_mutex_unlock(&ex->lock);
-    return rc;
+  if (rc == EVX_OK) {
+    job->work = work;
+    job->done = done;
+    job->arg = arg;
+    job->ex = ex;
+    job->strand = s;
+    job->state = JOB_QUEUED;
+    job->t_queued = now;
+    ex->nqueued++;
+    ex->stats.submitted++;
+    if (s && s->active) {
+      evx__list_insert_tail(&s->waiting, &job->link);
+    } else {
+      if (s) s->active = job;
+      evx__enqueue_locked(ex, job);
+    }
+    if (handle) *handle = job;
   }
-  job->work = work;
-  job->done = done;
-  job->arg = arg;
-  job->ex = ex;
-  job->strand = s;
-  job->state = JOB_QUEUED;
-  job->t_queued = evx_now_ns();
-  ex->nqueued++;
-  ex->stats.submitted++;
-  if (s && s->active) {
-    evx__list_insert_tail(&s->waiting, &job->link);
-  } else {
-    if (s) s->active = job;
-    evx__enqueue_locked(ex, job);
-  }
-  if (handle) *handle = job;
   pthread_mutex_unlock(&ex->lock);
-  return EVX_OK;
+  if (post) evx__post(ex);
+  return rc;
 }
 
 int evx_submit(evx_executor *ex, evx_work_fn work, evx_done_fn done, void *arg) {
@@ -398,23 +547,33 @@ int evx_job_cancel(evx_job *job) {
   if (!job) return EVX_EINVAL;
   evx_executor *ex = job->ex;
   if (!evx__loop_thread_ok(ex->loop)) return EVX_EINVAL;
+  /* On the loop thread, ex->draining means this thread runs ex's drain and
+   * owns its deferred jobs: splice them so that `job` is on a real queue. */
+  uint64_t now = ex->draining && ex->ndeferred ? evx_now_ns() : 0;
   pthread_mutex_lock(&ex->lock);
-  if (job->state != JOB_QUEUED) {
-    pthread_mutex_unlock(&ex->lock);
-    return EVX_EBUSY;
+  int post = ex->draining ? evx__splice_locked(ex, now) : 0;
+  int rc = EVX_EBUSY;
+  if (job->state == JOB_QUEUED) {
+    post |= evx__cancel_locked(ex, job);
+    rc = EVX_OK;
   }
-  int post = evx__cancel_locked(ex, job);
   pthread_mutex_unlock(&ex->lock);
   if (post) evx__post(ex);
-  return EVX_OK;
+  return rc;
 }
 
 int evx_executor_shutdown(evx_executor *ex, int how) {
   if (!ex || (how != EVX_SHUTDOWN_DRAIN && how != EVX_SHUTDOWN_CANCEL)) return EVX_EINVAL;
-  int post = 0;
+  /* From our own done(): splice the deferred jobs first, so that they are
+   * drained or cancelled with the rest right here. */
+  int own_drain = evx__draining_ex == ex;
+  uint64_t now = own_drain ? evx_now_ns() : 0;
   pthread_mutex_lock(&ex->lock);
+  int post = own_drain ? evx__splice_locked(ex, now) : 0;
   ex->closed = 1;
+  atomic_store_explicit(&ex->closed_pub, 1, memory_order_release);
   if (how == EVX_SHUTDOWN_CANCEL) {
+    ex->cancel_all = 1; /* deferred jobs of a running drain are cancelled at their splice */
     /* Waiting strand jobs first: cancelling an active one must not promote them. */
     for (evx__list *l = ex->strands.next; l != &ex->strands; l = l->next) {
       evx_strand *s = EVX__CONTAINER_OF(l, evx_strand, link);
@@ -488,11 +647,16 @@ const char *evx_executor_name(evx_executor *ex) { return ex ? ex->name : NULL; }
 
 int evx_executor_stats_get(evx_executor *ex, evx_executor_stats *out) {
   if (!ex || !out) return EVX_EINVAL;
+  /* From our own done(): splice first, so the deferred jobs are counted. */
+  int own_drain = evx__draining_ex == ex;
+  uint64_t now = own_drain ? evx_now_ns() : 0;
   pthread_mutex_lock(&ex->lock);
+  int post = own_drain ? evx__splice_locked(ex, now) : 0;
   *out = ex->stats;
   out->queued = ex->nqueued;
   out->running = ex->nrunning;
   pthread_mutex_unlock(&ex->lock);
+  if (post) evx__post(ex);
   return EVX_OK;
 }
 

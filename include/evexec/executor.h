@@ -110,6 +110,10 @@ EVX_API const char *evx_executor_name(evx_executor *ex);
  * Histograms are log2 buckets of microseconds: bucket 0 counts durations
  * below 1 us, bucket i (i >= 1) counts [2^(i-1), 2^i) us; the last bucket
  * also takes everything longer.
+ * Jobs that `done` callbacks submit to their own executor are handed to the
+ * workers in batches, when the batch of `done` callbacks ends (or every 32
+ * jobs): their queue wait counts from then, and a snapshot taken by another
+ * thread meanwhile may not count them yet (the loop thread's own snapshot does).
  */
 typedef struct evx_executor_stats {
   unsigned threads;       /**< worker threads */
