@@ -31,13 +31,20 @@ TORNADO_PORT=${TORNADO_PORT:-18081}
 LONGPOLL_CONNS=${LONGPOLL_CONNS:-10000}
 PYTHON=${PYTHON:-/usr/bin/python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
-HELLO=$BUILD/examples/hello
 HOST=127.0.0.1
 
-if [ ! -x "$HELLO" ]; then
-  echo "http skipped reason=no-$HELLO"
+# examples/hello builds as evx_hello; no access log while measuring (Tornado
+# logs nothing either).
+HELLO=""
+for h in "$BUILD/examples/hello/evx_hello" "$BUILD/examples/hello/hello" "$BUILD/examples/hello"; do
+  if [ -f "$h" ] && [ -x "$h" ]; then HELLO=$h && break; fi
+done
+if [ -z "$HELLO" ]; then
+  echo "http skipped reason=no-examples/hello-in-$BUILD"
   exit 0
 fi
+QUIET=""
+if "$HELLO" --help 2>&1 | grep -q -- --quiet; then QUIET=--quiet; fi
 if ! command -v wrk >/dev/null 2>&1; then
   echo "http skipped reason=no-wrk (apt-get install wrk)"
   exit 0
@@ -112,8 +119,8 @@ measure() {
 
 div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
 
-echo "# http: $HELLO --threads $THREADS vs tornado_server.py --threads $THREADS; wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
-start evexec "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS"
+echo "# http: $HELLO --threads $THREADS $QUIET vs tornado_server.py --threads $THREADS; wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
+start evexec "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS" $QUIET
 EVX_PID=$SERVER_PID
 if [ $HAVE_TORNADO = 1 ]; then
   start tornado "$TORNADO_PORT" "$PYTHON" "$HERE/tornado_server.py" --port "$TORNADO_PORT" \
@@ -147,7 +154,7 @@ if [ $HAVE_TORNADO = 1 ]; then
 fi
 
 if [ "$LONGPOLL_CONNS" -gt 0 ]; then
-  start evexec-lp "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS"
+  start evexec-lp "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS" $QUIET
   "$PYTHON" "$HERE/longpoll.py" --pid "$SERVER_PID" --port "$PORT" --conns "$LONGPOLL_CONNS" \
     --impl evexec || echo "http: long-poll run on evexec incomplete (see above)" >&2
   stop "$SERVER_PID"
