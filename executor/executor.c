@@ -38,6 +38,16 @@
  *   Submits that cannot take the fast path (other threads, strands, nested
  *   drains) take the lock; inside a drain they too leave their wakeups owed
  *   (ex->wakes_owed), paid by the same refill.
+ * - Optional bounded spin (opts.spin_us): a worker that finds the queue
+ *   empty first polls ex->queue_gen without the lock for up to spin_us, then
+ *   sleeps on work_cv as before. At most one worker spins (ex->nspinning,
+ *   under the lock), so spinning never takes every core from the loop
+ *   thread. The first job that arrives during a spin is left to the spinner
+ *   (spin_claimed): the enqueuer bumps queue_gen instead of signalling, so
+ *   that job costs no futex wake and no context switch; later jobs wake
+ *   sleeping workers as usual. The spinner re-checks the queue under the
+ *   lock before it sleeps, so a job that arrives as the spin ends is not
+ *   missed.
  * - Strands: a strand has at most one job "active" (on ex->queue or
  *   running); the rest wait on the strand's own list. The worker that
  *   finishes the active job, under the lock, moves the next waiting one onto
@@ -61,6 +71,7 @@
 #define EVX__WORKER_BATCH 16
 #define EVX__JOB_CACHE_MAX 4096
 #define EVX__WAKE_BATCH 32 /* jobs submitted inside a drain per splice and wakeup */
+#define EVX__MAX_SPIN_US 1000000
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 
@@ -99,6 +110,8 @@ struct evx_executor {
   size_t nqueued; /* on ex->queue plus waiting on strands */
   size_t nrunning;
   unsigned nidle;
+  unsigned nspinning;  /* 0 or 1: a worker polls queue_gen instead of sleeping */
+  int spin_claimed;    /* a job was left to the spinning worker (no signal sent for it) */
   unsigned wakes_owed; /* signals skipped by submits inside our own drain (see DESIGN) */
   size_t reserved;     /* queue slots handed to the draining thread, not yet spliced */
   int closed;
@@ -111,6 +124,8 @@ struct evx_executor {
 
   evx__cbnode post_node;
   atomic_int closed_pub; /* closed, readable without the lock (deferred submits) */
+  atomic_uint queue_gen; /* bumped under the lock when jobs arrive while a worker spins */
+  uint64_t spin_ns;      /* opts.spin_us; constant after creation */
 
   /* Owned by the thread running evx__executor_drain(ex), only while it runs
    * (see DESIGN): jobs submitted from our done() callbacks, not yet on queue. */
@@ -165,6 +180,17 @@ static void evx__post(evx_executor *ex) {
  * caller is inside ex's drain on the loop thread. */
 static _Thread_local evx_executor *evx__draining_ex;
 
+/* ex->lock held. A job was just queued: if a worker spins and nobody left
+ * it a job yet, leave it this one - bump queue_gen (only written under the
+ * lock, so load + store, no RMW) - and return 1: no signal is needed. */
+static int evx__claim_spinner_locked(evx_executor *ex) {
+  if (!ex->nspinning || ex->spin_claimed) return 0;
+  ex->spin_claimed = 1;
+  unsigned g = atomic_load_explicit(&ex->queue_gen, memory_order_relaxed);
+  atomic_store_explicit(&ex->queue_gen, g + 1, memory_order_relaxed);
+  return 1;
+}
+
 /* ex->lock held. Wake the workers owed by deferred submits. */
 static void evx__pay_wakes_locked(evx_executor *ex) {
   if (ex->wakes_owed >= ex->nidle) {
@@ -175,10 +201,11 @@ static void evx__pay_wakes_locked(evx_executor *ex) {
   ex->wakes_owed = 0;
 }
 
-/* ex->lock held. Put a job on the run queue and wake a worker (or, inside
- * our own drain, note that one is owed). */
+/* ex->lock held. Put a job on the run queue and wake a worker (or leave it
+ * to the spinning one; or, inside our own drain, note that a wake is owed). */
 static void evx__enqueue_locked(evx_executor *ex, evx_job *job) {
   evx__list_insert_tail(&ex->queue, &job->link);
+  if (evx__claim_spinner_locked(ex)) return;
   if (!ex->nidle) return;
   if (evx__draining_ex != ex) {
     pthread_cond_signal(&ex->work_cv);
@@ -220,7 +247,7 @@ static int evx__splice_locked(evx_executor *ex, uint64_t now) {
         EVX__CONTAINER_OF(l, evx_job, link)->t_queued = now;
       evx__list_append_all(&ex->queue, &ex->deferred);
       ex->nqueued += ex->ndeferred;
-      ex->wakes_owed += (unsigned)ex->ndeferred;
+      ex->wakes_owed += (unsigned)ex->ndeferred - (unsigned)evx__claim_spinner_locked(ex);
     }
     ex->ndeferred = 0;
   }
@@ -293,6 +320,35 @@ static int evx__submit_deferred(evx_executor *ex, evx_work_fn work, evx_done_fn 
   return EVX_OK;
 }
 
+static inline void evx__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+/* ex->lock held by a worker that found the queue empty. With opts.spin_us,
+ * and when no other worker spins, poll for new jobs without the lock for up
+ * to spin_us. Returns with the lock held; the caller re-checks the queue. */
+static void evx__spin_locked(evx_executor *ex) {
+  if (!ex->spin_ns || ex->nspinning || ex->closed) return;
+  ex->nspinning = 1;
+  unsigned gen = atomic_load_explicit(&ex->queue_gen, memory_order_relaxed);
+  pthread_mutex_unlock(&ex->lock);
+  uint64_t deadline = evx_now_ns() + ex->spin_ns;
+  for (unsigned i = 1;; i++) {
+    if (atomic_load_explicit(&ex->queue_gen, memory_order_relaxed) != gen) break;
+    if ((i & 63) == 0 && (atomic_load_explicit(&ex->closed_pub, memory_order_relaxed) ||
+                          evx_now_ns() >= deadline))
+      break;
+    evx__cpu_relax();
+  }
+  pthread_mutex_lock(&ex->lock);
+  ex->nspinning = 0;
+  ex->spin_claimed = 0;
+}
+
 /* ex->lock held. The strand's active job left it (finished or cancelled). */
 static void evx__strand_advance_locked(evx_strand *s) {
   s->active = NULL;
@@ -317,6 +373,7 @@ static void *evx__worker(void *arg) {
   evx_job *batch[EVX__WORKER_BATCH];
   pthread_mutex_lock(&ex->lock);
   for (;;) {
+    if (evx__list_empty(&ex->queue)) evx__spin_locked(ex);
     while (evx__list_empty(&ex->queue) && (!ex->closed || ex->reserved)) {
       ex->nidle++;
       pthread_cond_wait(&ex->work_cv, &ex->lock);
@@ -429,7 +486,7 @@ evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
   if (opts) o = *opts;
   if (o.threads == 0) o.threads = EVX__DEFAULT_THREADS;
   if (o.max_queue == 0) o.max_queue = EVX__DEFAULT_MAX_QUEUE;
-  if (o.threads > EVX__MAX_THREADS) return NULL;
+  if (o.threads > EVX__MAX_THREADS || o.spin_us > EVX__MAX_SPIN_US) return NULL;
 
   evx_executor *ex = evx_calloc(1, sizeof *ex);
   if (!ex) return NULL;
@@ -448,6 +505,8 @@ evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
   evx__list_init(&ex->strands);
   evx__list_init(&ex->deferred);
   atomic_init(&ex->closed_pub, 0);
+  atomic_init(&ex->queue_gen, 0);
+  ex->spin_ns = (uint64_t)o.spin_us * 1000;
   ex->stats.threads = o.threads;
   ex->post_node.fn = evx__executor_drain;
   ex->post_node.arg = ex;

@@ -37,6 +37,14 @@ typedef struct evx_executor_opts {
   unsigned threads;  /**< worker threads; default 4 */
   size_t max_queue;  /**< jobs waiting (not running) before EVX_EBUSY; default 4096 */
   const char *name;  /**< for logs, metrics and thread names; copied; default "evx" */
+  /**
+   * Latency for CPU: a worker that runs out of jobs first polls for new ones
+   * for up to this many microseconds before it sleeps, so a job submitted
+   * meanwhile starts without a thread wakeup. At most one worker of the
+   * executor spins at a time, burning up to one core while it does.
+   * Default 0 (sleep at once); at most 1000000.
+   */
+  unsigned spin_us;
 } evx_executor_opts;
 
 #define EVX_SHUTDOWN_DRAIN 0  /**< run every accepted job, then stop the workers */
@@ -47,7 +55,7 @@ typedef struct evx_executor_opts {
  * @param opts options, or NULL for the defaults; copied.
  * @return the executor, owned by the caller (evx_executor_free; the loop frees
  *         any left at evx_loop_free), or NULL (NULL loop, threads > 1024,
- *         out of memory, or a thread could not be started).
+ *         spin_us > 1000000, out of memory, or a thread could not be started).
  */
 EVX_API evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts);
 
