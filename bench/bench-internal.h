@@ -69,7 +69,8 @@ typedef struct bench_mem_round {
  * persists across rounds, as it would in a server. */
 typedef struct bench_driver {
   const char *name;  /* impl=... */
-  int (*init)(unsigned threads, unsigned window);
+  /* spin_us: evexec's opts.spin_us (bounded spin of an idle worker); libuv has no such knob */
+  int (*init)(unsigned threads, unsigned window, unsigned spin_us);
   int (*jobs)(bench_round *r);
   int (*callbacks)(bench_cb_round *r);
   int (*memory)(bench_mem_round *r);

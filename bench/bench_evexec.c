@@ -53,7 +53,7 @@ static int eb_submit(eb_slot *s, uint64_t now) {
   return rc;
 }
 
-static int eb_init(unsigned threads, unsigned window) {
+static int eb_init(unsigned threads, unsigned window, unsigned spin_us) {
   eb_loop = evx_loop_new(NULL);
   if (eb_loop == NULL) {
     fprintf(stderr, "evexec: evx_loop_new failed\n");
@@ -63,10 +63,11 @@ static int eb_init(unsigned threads, unsigned window) {
       .threads = threads,
       .max_queue = window > 4096 ? window : 4096,
       .name = "bench",
+      .spin_us = spin_us,
   };
   eb_ex = evx_executor_new(eb_loop, &o);
   if (eb_ex == NULL) {
-    fprintf(stderr, "evexec: evx_executor_new(threads=%u) failed\n", threads);
+    fprintf(stderr, "evexec: evx_executor_new(threads=%u, spin_us=%u) failed\n", threads, spin_us);
     evx_loop_free(eb_loop);
     eb_loop = NULL;
     return -1;

@@ -62,9 +62,10 @@ static int uvb_submit(uvb_slot *s, uint64_t now) {
   return uv_queue_work(&uvb_loop, &s->req, uvb_work, uvb_after);
 }
 
-static int uvb_init(unsigned threads, unsigned window) {
+static int uvb_init(unsigned threads, unsigned window, unsigned spin_us) {
   (void)threads; /* UV_THREADPOOL_SIZE is set by main() before this call */
   (void)window;
+  (void)spin_us;
   int rc = uv_loop_init(&uvb_loop);
   if (rc != 0) {
     fprintf(stderr, "libuv: uv_loop_init: %s\n", uv_strerror(rc));

@@ -1,7 +1,7 @@
 /* evx-bench: evexec's executor and callback queue against libuv, side by side.
  *
  *   evx-bench roundtrip [--jobs N] [--window W] [--threads T] [--rounds R] [--impl I]
- *   evx-bench pingpong  [--jobs N] [--threads T] [--rounds R] [--impl I]
+ *   evx-bench pingpong  [--jobs N] [--threads T] [--rounds R] [--impl I] [--spin-us S]
  *   evx-bench callbacks [--producers P] [--per N] [--rounds R] [--impl I]
  *   evx-bench memory    [--jobs N] [--threads T] [--impl I]
  *
@@ -10,6 +10,9 @@
  * each; the printed figures are medians over the rounds, and a final `ratio`
  * line divides evexec's medians by libuv's. Output: one line per result,
  * `name impl=... key=value ...`; --verbose adds a `# ...` line per round.
+ * --spin-us S (roundtrip, pingpong) sets evexec's opts.spin_us: an idle
+ * worker polls S microseconds for a new job before it sleeps; the lines
+ * then carry spin_us=S, and cpu_pct / cpu_ns_per_op show what it costs.
  *
  * How each figure is measured is described in bench-internal.h.
  */
@@ -41,7 +44,7 @@ __attribute__((noinline)) void bench_noop_work(void *arg) { __asm__ volatile("" 
 typedef struct opts {
   const char *mode;
   uint64_t jobs;
-  unsigned window, threads, rounds, producers;
+  unsigned window, threads, rounds, producers, spin_us;
   uint64_t per;
   int use_evexec, use_libuv, verbose;
 } opts;
@@ -49,10 +52,11 @@ typedef struct opts {
 static void usage(FILE *f) {
   fprintf(f,
           "usage: evx-bench roundtrip [--jobs N] [--window W] [--threads T] [--rounds R] [--impl I]\n"
-          "       evx-bench pingpong  [--jobs N] [--threads T] [--rounds R] [--impl I]\n"
+          "       evx-bench pingpong  [--jobs N] [--threads T] [--rounds R] [--impl I] [--spin-us S]\n"
           "       evx-bench callbacks [--producers P] [--per N] [--rounds R] [--impl I]\n"
           "       evx-bench memory    [--jobs N] [--threads T] [--impl I]\n"
-          "  --impl both|evexec|libuv (default both)   --verbose: one '#' line per round\n");
+          "  --impl both|evexec|libuv (default both)   --verbose: one '#' line per round\n"
+          "  --spin-us S: evexec workers poll S us before sleeping (roundtrip, pingpong; default 0)\n");
 }
 
 /* Parse a decimal in [lo, hi] or exit with a message. */
@@ -121,6 +125,8 @@ static void parse_args(int argc, char **argv, opts *o) {
       o->threads = (unsigned)parse_num(a, v, 1, 1024);
     else if (strcmp(a, "--rounds") == 0)
       o->rounds = (unsigned)parse_num(a, v, 1, 1000);
+    else if (strcmp(a, "--spin-us") == 0 && (pp || strcmp(o->mode, "roundtrip") == 0))
+      o->spin_us = (unsigned)parse_num(a, v, 0, 1000000);
     else if (strcmp(a, "--producers") == 0)
       o->producers = (unsigned)parse_num(a, v, 1, 1024);
     else if (strcmp(a, "--per") == 0)
@@ -271,9 +277,18 @@ static int run_jobs_round(const bench_driver *d, const opts *o, uint64_t jobs, u
   return 0;
 }
 
-static void print_ratio(const char *mode, const summary *e, const summary *u) {
-  printf("ratio %s evexec_vs_libuv ops_per_s=%.2f p50_us=%.2f p99_us=%.2f cpu_ns_per_op=%.2f\n", mode,
-         e->ops / u->ops, e->p50 / u->p50, e->p99 / u->p99, e->cpu_ns_op / u->cpu_ns_op);
+/* " spin_us=S" when evexec spins, else "" (so default lines keep the format). */
+static const char *spin_key(const opts *o, const char *impl) {
+  static char buf[32];
+  if (!o->spin_us || strcmp(impl, "evexec") != 0) return "";
+  snprintf(buf, sizeof buf, " spin_us=%u", o->spin_us);
+  return buf;
+}
+
+static void print_ratio(const opts *o, const summary *e, const summary *u) {
+  printf("ratio %s evexec_vs_libuv%s ops_per_s=%.2f p50_us=%.2f p99_us=%.2f cpu_ns_per_op=%.2f\n",
+         o->mode, spin_key(o, "evexec"), e->ops / u->ops, e->p50 / u->p50, e->p99 / u->p99,
+         e->cpu_ns_op / u->cpu_ns_op);
 }
 
 /* Run each selected driver for every round, alternating the order. */
@@ -298,10 +313,10 @@ static int jobs_one(const bench_driver *d, const opts *o, int warm, series *s, u
 }
 
 static void print_jobs(const opts *o, const char *name, const summary *m) {
-  printf("%s impl=%s jobs=%llu window=%u threads=%u ops_per_s=%.0f p50_us=%.2f p99_us=%.2f "
+  printf("%s impl=%s jobs=%llu window=%u threads=%u%s ops_per_s=%.0f p50_us=%.2f p99_us=%.2f "
          "cpu_pct=%.0f cpu_ns_per_op=%.0f rounds=%u ops_min=%.0f ops_max=%.0f\n",
-         o->mode, name, (unsigned long long)o->jobs, o->window, o->threads, m->ops, m->p50, m->p99,
-         m->cpu_pct, m->cpu_ns_op, o->rounds, m->ops_min, m->ops_max);
+         o->mode, name, (unsigned long long)o->jobs, o->window, o->threads, spin_key(o, name), m->ops,
+         m->p50, m->p99, m->cpu_pct, m->cpu_ns_op, o->rounds, m->ops_min, m->ops_max);
 }
 
 /* ---- callbacks ---- */
@@ -376,7 +391,7 @@ int main(int argc, char **argv) {
   series ss[2];
   unsigned nss = 0;
   for (; inited < nd; inited++)
-    if (ds[inited]->init(o.threads, o.window) != 0) goto out;
+    if (ds[inited]->init(o.threads, o.window, o.spin_us) != 0) goto out;
   if (memmode) {
     rc = run_memory(&o, ds, nd) == 0 ? 0 : 1;
     goto out;
@@ -399,7 +414,7 @@ int main(int argc, char **argv) {
     else
       print_jobs(&o, ds[i]->name, &sm[i]);
   }
-  if (nd == 2) print_ratio(o.mode, &sm[0], &sm[1]);
+  if (nd == 2) print_ratio(&o, &sm[0], &sm[1]);
   rc = 0;
 out:
   for (unsigned i = 0; i < nss; i++) series_free(&ss[i]);
