@@ -5,7 +5,8 @@
 #                                    in Release and calls this)
 #
 # Environment: THREADS (pool size, default 2), ROUNDS (5), JOBS (roundtrip
-# jobs per round, 1000000), PP_JOBS (pingpong jobs per round, 50000), SKIP_HTTP=1,
+# jobs per round, 1000000), PP_JOBS (pingpong jobs per round, 50000), PP_SPIN_US
+# (evexec's opts.spin_us for the second pingpong run, 50; 0 skips it), SKIP_HTTP=1,
 # and bench/http.sh's variables (DURATION, CONNS, LONGPOLL_CONNS, ...).
 # Exit status: 0 when every benchmark ran (targets missed are reported, not
 # failures), 1 when one could not run.
@@ -18,6 +19,7 @@ THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-5}
 JOBS=${JOBS:-1000000}
 PP_JOBS=${PP_JOBS:-50000}
+PP_SPIN_US=${PP_SPIN_US:-50}
 
 if [ ! -x "$BENCH" ]; then
   echo "run.sh: $BENCH not built (configure with -DEVX_BUILD_BENCH=ON and libuv1-dev installed)" >&2
@@ -47,6 +49,9 @@ echo "machine cpus=$(nproc) model=${model:-unknown} kernel=$(uname -r)" \
 
 run "$BENCH" roundtrip --jobs "$JOBS" --window 1024 --threads "$THREADS" --rounds "$ROUNDS"
 run "$BENCH" pingpong --jobs "$PP_JOBS" --threads "$THREADS" --rounds "$ROUNDS"
+if [ "$PP_SPIN_US" -gt 0 ]; then
+  run "$BENCH" pingpong --jobs "$PP_JOBS" --threads "$THREADS" --rounds "$ROUNDS" --spin-us "$PP_SPIN_US"
+fi
 run "$BENCH" callbacks --producers 2 --per 200000 --rounds "$ROUNDS"
 run "$BENCH" memory --jobs 100000 --threads "$THREADS"
 if [ "${SKIP_HTTP:-0}" != 1 ]; then
@@ -66,7 +71,11 @@ field() {
 }
 echo "# targets (ratios measured in this run)"
 target roundtrip_ops_evexec_vs_libuv ">=" 2 "$(field '^ratio roundtrip ' ops_per_s)"
-target pingpong_p50_evexec_vs_libuv "<=" 0.7 "$(field '^ratio pingpong ' p50_us)"
+target pingpong_p50_evexec_vs_libuv "<=" 0.7 "$(field '^ratio pingpong evexec_vs_libuv ops' p50_us)"
+if [ "$PP_SPIN_US" -gt 0 ]; then
+  target "pingpong_p50_evexec_spin${PP_SPIN_US}_vs_libuv" "<=" 0.7 \
+    "$(field "^ratio pingpong evexec_vs_libuv spin_us=$PP_SPIN_US " p50_us)"
+fi
 target http_work0_vs_hello ">=" 0.8 "$(field '^ratio http work0_vs_hello impl=evexec' rps)"
 target http_work0_evexec_vs_tornado ">=" 8 "$(field '^ratio http evexec_vs_tornado route=/work\?ms=0 ' rps)"
 target http_work10_vs_ceiling ">=" 0.95 "$(field '^ratio http work10_vs_ceiling impl=evexec' rps)"
