@@ -262,7 +262,7 @@ static void run_path(void) {
 
   if (P.f && P.g) {
     evx_future *in[2] = {P.f, P.g};
-    P.all = evx_future_all(in, 2);
+    P.all = evx_future_all(P.loop, in, 2);
     if (!P.all) note_failure("future_all");
   }
 

@@ -219,6 +219,54 @@ START_TEST(test_cancel_twice) {
 }
 END_TEST
 
+/* A job has not started until its work is called. One worker: A is parked,
+ * then B (parks too), C, D, E are queued. A is released: the worker takes B;
+ * C, D, E are still waiting behind B - whatever the pool does internally -
+ * so they can be cancelled, and stats count them as queued, not running. */
+START_TEST(test_cancel_behind_running_job) {
+  evx_loop *loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(loop);
+  evx_executor *ex = one_thread(loop);
+  evx_gate ga, gb;
+  evx_gate_init(&ga);
+  evx_gate_init(&gb);
+  int total = 0;
+  job a = {.loop = loop, .gate = &ga, .total = &total, .stop_at = 5};
+  job b = a, c = a, d = a, e = a;
+  b.gate = &gb;
+  ck_assert_int_eq(evx_submit(ex, park_work, job_done, &a), EVX_OK);
+  evx_gate_wait_entered(&ga, 1);
+  evx_job *hc, *hd, *he;
+  ck_assert_int_eq(evx_submit(ex, park_work, job_done, &b), EVX_OK);
+  ck_assert_int_eq(evx_submit_job(ex, nop_work, job_done, &c, &hc), EVX_OK);
+  ck_assert_int_eq(evx_submit_job(ex, nop_work, job_done, &d, &hd), EVX_OK);
+  ck_assert_int_eq(evx_submit_job(ex, nop_work, job_done, &e, &he), EVX_OK);
+  evx_gate_open(&ga, 1);
+  evx_gate_wait_entered(&gb, 1); /* B runs; C, D, E have not started */
+
+  evx_executor_stats st;
+  ck_assert_int_eq(evx_executor_stats_get(ex, &st), EVX_OK);
+  ck_assert_uint_eq(st.running, 1);
+  ck_assert_uint_eq(st.queued, 3);
+  ck_assert_int_eq(evx_job_cancel(hd), EVX_OK);
+  ck_assert_int_eq(evx_job_cancel(hc), EVX_OK);
+
+  evx_gate_open(&gb, 1);
+  evx_test_run(loop, 5000);
+  ck_assert_int_eq(c.status, EVX_ECANCELED);
+  ck_assert_int_eq(d.status, EVX_ECANCELED);
+  ck_assert_int_eq(atomic_load(&c.ran), 0);
+  ck_assert_int_eq(atomic_load(&d.ran), 0);
+  ck_assert_int_eq(e.status, EVX_OK);
+  ck_assert_int_eq(atomic_load(&e.ran), 1);
+  evx_test_assert_idle(ex);
+  evx_gate_destroy(&ga);
+  evx_gate_destroy(&gb);
+  evx_executor_free(ex);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
 /* Cancel every other one of many queued jobs. */
 #define MANY 200
 START_TEST(test_cancel_many) {
@@ -340,6 +388,7 @@ static Suite *cancel_suite(void) {
   tcase_add_test(tc, test_cancel_done_while_pool_busy);
   tcase_add_test(tc, test_cancel_twice);
   tcase_add_test(tc, test_cancel_many);
+  tcase_add_test(tc, test_cancel_behind_running_job);
   tc = evx_test_tcase(s, "started", 10);
   tcase_add_test(tc, test_cancel_running);
   tcase_add_test(tc, test_cancel_finished);

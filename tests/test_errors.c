@@ -139,7 +139,7 @@ START_TEST(test_null_everywhere) {
   ck_assert_int_eq(evx_future_on_done(NULL, fcb, &calls), EVX_EINVAL);
   ck_assert_ptr_null(evx_future_loop(NULL));
   ck_assert_ptr_null(evx_run_on_executor(NULL, call, NULL, arg_free, NULL));
-  ck_assert_ptr_null(evx_future_all(NULL, 1));
+  ck_assert_ptr_null(evx_future_all(NULL, NULL, 0));
   ck_assert_ptr_null(evx_future_with_timeout(NULL, 1));
 
   /* condition.h */
@@ -186,7 +186,7 @@ START_TEST(test_invalid_values) {
   ck_assert_int_eq(evx_future_fail(f, 1), EVX_EINVAL);
   ck_assert_int_eq(evx_future_on_done(f, NULL, NULL), EVX_EINVAL);
   evx_future *holes[3] = {f, NULL, f};
-  ck_assert_ptr_null(evx_future_all(holes, 3));
+  ck_assert_ptr_null(evx_future_all(loop, holes, 3));
 
   evx_test_run_once(loop);
   ck_assert_int_eq(evx_future_status(f), EVX_PENDING);

@@ -343,6 +343,66 @@ START_TEST(test_max_queue_busy) {
 }
 END_TEST
 
+/* A job never waits behind a blocked job while a worker is free. Two workers
+ * are parked (A1, A2); B (which blocks) and C, D, E are queued. A1 is
+ * released: its worker takes B, which blocks. A2 is released: that worker is
+ * free and must run C, D and E while B still blocks. */
+typedef struct hol {
+  evx_loop *loop;
+  evx_gate *gate;
+  atomic_int ran;
+  int done_calls;
+  int *total;
+} hol;
+
+static void hol_park(void *arg) { evx_gate_park(((hol *)arg)->gate); }
+static void hol_work(void *arg) { atomic_fetch_add(&((hol *)arg)->ran, 1); }
+static void hol_done(void *arg, int status) {
+  hol *h = arg;
+  ck_assert_int_eq(status, EVX_OK);
+  h->done_calls++;
+  ++*h->total;
+}
+
+START_TEST(test_no_head_of_line_blocking) {
+  evx_loop *loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(loop);
+  evx_executor_opts o = {.threads = 2};
+  evx_executor *ex = evx_executor_new(loop, &o);
+  ck_assert_ptr_nonnull(ex);
+  evx_gate ga, gb;
+  evx_gate_init(&ga);
+  evx_gate_init(&gb);
+  int total = 0;
+  hol a1 = {loop, &ga, 0, 0, &total}, a2 = a1, b = {loop, &gb, 0, 0, &total};
+  hol rest[3];
+  ck_assert_int_eq(evx_submit(ex, hol_park, hol_done, &a1), EVX_OK);
+  ck_assert_int_eq(evx_submit(ex, hol_park, hol_done, &a2), EVX_OK);
+  evx_gate_wait_entered(&ga, 2);
+  ck_assert_int_eq(evx_submit(ex, hol_park, hol_done, &b), EVX_OK);
+  for (int i = 0; i < 3; i++) {
+    rest[i] = (hol){loop, NULL, 0, 0, &total};
+    ck_assert_int_eq(evx_submit(ex, hol_work, hol_done, &rest[i]), EVX_OK);
+  }
+  evx_gate_open(&ga, 1);
+  evx_gate_wait_entered(&gb, 1); /* B blocks one worker */
+  evx_gate_open(&ga, 1);         /* the other worker is free now */
+  evx_test_run_until_count(loop, &total, 5, 5000); /* A1, A2, C, D, E */
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(atomic_load(&rest[i].ran), 1);
+    ck_assert_int_eq(rest[i].done_calls, 1);
+  }
+  ck_assert_int_eq(b.done_calls, 0);
+  evx_gate_open(&gb, 1);
+  evx_test_run_until_count(loop, &total, 6, 5000);
+  evx_test_assert_idle(ex);
+  evx_gate_destroy(&ga);
+  evx_gate_destroy(&gb);
+  evx_executor_free(ex);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
 /* ---- stats ----------------------------------------------------------------- */
 
 static void sleep_2ms(void *arg) {
@@ -580,6 +640,7 @@ static Suite *executor_suite(void) {
   tcase_add_test(tc, test_submit_invalid);
   tc = evx_test_tcase(s, "backpressure", 20);
   tcase_add_test(tc, test_max_queue_busy);
+  tcase_add_test(tc, test_no_head_of_line_blocking);
   tc = evx_test_tcase(s, "stats", 20);
   tcase_add_test(tc, test_stats_counters);
   tcase_add_test(tc, test_stats_quantile);

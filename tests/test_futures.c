@@ -502,7 +502,7 @@ START_TEST(test_all_ok) {
     in[i] = evx_future_new(loop);
     ck_assert_ptr_nonnull(in[i]);
   }
-  evx_future *all = evx_future_all(in, 3);
+  evx_future *all = evx_future_all(loop, in, 3);
   ck_assert_ptr_nonnull(all);
   ck_assert_int_eq(evx_future_on_done(all, rec_cb, (void *)1), EVX_OK);
   ck_assert_int_eq(evx_future_resolve(in[0], new_int(0), count_free), EVX_OK);
@@ -535,7 +535,7 @@ START_TEST(test_all_fails_fast) {
   ck_assert_ptr_nonnull(a);
   ck_assert_ptr_nonnull(b);
   evx_future *in[2] = {a, b};
-  evx_future *all = evx_future_all(in, 2);
+  evx_future *all = evx_future_all(loop, in, 2);
   ck_assert_ptr_nonnull(all);
   ck_assert_int_eq(evx_future_on_done(all, rec_cb, (void *)1), EVX_OK);
   ck_assert_int_eq(evx_future_fail(b, EVX_EIO), EVX_OK);
@@ -559,10 +559,12 @@ END_TEST
 
 START_TEST(test_all_empty) {
   evx_loop *loop = new_loop();
-  evx_future *all = evx_future_all(NULL, 0);
+  evx_future *all = evx_future_all(loop, NULL, 0);
   ck_assert_ptr_nonnull(all);
-  ck_assert_int_eq(evx_future_status(all), EVX_PENDING); /* resolves in the next iteration */
+  ck_assert_int_eq(evx_future_status(all), EVX_OK); /* already resolved */
+  ck_assert_ptr_null(evx_future_result(all));
   ck_assert_int_eq(evx_future_on_done(all, rec_cb, (void *)1), EVX_OK);
+  ck_assert_int_eq(g_rec.n, 0); /* on_done is still never inline */
   evx_test_run_until_count(loop, &g_rec.n, 1, 5000);
   ck_assert_int_eq(evx_future_status(all), EVX_OK);
   evx_future_release(all);
@@ -577,7 +579,7 @@ START_TEST(test_all_inputs_already_done) {
   ck_assert_int_eq(evx_future_resolve(a, NULL, NULL), EVX_OK);
   ck_assert_int_eq(evx_future_resolve(b, NULL, NULL), EVX_OK);
   evx_future *in[2] = {a, b};
-  evx_future *all = evx_future_all(in, 2);
+  evx_future *all = evx_future_all(loop, in, 2);
   ck_assert_ptr_nonnull(all);
   ck_assert_int_eq(evx_future_on_done(all, rec_cb, (void *)1), EVX_OK);
   ck_assert_int_eq(g_rec.n, 0);
@@ -595,7 +597,7 @@ START_TEST(test_all_cancel) {
   evx_loop *loop = new_loop();
   evx_future *a = evx_future_new(loop);
   ck_assert_ptr_nonnull(a);
-  evx_future *all = evx_future_all(&a, 1);
+  evx_future *all = evx_future_all(loop, &a, 1);
   ck_assert_ptr_nonnull(all);
   ck_assert_int_eq(evx_future_cancel(all), EVX_OK);
   ck_assert_int_eq(evx_future_status(all), EVX_ECANCELED);
@@ -617,11 +619,16 @@ START_TEST(test_all_invalid) {
   evx_future *a = evx_future_new(loop), *b = evx_future_new(other);
   ck_assert_ptr_nonnull(a);
   ck_assert_ptr_nonnull(b);
-  ck_assert_ptr_null(evx_future_all(NULL, 2));
+  evx_future *ok[1] = {a};
+  ck_assert_ptr_null(evx_future_all(NULL, ok, 1));
+  ck_assert_ptr_null(evx_future_all(loop, NULL, 2));
   evx_future *with_null[2] = {a, NULL};
-  ck_assert_ptr_null(evx_future_all(with_null, 2));
+  ck_assert_ptr_null(evx_future_all(loop, with_null, 2));
   evx_future *mixed[2] = {a, b};
-  ck_assert_ptr_null(evx_future_all(mixed, 2));
+  ck_assert_ptr_null(evx_future_all(loop, mixed, 2));
+  evx_future *foreign[1] = {b};
+  ck_assert_ptr_null(evx_future_all(loop, foreign, 1));
+  ck_assert_int_eq(evx_future_status(a), EVX_PENDING); /* untouched */
   evx_future_release(a);
   evx_future_release(b);
   evx_loop_free(other);
@@ -788,7 +795,7 @@ static void wrong_work(void *arg) {
   atomic_store(&w->on_done_rc, evx_future_on_done(w->f, rec_cb, (void *)9));
   evx_future *r = evx_run_on_executor(w->ex, nop_call, w, wrong_arg_free, NULL);
   atomic_store(&w->run_null, r == NULL);
-  evx_future *all = evx_future_all(&w->f, 1);
+  evx_future *all = evx_future_all(w->loop, &w->f, 1);
   atomic_store(&w->all_null, all == NULL);
   evx_future *t = evx_future_with_timeout(w->f, 1);
   atomic_store(&w->timeout_null, t == NULL);

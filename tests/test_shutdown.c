@@ -158,6 +158,40 @@ START_TEST(test_cancel_cancels_queued) {
 }
 END_TEST
 
+/* CANCEL cancels every job that has not started, including jobs queued
+ * behind a running one on a single worker (A parked, then B parks, C..F wait). */
+START_TEST(test_cancel_behind_running_job) {
+  evx_loop *loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(loop);
+  ctx_init(loop);
+  evx_executor_opts o = {.threads = 1};
+  evx_executor *ex = evx_executor_new(loop, &o);
+  ck_assert_ptr_nonnull(ex);
+  job a = {0}, b = {0}, rest[4] = {0};
+  ck_assert_int_eq(evx_submit(ex, park_work, job_done, &a), EVX_OK);
+  evx_gate_wait_entered(&g.gate, 1);
+  ck_assert_int_eq(evx_submit(ex, park_work, job_done, &b), EVX_OK);
+  for (int i = 0; i < 4; i++) ck_assert_int_eq(evx_submit(ex, job_work, job_done, &rest[i]), EVX_OK);
+  evx_gate_open(&g.gate, 1);
+  evx_gate_wait_entered(&g.gate, 1); /* B runs; the 4 others have not started */
+  ck_assert_int_eq(evx_executor_shutdown(ex, EVX_SHUTDOWN_CANCEL), EVX_OK);
+  g.n_parked = 1;
+  g.open_at_cancelled = 4;
+  g.stop_at = 6;
+  evx_test_run(loop, 5000);
+  ck_assert_int_eq(a.status, EVX_OK);
+  ck_assert_int_eq(b.status, EVX_OK);
+  for (int i = 0; i < 4; i++) {
+    ck_assert_int_eq(rest[i].status, EVX_ECANCELED);
+    ck_assert_int_eq(atomic_load(&rest[i].ran), 0);
+  }
+  evx_test_assert_idle(ex);
+  evx_executor_free(ex);
+  evx_gate_destroy(&g.gate);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
 /* DRAIN, then CANCEL: what is still waiting gets cancelled. Shutdown again is fine. */
 START_TEST(test_cancel_after_drain) {
   evx_loop *loop = evx_loop_new(NULL);
@@ -205,12 +239,14 @@ START_TEST(test_shutdown_invalid) {
 }
 END_TEST
 
-/* The parked jobs of the free tests hold their workers until `queued` drops to
- * 0, i.e. until evx_executor_free's implied CANCEL took the waiting jobs. The
- * executor is alive meanwhile (free waits for its workers). Bounded: gives up
- * after 10 s and records it. */
+/* The parked jobs of the free tests hold their workers until the queue has
+ * been filled with `fill` jobs and then emptied again, i.e. until
+ * evx_executor_free's implied CANCEL took the waiting jobs (nothing else can
+ * take them: every worker is held). The executor is alive meanwhile (free
+ * waits for its workers). Bounded: gives up after 10 s and records it. */
 typedef struct hold {
   evx_executor *ex;
+  uint64_t fill;
   atomic_int gave_up;
   atomic_int ran;
 } hold;
@@ -220,9 +256,16 @@ static void hold_until_queue_empty(void *arg) {
   atomic_fetch_add(&h->ran, 1);
   sem_post(&g.gate.entered);
   uint64_t deadline = evx_now_ns() + 10ull * 1000000000ull;
+  int filled = 0;
   for (;;) {
     evx_executor_stats st;
-    if (evx_executor_stats_get(h->ex, &st) == EVX_OK && st.queued == 0) return;
+    if (evx_executor_stats_get(h->ex, &st) == EVX_OK) {
+      if (!filled && st.queued == h->fill) {
+        filled = 1;
+        sem_post(&g.gate.entered); /* the test frees only after both saw it */
+      }
+      if (filled && st.queued == 0) return;
+    }
     if (evx_now_ns() > deadline) {
       atomic_store(&h->gave_up, 1);
       return;
@@ -245,12 +288,13 @@ START_TEST(test_free_with_pending) {
   ck_assert_ptr_nonnull(loop);
   ctx_init(loop);
   evx_executor *ex = two_threads(loop);
-  hold h = {.ex = ex};
+  hold h = {.ex = ex, .fill = Q};
   ck_assert_int_eq(evx_submit(ex, hold_until_queue_empty, hold_done, &h), EVX_OK);
   ck_assert_int_eq(evx_submit(ex, hold_until_queue_empty, hold_done, &h), EVX_OK);
   evx_gate_wait_entered(&g.gate, 2);
   job queued[Q] = {0};
   for (int i = 0; i < Q; i++) ck_assert_int_eq(evx_submit(ex, job_work, job_done, &queued[i]), EVX_OK);
+  evx_gate_wait_entered(&g.gate, 2); /* both holders saw the full queue */
   g.in_call = 1;
   evx_executor_free(ex);
   g.in_call = 0;
@@ -449,6 +493,7 @@ static Suite *shutdown_suite(void) {
   tcase_add_test(tc, test_drain_runs_every_job);
   tcase_add_test(tc, test_cancel_cancels_queued);
   tcase_add_test(tc, test_cancel_after_drain);
+  tcase_add_test(tc, test_cancel_behind_running_job);
   tcase_add_test(tc, test_shutdown_invalid);
   tc = evx_test_tcase(s, "free", 20);
   tcase_add_test(tc, test_free_with_pending);
