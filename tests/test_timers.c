@@ -2,9 +2,10 @@
  * use short real delays with generous bounds. */
 #include "evx_test.h"
 
-/* Timers may fire up to a little early because libevent computes deadlines
- * from its cached loop time; the upper bound only guards against a hang. */
-#define EARLY_SLACK_MS 3
+/* "after ms milliseconds": a timer never fires early. Elapsed times are
+ * whole milliseconds rounded down, hence the 1 ms slack. The upper bound only
+ * guards against a hang. */
+#define EARLY_SLACK_MS 1
 #define LATE_LIMIT_MS 3000
 
 typedef struct fired {
@@ -204,6 +205,39 @@ START_TEST(test_wrong_thread) {
 }
 END_TEST
 
+/* A timer armed by a callback that ran late in its loop iteration (after a
+ * busy 20 ms) still waits its full delay from the moment it was armed, not
+ * from the start of the iteration. */
+typedef struct late_arm {
+  evx_loop *loop;
+  uint64_t armed_ns;
+  uint64_t fired_after_ns;
+} late_arm;
+
+static void late_fire_cb(void *arg) {
+  late_arm *l = arg;
+  l->fired_after_ns = evx_now_ns() - l->armed_ns;
+  evx_loop_stop(l->loop);
+}
+static void busy_then_arm_cb(void *arg) {
+  late_arm *l = arg;
+  evx_test_spin_us(20000); /* a slow callback earlier in the iteration */
+  l->armed_ns = evx_now_ns();
+  ck_assert_ptr_nonnull(evx_call_later(l->loop, 10, late_fire_cb, l));
+}
+
+START_TEST(test_not_early_after_busy_callback) {
+  evx_loop *loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(loop);
+  late_arm l = {.loop = loop};
+  /* Arm from inside a running loop (timers are how the callback gets called). */
+  ck_assert_ptr_nonnull(evx_call_later(loop, 1, busy_then_arm_cb, &l));
+  evx_test_run(loop, 5000);
+  ck_assert_uint_ge(l.fired_after_ns + EARLY_SLACK_MS * 1000000ull, 10000000ull);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
 /* Many timers: each fires exactly once and none early. */
 #define MANY 200
 static int g_many_count[MANY];
@@ -239,6 +273,7 @@ static Suite *timers_suite(void) {
   tcase_add_test(tc, test_order_by_deadline);
   tcase_add_test(tc, test_zero_ms);
   tcase_add_test(tc, test_many_timers);
+  tcase_add_test(tc, test_not_early_after_busy_callback);
   tc = evx_test_tcase(s, "cancel", 10);
   tcase_add_test(tc, test_cancel_prevents_call);
   tcase_add_test(tc, test_cancel_from_timer_callback);
