@@ -244,6 +244,7 @@ END_TEST
 /* Condition calls from a worker while the loop runs: wrong thread. */
 typedef struct wrong {
   evx_loop *loop;
+  evx_executor *ex;
   evx_condition *c;
   atomic_int wait_null, notify_rc, notify_all_rc, new_null;
 } wrong;
@@ -259,6 +260,11 @@ static void wrong_done(void *arg, int status) {
   ck_assert_int_eq(status, EVX_OK);
   evx_loop_stop(((wrong *)arg)->loop);
 }
+/* Submitted from a loop callback: the loop is running while the worker calls. */
+static void wrong_submit_cb(void *arg) {
+  wrong *w = arg;
+  ck_assert_int_eq(evx_submit(w->ex, wrong_work, wrong_done, w), EVX_OK);
+}
 
 START_TEST(test_wrong_thread) {
   evx_loop *loop = new_loop();
@@ -269,8 +275,8 @@ START_TEST(test_wrong_thread) {
   evx_executor_opts o = {.threads = 1};
   evx_executor *ex = evx_executor_new(loop, &o);
   ck_assert_ptr_nonnull(ex);
-  wrong w = {.loop = loop, .c = c};
-  ck_assert_int_eq(evx_submit(ex, wrong_work, wrong_done, &w), EVX_OK);
+  wrong w = {.loop = loop, .ex = ex, .c = c};
+  ck_assert_int_eq(evx_add_callback(loop, wrong_submit_cb, &w), EVX_OK);
   evx_test_run(loop, 5000);
   ck_assert_int_eq(atomic_load(&w.wait_null), 1);
   ck_assert_int_eq(atomic_load(&w.notify_rc), EVX_EINVAL);

@@ -807,13 +807,19 @@ static void wrong_done(void *arg, int status) {
   evx_loop_stop(w->loop);
 }
 
+/* Submitted from a loop callback: the loop is running while the worker calls. */
+static void wrong_submit_cb(void *arg) {
+  wrong *w = arg;
+  ck_assert_int_eq(evx_submit(w->ex, wrong_work, wrong_done, w), EVX_OK);
+}
+
 START_TEST(test_wrong_thread) {
   evx_executor *ex;
   evx_loop *loop = new_exec_loop(&ex, 1, 0);
   wrong w = {.loop = loop, .ex = ex};
   w.f = evx_future_new(loop);
   ck_assert_ptr_nonnull(w.f);
-  ck_assert_int_eq(evx_submit(ex, wrong_work, wrong_done, &w), EVX_OK);
+  ck_assert_int_eq(evx_add_callback(loop, wrong_submit_cb, &w), EVX_OK);
   evx_test_run(loop, 5000);
   evx_test_run_once(loop);
   ck_assert_int_eq(atomic_load(&w.new_null), 1);
