@@ -158,7 +158,13 @@ evx_loop *evx_loop_new(struct event_base *base) {
   if (base) {
     loop->base = base;
   } else {
-    loop->base = event_base_new();
+    /* PRECISE_TIMER: libevent's default monotonic clock is the coarse one
+     * (one tick is 1-10 ms), which lets timers fire up to a tick early. */
+    struct event_config *cfg = event_config_new();
+    if (!cfg) goto fail;
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    loop->base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
     loop->owns_base = 1;
     if (!loop->base) goto fail;
   }
