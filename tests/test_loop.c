@@ -150,6 +150,22 @@ START_TEST(test_stop_before_run) {
 }
 END_TEST
 
+/* A stop from a callback ends the run after the current iteration: the
+ * callbacks queued after it in the same batch still run in this run. */
+START_TEST(test_stop_finishes_batch) {
+  evx_loop *loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(loop);
+  int before = 0, after = 0;
+  ck_assert_int_eq(evx_add_callback(loop, set_flag_cb, &before), EVX_OK);
+  ck_assert_int_eq(evx_add_callback(loop, evx_test_stop_cb, loop), EVX_OK);
+  ck_assert_int_eq(evx_add_callback(loop, set_flag_cb, &after), EVX_OK);
+  evx_test_run(loop, 5000);
+  ck_assert_int_eq(before, 1);
+  ck_assert_int_eq(after, 1);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
 START_TEST(test_run_twice) {
   evx_loop *loop = evx_loop_new(NULL);
   ck_assert_ptr_nonnull(loop);
@@ -412,6 +428,7 @@ static Suite *loop_suite(void) {
   tcase_add_test(tc, test_stop_from_other_thread);
   tcase_add_test(tc, test_stop_before_run);
   tcase_add_test(tc, test_run_twice);
+  tcase_add_test(tc, test_stop_finishes_batch);
   tc = evx_test_tcase(s, "misuse", 10);
   tcase_add_test(tc, test_misuse_null);
   tcase_add_test(tc, test_misuse_run_inside_callback);

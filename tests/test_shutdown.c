@@ -363,6 +363,51 @@ START_TEST(test_free_from_callback) {
 }
 END_TEST
 
+/* evx_executor_free from one of the executor's own done callbacks (loop
+ * thread): the other dones of that batch and the cancelled ones still arrive,
+ * exactly once, and nothing is used after free (ASan). */
+static evx_executor *g_self_free_ex;
+static int g_self_freed;
+static void self_free_done(void *arg, int status) {
+  job_done(arg, status);
+  if (!g_self_freed) {
+    g_self_freed = 1;
+    evx_executor_free(g_self_free_ex);
+  }
+}
+
+START_TEST(test_free_from_own_done) {
+  evx_loop *loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(loop);
+  ctx_init(loop);
+  evx_executor_opts o = {.threads = 1};
+  evx_executor *ex = evx_executor_new(loop, &o);
+  ck_assert_ptr_nonnull(ex);
+  g_self_free_ex = ex;
+  g_self_freed = 0;
+  job first = {0}, parked = {0}, queued[Q] = {0};
+  ck_assert_int_eq(evx_submit(ex, job_work, self_free_done, &first), EVX_OK);
+  ck_assert_int_eq(evx_submit(ex, park_work, job_done, &parked), EVX_OK);
+  evx_gate_wait_entered(&g.gate, 1); /* first ran; parked runs now */
+  for (int i = 0; i < Q; i++) ck_assert_int_eq(evx_submit(ex, job_work, job_done, &queued[i]), EVX_OK);
+  evx_gate_open(&g.gate, 1); /* free (from first's done) waits for it */
+  g.stop_at = Q + 2;
+  evx_test_run_until_count(loop, &g.done_total, Q + 2, 10000);
+  ck_assert_int_eq(g_self_freed, 1);
+  ck_assert_int_eq(first.done_calls, 1);
+  ck_assert_int_eq(first.status, EVX_OK);
+  ck_assert_int_eq(parked.done_calls, 1);
+  for (int i = 0; i < Q; i++) {
+    ck_assert_int_eq(queued[i].done_calls, 1);
+    ck_assert_int_eq(atomic_load(&queued[i].ran), queued[i].status == EVX_OK);
+  }
+  evx_test_run_once(loop);
+  ck_assert_int_eq(g.done_total, Q + 2);
+  evx_gate_destroy(&g.gate);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
 /* Accounting under concurrency: 4 workers, 2 producer threads and the loop
  * thread submit; the loop shuts the executor down with CANCEL half-way.
  * Every accepted job gets exactly one done, accepted = ran + cancelled, and a
@@ -499,6 +544,7 @@ static Suite *shutdown_suite(void) {
   tcase_add_test(tc, test_free_with_pending);
   tcase_add_test(tc, test_free_after_drain_runs_all);
   tcase_add_test(tc, test_free_from_callback);
+  tcase_add_test(tc, test_free_from_own_done);
   tc = evx_test_tcase(s, "counting", 30);
   tcase_add_test(tc, test_counting);
   return s;

@@ -193,6 +193,49 @@ START_TEST(test_strand_free_cancels_waiting) {
 }
 END_TEST
 
+/* strand_free when no strand job runs yet: its first job is queued on the
+ * executor (behind a parked plain job), the others wait on the strand. None
+ * of them is running, so all are cancelled; the plain job is not touched. */
+START_TEST(test_strand_free_cancels_not_started_head) {
+  evx_loop *loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(loop);
+  evx_executor_opts o = {.threads = 1};
+  evx_executor *ex = evx_executor_new(loop, &o);
+  ck_assert_ptr_nonnull(ex);
+  evx_strand *s = evx_strand_new(ex);
+  ck_assert_ptr_nonnull(s);
+  evx_gate gate;
+  evx_gate_init(&gate);
+  int total = 0;
+  job plain = {.loop = loop, .gate = &gate, .total = &total, .stop_at = -1};
+  ck_assert_int_eq(evx_submit(ex, job_park, job_done, &plain), EVX_OK);
+  evx_gate_wait_entered(&gate, 1);
+  job sj[3];
+  for (int i = 0; i < 3; i++) {
+    sj[i] = (job){.loop = loop, .total = &total, .stop_at = -1};
+    ck_assert_int_eq(evx_strand_submit(s, job_work, job_done, &sj[i]), EVX_OK);
+  }
+  evx_strand_free(s);
+  evx_executor_stats st;
+  ck_assert_int_eq(evx_executor_stats_get(ex, &st), EVX_OK);
+  ck_assert_uint_eq(st.queued, 0);
+  ck_assert_uint_eq(st.cancelled, 3);
+  evx_test_run_until_count(loop, &total, 3, 5000); /* the 3 cancelled dones, plain still parked */
+  evx_gate_open(&gate, 1);
+  evx_test_run_until_count(loop, &total, 4, 5000);
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(sj[i].done_calls, 1);
+    ck_assert_int_eq(sj[i].status, EVX_ECANCELED);
+    ck_assert_int_eq(atomic_load(&sj[i].ran), 0);
+  }
+  ck_assert_int_eq(plain.status, EVX_OK);
+  evx_test_assert_idle(ex);
+  evx_gate_destroy(&gate);
+  evx_executor_free(ex);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
 /* Cancelling one waiting strand job: it never runs; the rest keep their order. */
 static job *g_order[8];
 static atomic_int g_norder;
@@ -412,6 +455,7 @@ static Suite *strand_suite(void) {
   tcase_add_test(tc, test_serial_in_order);
   tc = evx_test_tcase(s, "lifecycle", 10);
   tcase_add_test(tc, test_strand_free_cancels_waiting);
+  tcase_add_test(tc, test_strand_free_cancels_not_started_head);
   tcase_add_test(tc, test_strand_cancel_one);
   tcase_add_test(tc, test_strand_shutdown);
   tcase_add_test(tc, test_executor_free_with_strand_jobs);

@@ -139,6 +139,35 @@ START_TEST(test_cancel_from_timer_callback) {
 }
 END_TEST
 
+/* A timer's own handle, cancelled from inside its callback: a no-op answering
+ * EVX_EINVAL (the handle is freed once fn returns); no double free. */
+typedef struct self_cancel {
+  evx_loop *loop;
+  evx_timer *t;
+  int rc;
+  int calls;
+} self_cancel;
+
+static void self_cancel_cb(void *arg) {
+  self_cancel *s = arg;
+  s->calls++;
+  s->rc = evx_timer_cancel(s->t);
+  evx_loop_stop(s->loop);
+}
+
+START_TEST(test_cancel_inside_own_callback) {
+  evx_loop *loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(loop);
+  self_cancel s = {.loop = loop, .rc = 99};
+  s.t = evx_call_later(loop, 1, self_cancel_cb, &s);
+  ck_assert_ptr_nonnull(s.t);
+  evx_test_run(loop, 5000);
+  ck_assert_int_eq(s.calls, 1);
+  ck_assert_int_eq(s.rc, EVX_EINVAL);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
 START_TEST(test_invalid_args) {
   ck_assert_int_eq(evx_timer_cancel(NULL), EVX_EINVAL);
   ck_assert_ptr_null(evx_call_later(NULL, 0, count_cb, NULL));
@@ -284,6 +313,7 @@ static Suite *timers_suite(void) {
   tc = evx_test_tcase(s, "cancel", 10);
   tcase_add_test(tc, test_cancel_prevents_call);
   tcase_add_test(tc, test_cancel_from_timer_callback);
+  tcase_add_test(tc, test_cancel_inside_own_callback);
   tcase_add_test(tc, test_invalid_args);
   tc = evx_test_tcase(s, "thread", 10);
   tcase_add_test(tc, test_wrong_thread);
