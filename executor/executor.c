@@ -498,8 +498,12 @@ void evx_strand_free(evx_strand *s) {
     ex->stats.cancelled++;
     post |= evx__complete_locked(ex, job, JOB_CANCELLED);
   }
-  /* The active job (queued or running) runs on as a plain job. */
-  if (s->active) s->active->strand = NULL;
+  /* The active job: cancelled too when it has not started (it sits on
+   * ex->queue); a running one finishes as a plain job. */
+  if (s->active && s->active->state == JOB_QUEUED)
+    post |= evx__cancel_locked(ex, s->active); /* advances s: nothing waits any more */
+  else if (s->active)
+    s->active->strand = NULL;
   evx__list_remove(&s->link);
   pthread_mutex_unlock(&ex->lock);
   if (post) evx__post(ex);
