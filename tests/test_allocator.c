@@ -94,7 +94,7 @@ typedef struct path {
   evx_executor *ex;
   evx_strand *strand;
   evx_condition *cond;
-  evx_future *f, *g, *all, *w;
+  evx_future *f, *g, *all, *w, *wt;
 
   int cb_added, cb_ran;
   int timer_added, timer_ran;
@@ -260,10 +260,23 @@ static void run_path(void) {
   P.g = evx_future_new(P.loop);
   if (!P.g) note_failure("future_new");
 
+  /* Two callbacks on g fill its inline slots, so the ones future_all and
+   * with_timeout add must allocate (and roll back when they cannot). */
+  for (int i = 0; P.g && i < 2; i++) {
+    rc = evx_future_on_done(P.g, p_on_done, NULL);
+    check_rc("future_on_done(g)", rc);
+    P.on_done_added += rc == EVX_OK;
+  }
+
   if (P.f && P.g) {
     evx_future *in[2] = {P.f, P.g};
     P.all = evx_future_all(P.loop, in, 2);
     if (!P.all) note_failure("future_all");
+  }
+
+  if (P.g) {
+    P.wt = evx_future_with_timeout(P.g, 60000);
+    if (!P.wt) note_failure("with_timeout");
   }
 
   P.cond = evx_condition_new(P.loop);
@@ -278,7 +291,7 @@ static void run_path(void) {
   if (target) {
     rc = evx_future_on_done(target, p_on_done, NULL);
     check_rc("future_on_done", rc);
-    P.on_done_added = rc == EVX_OK;
+    P.on_done_added += rc == EVX_OK;
   }
 
   /* Drive everything to completion. */
@@ -290,6 +303,7 @@ static void run_path(void) {
   if (P.f) observe(P.f);
   if (P.all) observe(P.all);
   if (P.w) observe(P.w);
+  if (P.wt) observe(P.wt);
   if (!settled()) evx_test_run(P.loop, 10000);
 }
 
@@ -316,6 +330,8 @@ static void check_and_free_path(long n) {
     if (P.f) ck_assert_int_eq(P.arg_freed, 1);
     if (P.all) ck_assert_int_eq(evx_future_status(P.all), evx_future_status(P.f));
     if (P.w) ck_assert_int_eq(evx_future_status(P.w), EVX_OK);
+    if (P.wt) ck_assert_int_eq(evx_future_status(P.wt), EVX_OK); /* mirrors g */
+    evx_future_release(P.wt);
     evx_future_release(P.w);
     evx_future_release(P.all);
     evx_future_release(P.g);
