@@ -371,9 +371,22 @@ static int evx__cancel_locked(evx_executor *ex, evx_job *job) {
 
 static void *evx__worker(void *arg) {
   evx_executor *ex = arg;
+  int post = 0; /* our last completion made ex->completed non-empty: post it, unlocked */
   pthread_mutex_lock(&ex->lock);
   for (;;) {
-    if (evx__list_empty(&ex->queue)) evx__spin_locked(ex);
+    /* One critical section completes a job and takes the next; the post
+     * goes out right after that (unlocked), or before this worker spins,
+     * sleeps or exits - never later. */
+    if (evx__list_empty(&ex->queue)) {
+      if (post) {
+        pthread_mutex_unlock(&ex->lock);
+        evx__post(ex);
+        post = 0;
+        pthread_mutex_lock(&ex->lock);
+        continue;
+      }
+      evx__spin_locked(ex);
+    }
     while (evx__list_empty(&ex->queue) && (!ex->closed || ex->reserved)) {
       ex->nidle++;
       pthread_cond_wait(&ex->work_cv, &ex->lock);
@@ -393,6 +406,10 @@ static void *evx__worker(void *arg) {
     ex->nqueued--;
     ex->nrunning++;
     pthread_mutex_unlock(&ex->lock);
+    if (post) {
+      evx__post(ex);
+      post = 0;
+    }
 
     job->work(job->arg);
     uint64_t run_ns = evx_now_ns() - t0;
@@ -400,16 +417,11 @@ static void *evx__worker(void *arg) {
     pthread_mutex_lock(&ex->lock);
     evx__record(&ex->stats.run_ns_total, &ex->stats.run_ns_max, ex->stats.run_hist, run_ns);
     if (job->strand) evx__strand_advance_locked(job->strand);
-    int post = evx__complete_locked(ex, job, JOB_DONE);
+    post |= evx__complete_locked(ex, job, JOB_DONE);
     ex->nrunning--;
     ex->stats.completed++;
-    if (post) {
-      pthread_mutex_unlock(&ex->lock);
-      evx__post(ex);
-      pthread_mutex_lock(&ex->lock);
-    }
   }
-  pthread_mutex_unlock(&ex->lock);
+  pthread_mutex_unlock(&ex->lock); /* post == 0: handed over before the exit check */
   return NULL;
 }
 
