@@ -196,16 +196,25 @@ fail:
   return NULL;
 }
 
+/* The loop this thread is inside evx_loop_run of, if any (see
+ * evx__loop_running_here). Thread-local: no lock, no race. */
+static _Thread_local evx_loop *evx__running_loop;
+
 int evx_loop_run(evx_loop *loop) {
   if (!loop || atomic_load(&loop->running)) return EVX_EINVAL;
   pthread_mutex_lock(&loop->lock);
   loop->thread = pthread_self();
   pthread_mutex_unlock(&loop->lock);
   atomic_store(&loop->running, 1);
+  evx_loop *outer = evx__running_loop;
+  evx__running_loop = loop;
   int rc = event_base_loop(loop->base, 0);
+  evx__running_loop = outer;
   atomic_store(&loop->running, 0);
   return rc < 0 ? EVX_EIO : EVX_OK;
 }
+
+int evx__loop_running_here(evx_loop *loop) { return evx__running_loop == loop; }
 
 int evx_loop_stop(evx_loop *loop) {
   if (!loop) return EVX_EINVAL;
