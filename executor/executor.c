@@ -40,6 +40,14 @@
  *   Submits that cannot take the fast path (other threads, strands, nested
  *   drains) take the lock; inside a drain they too leave their wakeups owed
  *   (ex->wakes_owed), paid by the same refill.
+ * - Wakeups owed by the loop thread: a submit made on the thread running the
+ *   loop (an HTTP handler, a timer, a future callback) does not signal an
+ *   idle worker itself either: it adds to ex->wakes_owed and makes
+ *   ex->wake_ev active, which pays what is owed later in the same loop
+ *   iteration, once the callbacks already due have run (or at once when
+ *   EVX__WAKE_BATCH are owed). A burst of requests handled in one iteration
+ *   then costs a wakeup or two instead of one per job; busy workers take
+ *   the jobs at once regardless, since they are on ex->queue.
  * - Optional bounded spin (opts.spin_us): a worker that finds the queue
  *   empty first polls ex->queue_gen without the lock for up to spin_us, then
  *   sleeps on work_cv as before. At most one worker spins (ex->nspinning,
@@ -60,6 +68,8 @@
 #include <evexec/executor.h>
 
 #include <errno.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -136,6 +146,8 @@ struct evx_executor {
   evx_job *lfree;     /* nodes whose done() ran in this drain, reused first */
 
   /* Loop thread only. */
+  struct event wake_ev; /* pays wakes_owed later in this loop iteration (see DESIGN) */
+  int wake_ev_active;   /* wake_ev was made active and has not run yet */
   int draining;       /* inside evx__executor_drain */
   int free_requested; /* evx_executor_free called from one of our done callbacks */
   int freeing;        /* evx_executor_free is tearing down: further free calls are no-ops */
@@ -202,17 +214,29 @@ static void evx__pay_wakes_locked(evx_executor *ex) {
   ex->wakes_owed = 0;
 }
 
-/* ex->lock held. Put a job on the run queue and wake a worker (or leave it
- * to the spinning one; or, inside our own drain, note that a wake is owed). */
-static void evx__enqueue_locked(evx_executor *ex, evx_job *job) {
+/* ex->lock held. Put a job on the run queue and wake a worker - or leave it
+ * to the spinning one, or, when `owe` (the caller is the loop thread, which
+ * pays later: see DESIGN), note that a wake is owed. */
+static void evx__enqueue_locked(evx_executor *ex, evx_job *job, int owe) {
   evx__list_insert_tail(&ex->queue, &job->link);
   if (evx__claim_spinner_locked(ex)) return;
   if (!ex->nidle) return;
-  if (evx__draining_ex != ex) {
+  if (!owe) {
     pthread_cond_signal(&ex->work_cv);
   } else if (++ex->wakes_owed >= EVX__WAKE_BATCH) {
     evx__pay_wakes_locked(ex);
   }
+}
+
+/* Loop thread, later in the iteration of the submits that owe wakes. */
+static void evx__on_wake_ev(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  evx_executor *ex = arg;
+  ex->wake_ev_active = 0;
+  pthread_mutex_lock(&ex->lock);
+  evx__pay_wakes_locked(ex);
+  pthread_mutex_unlock(&ex->lock);
 }
 
 /* Append every node of src to dst (in order), leaving src empty. */
@@ -356,7 +380,7 @@ static void evx__strand_advance_locked(evx_strand *s) {
   evx__list *n = evx__list_pop_head(&s->waiting);
   if (!n) return;
   s->active = EVX__CONTAINER_OF(n, evx_job, link);
-  evx__enqueue_locked(s->ex, s->active);
+  evx__enqueue_locked(s->ex, s->active, 0);
 }
 
 /* ex->lock held. Cancel a QUEUED job wherever it waits. Returns 1 to post. */
@@ -509,6 +533,11 @@ evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
   evx__list_init(&ex->queue);
   evx__list_init(&ex->strands);
   evx__list_init(&ex->deferred);
+  if (event_assign(&ex->wake_ev, evx_loop_base(loop), -1, 0, evx__on_wake_ev, ex) != 0) {
+    pthread_cond_destroy(&ex->work_cv);
+    pthread_mutex_destroy(&ex->lock);
+    goto fail_mem;
+  }
   atomic_init(&ex->closed_pub, 0);
   atomic_init(&ex->queue_gen, 0);
   ex->spin_ns = (uint64_t)o.spin_us * 1000;
@@ -566,6 +595,10 @@ static int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_do
                        void *arg, evx_job **handle) {
   int own_drain = evx__draining_ex == ex;
   if (own_drain && !s) return evx__submit_deferred(ex, work, done, arg, handle);
+  /* On the loop thread the wake is owed, and paid by our drain's end or by
+   * wake_ev later in this iteration (see DESIGN). */
+  int loop_here = !own_drain && evx__loop_running_here(ex->loop);
+  int schedule = 0;
   uint64_t now = evx_now_ns();
   evx_job *job;
   pthread_mutex_lock(&ex->lock);
@@ -587,11 +620,16 @@ static int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_do
       evx__list_insert_tail(&s->waiting, &job->link);
     } else {
       if (s) s->active = job;
-      evx__enqueue_locked(ex, job);
+      evx__enqueue_locked(ex, job, own_drain || loop_here);
     }
     if (handle) *handle = job;
+    schedule = loop_here && ex->wakes_owed && !ex->wake_ev_active;
   }
   pthread_mutex_unlock(&ex->lock);
+  if (schedule) {
+    ex->wake_ev_active = 1;
+    event_active(&ex->wake_ev, EV_TIMEOUT, 1);
+  }
   if (post) evx__post(ex);
   return rc;
 }
@@ -678,6 +716,7 @@ void evx_executor_free(evx_executor *ex) {
   }
   ex->freeing = 1;
   for (unsigned i = 0; i < ex->started; i++) pthread_join(ex->threads[i], NULL);
+  event_del(&ex->wake_ev); /* owed wakes are moot: the workers are gone */
   ex->started = 0;
 
   /* Workers are gone: no one posts any more. Pull our node off the loop

@@ -372,6 +372,67 @@ START_TEST(test_free_in_done) {
 }
 END_TEST
 
+/* ---- submits from loop callbacks: wakes paid later in the iteration ------- */
+
+static void *open_when_both_entered(void *arg) {
+  (void)arg;
+  evx_gate_wait_entered(&g.gate, 2);
+  evx_gate_open(&g.gate, 2);
+  return NULL;
+}
+
+static void submit_two_parkers(void *arg) {
+  (void)arg;
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(evx_submit(g.ex, evx_gate_park, park_done, &g.gate), EVX_OK);
+}
+
+/* Both idle workers must be woken for jobs a loop callback submitted (the
+ * wakes it owes are paid by the executor's event later in the iteration). */
+START_TEST(test_loop_callback_submit_wakes_workers) {
+  memset(&g, 0, sizeof g);
+  g.loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(g.loop);
+  evx_executor_opts o = {.threads = 2};
+  g.ex = evx_executor_new(g.loop, &o);
+  ck_assert_ptr_nonnull(g.ex);
+  evx_gate_init(&g.gate);
+  pthread_t t;
+  ck_assert_int_eq(pthread_create(&t, NULL, open_when_both_entered, NULL), 0);
+  ck_assert_int_eq(evx_add_callback(g.loop, submit_two_parkers, NULL), EVX_OK);
+  g.stop_at = 2;
+  run_loop(g.loop, 10000);
+  pthread_join(t, NULL);
+  teardown_all();
+}
+END_TEST
+
+static void submit_then_free(void *arg) {
+  (void)arg;
+  usleep(20000); /* the workers are asleep by now, so the submit owes a wake (passes either way) */
+  ck_assert_int_eq(evx_submit(g.ex, job_work, count_done, &g.jobs[0]), EVX_OK);
+  evx_executor_free(g.ex); /* its wake event is pending in this iteration */
+  g.ex = NULL;
+  ck_assert_int_eq(g.jobs[0].done_calls, 1);
+  ck_assert_int_eq(evx_add_callback(g.loop, evx_test_stop_cb, g.loop), EVX_OK);
+}
+
+/* Freeing the executor while its wake event is pending removes the event:
+ * the loop goes on without touching freed memory (ASan checks). */
+START_TEST(test_free_with_wake_pending) {
+  memset(&g, 0, sizeof g);
+  g.loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(g.loop);
+  evx_executor_opts o = {.threads = 2};
+  g.ex = evx_executor_new(g.loop, &o);
+  ck_assert_ptr_nonnull(g.ex);
+  g.stop_at = -1;
+  ck_assert_int_eq(evx_add_callback(g.loop, submit_then_free, NULL), EVX_OK);
+  run_loop(g.loop, 10000);
+  evx_loop_free(g.loop);
+}
+END_TEST
+
 /* ---- spin_us --------------------------------------------------------------- */
 
 START_TEST(test_spin_option_limits) {
@@ -463,6 +524,8 @@ int main(void) {
   tcase_add_test(tc, test_remote_shutdown_cancel);
   tcase_add_test(tc, test_free_in_done);
   suite_add_tcase(s, tc);
+  tcase_add_test(tc, test_loop_callback_submit_wakes_workers);
+  tcase_add_test(tc, test_free_with_wake_pending);
   TCase *sp = tcase_create("spin");
   tcase_set_timeout(sp, 30);
   tcase_add_test(sp, test_spin_option_limits);
