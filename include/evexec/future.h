@@ -114,16 +114,18 @@ EVX_API evx_future *evx_run_on_executor(evx_executor *ex, evx_call_fn fn, void *
  * gen.multi: a future that resolves (with a NULL result) when every one of the
  * n futures resolved, or fails with the first failure's code as soon as one
  * fails. It holds references to the inputs; the caller keeps its own. Cancelling
- * it does not cancel the inputs. n == 0 resolves in the next iteration.
- * @return a future (one reference), or NULL (NULL array with n > 0, a NULL
- *         element, futures of different loops, out of memory).
+ * it does not cancel the inputs. n == 0 gives a future that is already resolved.
+ * @param loop the loop every input belongs to.
+ * @return a future (one reference), or NULL (NULL loop, NULL array with n > 0,
+ *         a NULL element, a future of another loop, wrong thread, out of memory).
  */
-EVX_API evx_future *evx_future_all(evx_future *const *futures, size_t n);
+EVX_API evx_future *evx_future_all(evx_loop *loop, evx_future *const *futures, size_t n);
 
 /**
  * with_timeout: a future that mirrors f, or fails with EVX_ETIMEDOUT when f is
  * not done after `ms` milliseconds. f is not cancelled on timeout. The mirror's
  * result is f's (evx_future_result borrows it; evx_future_take takes it from f).
+ * The mirror keeps f alive until f is done.
  * @return a future (one reference), or NULL (NULL f, out of memory).
  */
 EVX_API evx_future *evx_future_with_timeout(evx_future *f, uint64_t ms);

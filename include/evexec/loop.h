@@ -100,7 +100,8 @@ EVX_API evx_timer *evx_call_later(evx_loop *loop, uint64_t ms, evx_cb fn, void *
 /**
  * Cancel a pending timer: fn will not be called and the handle is freed.
  * Loop thread only.
- * @return EVX_OK, or EVX_EINVAL for NULL.
+ * @return EVX_OK; EVX_EINVAL for NULL, for a timer whose fn is running now
+ *         (a no-op), or from another thread.
  */
 EVX_API int evx_timer_cancel(evx_timer *timer);
 

@@ -1,0 +1,84 @@
+/*
+ * Error table, allocator hook and clock.
+ *
+ * DESIGN: every allocation in evexec goes through evx__alloc (the hook set by
+ * evx_set_allocator), so tests can fail the Nth allocation and count leaks.
+ * The hook is set once before any object exists; it is read without a lock.
+ */
+#include "common-internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *evx_strerror(int err) {
+  switch (err) {
+#define EVX__ERR_STR(name, value, msg) \
+  case EVX_##name:                     \
+    return msg;
+    EVX_ERRNO_MAP(EVX__ERR_STR)
+#undef EVX__ERR_STR
+  default:
+    return "unknown error";
+  }
+}
+
+const char *evx_err_name(int err) {
+  switch (err) {
+#define EVX__ERR_NAME(name, value, msg) \
+  case EVX_##name:                      \
+    return "EVX_" #name;
+    EVX_ERRNO_MAP(EVX__ERR_NAME)
+#undef EVX__ERR_NAME
+  default:
+    return "EVX_UNKNOWN";
+  }
+}
+
+static struct {
+  void *(*malloc_fn)(size_t);
+  void *(*realloc_fn)(void *, size_t);
+  void *(*calloc_fn)(size_t, size_t);
+  void (*free_fn)(void *);
+} evx__allocator = {malloc, realloc, calloc, free};
+
+int evx_set_allocator(void *(*malloc_fn)(size_t), void *(*realloc_fn)(void *, size_t),
+                      void *(*calloc_fn)(size_t, size_t), void (*free_fn)(void *)) {
+  int given = (malloc_fn != NULL) + (realloc_fn != NULL) + (calloc_fn != NULL) + (free_fn != NULL);
+  if (given == 0) {
+    evx__allocator.malloc_fn = malloc;
+    evx__allocator.realloc_fn = realloc;
+    evx__allocator.calloc_fn = calloc;
+    evx__allocator.free_fn = free;
+    return EVX_OK;
+  }
+  if (given != 4) return EVX_EINVAL;
+  evx__allocator.malloc_fn = malloc_fn;
+  evx__allocator.realloc_fn = realloc_fn;
+  evx__allocator.calloc_fn = calloc_fn;
+  evx__allocator.free_fn = free_fn;
+  return EVX_OK;
+}
+
+void *evx_malloc(size_t n) { return evx__allocator.malloc_fn(n ? n : 1); }
+void *evx_calloc(size_t count, size_t n) {
+  return evx__allocator.calloc_fn(count ? count : 1, n ? n : 1);
+}
+void *evx_realloc(void *p, size_t n) { return evx__allocator.realloc_fn(p, n ? n : 1); }
+void evx_free(void *p) {
+  if (p) evx__allocator.free_fn(p);
+}
+
+char *evx_strdup(const char *s) {
+  if (!s) return NULL;
+  size_t n = strlen(s) + 1;
+  char *d = evx_malloc(n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+uint64_t evx_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}

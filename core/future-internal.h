@@ -1,0 +1,14 @@
+/* PRIVATE to evexec: never installed, never included by users. */
+#ifndef EVX_FUTURE_INTERNAL_H
+#define EVX_FUTURE_INTERNAL_H
+
+#include <evexec/future.h>
+
+/* Called by evx_future_cancel after the future failed with EVX_ECANCELED,
+ * so the producer feeding it can stop (dequeue a job, drop a waiter...).
+ * The hook is cleared before it is called; a producer that settles the
+ * future itself must clear it first (evx__future_set_cancel_hook(f, NULL, NULL)). */
+typedef void (*evx__cancel_hook)(evx_future *f, void *ctx);
+void evx__future_set_cancel_hook(evx_future *f, evx__cancel_hook fn, void *ctx);
+
+#endif

@@ -1,0 +1,47 @@
+/* PRIVATE to evexec: never installed, never included by users.
+ * Loop internals shared with the executor, futures and the HTTP layer. */
+#ifndef EVX_LOOP_INTERNAL_H
+#define EVX_LOOP_INTERNAL_H
+
+#include <evexec/loop.h>
+
+#include "common-internal.h"
+
+/* A queued callback. Nodes are either allocated by the loop for
+ * evx_add_callback (owned == 0 ... recycled by the loop), or embedded in
+ * another object (owned == 1: the embedding object owns the memory, and must
+ * not free it while the node is queued - see evx__loop_unpost). */
+typedef struct evx__cbnode {
+  struct evx__cbnode *next;
+  evx_cb fn;
+  void *arg;
+  int owned;
+  int queued; /* 1 while on the thread-safe queue or the running batch; guarded like the queue */
+} evx__cbnode;
+
+/* Thread-safe: queue an embedded node (owned = 1). No allocation; never fails
+ * for a live loop. The node must not be queued already. Returns EVX_ECLOSED
+ * when the loop is being freed (the node is then not queued). */
+int evx__loop_post(evx_loop *loop, evx__cbnode *node);
+
+/* Loop thread only: remove an embedded node from the queue or from the batch
+ * being run, if it is there. Used by objects that die while their node is queued. */
+void evx__loop_unpost(evx_loop *loop, evx__cbnode *node);
+
+/* Loop thread only: run node->fn(node->arg) later in this loop iteration
+ * (after the current callback), without locks. The node is caller-owned and
+ * must stay valid until it ran; it must not be on any queue. */
+void evx__loop_defer(evx_loop *loop, evx__cbnode *node);
+
+/* 1 when the caller may use loop-thread-only APIs: the loop is not running,
+ * or this is the thread running it. */
+int evx__loop_thread_ok(evx_loop *loop);
+
+/* Executors register so that evx_loop_free can free those left behind.
+ * Loop thread only. */
+struct evx_executor;
+void evx__loop_add_executor(evx_loop *loop, evx__list *node);
+void evx__loop_remove_executor(evx_loop *loop, evx__list *node);
+void evx__executor_free_from_loop(evx__list *node);
+
+#endif

@@ -1,0 +1,397 @@
+/*
+ * evx_loop: the loop thread, the thread-safe callback queue, deferred calls
+ * and timers.
+ *
+ * DESIGN
+ * - The callback queue is a singly linked FIFO guarded by loop->lock.
+ *   Producers append under the lock. A producer that finds `signaled == 0`
+ *   sets it and writes the eventfd once; every other producer of the same
+ *   batch only appends (coalesced wakeups). The loop thread first reads the
+ *   eventfd, then takes the whole list and clears `signaled` under the lock,
+ *   and runs the batch unlocked. Reading before taking means a producer that
+ *   appends after the take always sees `signaled == 0` and wakes the loop
+ *   again: no wakeup is lost.
+ * - FIFO per producer follows from appending at the tail under one lock and
+ *   running batches in order.
+ * - Nodes for evx_add_callback come from a free list (no malloc in steady
+ *   state); embedded nodes (owned == 1) belong to executors and are never
+ *   recycled here.
+ * - The deferred list is loop-thread only (no lock); it is drained by a
+ *   libevent event made active when the list becomes non-empty.
+ * Lock order: loop->lock is a leaf lock. No user code and no other evexec
+ * lock runs while it is held.
+ */
+#include "loop-internal.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define EVX__NODE_CACHE_MAX 4096
+#define EVX__FREE_DRAIN_ROUNDS 1000
+
+struct evx_timer {
+  evx__list link; /* in loop->timers while pending */
+  struct event ev;
+  evx_loop *loop;
+  evx_cb fn;
+  void *arg;
+  int firing;
+};
+
+struct evx_loop {
+  struct event_base *base;
+  int owns_base;
+  int wake_fd;
+  struct event wake_ev;
+  struct event defer_ev;
+
+  /* Guarded by lock. */
+  pthread_mutex_t lock;
+  evx__cbnode *head, *tail;
+  evx__cbnode *free_nodes;
+  size_t nfree;
+  int signaled; /* the eventfd was written for the current batch */
+  int closing;  /* evx_loop_free is past running callbacks: refuse new ones */
+
+  atomic_int stop_requested;
+  atomic_int running;
+  pthread_t thread; /* written before running is set; read after it is seen set */
+
+  /* Loop thread only. */
+  evx__cbnode *batch; /* remaining nodes of the batch being run */
+  evx__cbnode *defer_head, *defer_tail;
+  evx__list timers;
+  evx__list executors;
+};
+
+static void evx__loop_wake(evx_loop *loop) {
+  uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = write(loop->wake_fd, &one, sizeof one);
+  } while (n < 0 && errno == EINTR);
+  /* EAGAIN means the counter is saturated: the loop is awake anyway. */
+}
+
+static void evx__run_batch(evx_loop *loop) {
+  pthread_mutex_lock(&loop->lock);
+  evx__cbnode *batch = loop->head;
+  loop->head = loop->tail = NULL;
+  loop->signaled = 0;
+  pthread_mutex_unlock(&loop->lock);
+
+  evx__cbnode *recycle = NULL, *recycle_tail = NULL;
+  size_t nrecycle = 0;
+  loop->batch = batch;
+  evx__cbnode *n;
+  while ((n = loop->batch) != NULL) {
+    loop->batch = n->next;
+    evx_cb fn = n->fn;
+    void *arg = n->arg;
+    if (!n->owned) {
+      n->next = NULL;
+      if (recycle_tail) recycle_tail->next = n;
+      else recycle = n;
+      recycle_tail = n;
+      nrecycle++;
+    }
+    fn(arg);
+  }
+  if (!recycle) return;
+  pthread_mutex_lock(&loop->lock);
+  if (loop->nfree < EVX__NODE_CACHE_MAX) {
+    recycle_tail->next = loop->free_nodes;
+    loop->free_nodes = recycle;
+    loop->nfree += nrecycle;
+    recycle = NULL;
+  }
+  pthread_mutex_unlock(&loop->lock);
+  while (recycle) {
+    n = recycle->next;
+    evx_free(recycle);
+    recycle = n;
+  }
+}
+
+static void evx__run_deferred(evx_loop *loop) {
+  evx__cbnode *n = loop->defer_head;
+  loop->defer_head = loop->defer_tail = NULL;
+  while (n) {
+    evx__cbnode *next = n->next;
+    n->next = NULL;
+    n->fn(n->arg); /* may free n: next was read first */
+    n = next;
+  }
+}
+
+static void evx__on_wake(evutil_socket_t fd, short what, void *arg) {
+  (void)what;
+  evx_loop *loop = arg;
+  uint64_t v;
+  while (read(fd, &v, sizeof v) < 0 && errno == EINTR) {
+  }
+  if (atomic_exchange(&loop->stop_requested, 0)) event_base_loopbreak(loop->base);
+  evx__run_batch(loop);
+}
+
+static void evx__on_defer(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  evx__run_deferred(arg);
+}
+
+evx_loop *evx_loop_new(struct event_base *base) {
+  evx_loop *loop = evx_calloc(1, sizeof *loop);
+  if (!loop) return NULL;
+  loop->wake_fd = -1;
+  if (pthread_mutex_init(&loop->lock, NULL) != 0) {
+    evx_free(loop);
+    return NULL;
+  }
+  if (base) {
+    loop->base = base;
+  } else {
+    loop->base = event_base_new();
+    loop->owns_base = 1;
+    if (!loop->base) goto fail;
+  }
+  loop->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (loop->wake_fd < 0) goto fail;
+  if (event_assign(&loop->wake_ev, loop->base, loop->wake_fd, EV_READ | EV_PERSIST, evx__on_wake,
+                   loop) != 0 ||
+      event_add(&loop->wake_ev, NULL) != 0)
+    goto fail;
+  if (event_assign(&loop->defer_ev, loop->base, -1, 0, evx__on_defer, loop) != 0) {
+    event_del(&loop->wake_ev);
+    goto fail;
+  }
+  atomic_init(&loop->stop_requested, 0);
+  atomic_init(&loop->running, 0);
+  loop->thread = pthread_self();
+  evx__list_init(&loop->timers);
+  evx__list_init(&loop->executors);
+  return loop;
+
+fail:
+  if (loop->wake_fd >= 0) close(loop->wake_fd);
+  if (loop->owns_base && loop->base) event_base_free(loop->base);
+  pthread_mutex_destroy(&loop->lock);
+  evx_free(loop);
+  return NULL;
+}
+
+int evx_loop_run(evx_loop *loop) {
+  if (!loop || atomic_load(&loop->running)) return EVX_EINVAL;
+  loop->thread = pthread_self();
+  atomic_store(&loop->running, 1);
+  int rc = event_base_loop(loop->base, 0);
+  atomic_store(&loop->running, 0);
+  return rc < 0 ? EVX_EIO : EVX_OK;
+}
+
+int evx_loop_stop(evx_loop *loop) {
+  if (!loop) return EVX_EINVAL;
+  if (atomic_load(&loop->running) && pthread_equal(pthread_self(), loop->thread)) {
+    event_base_loopbreak(loop->base);
+    return EVX_OK;
+  }
+  atomic_store(&loop->stop_requested, 1);
+  evx__loop_wake(loop);
+  return EVX_OK;
+}
+
+int evx_loop_in_thread(evx_loop *loop) {
+  if (!loop) return 0;
+  return pthread_equal(pthread_self(), loop->thread) != 0;
+}
+
+int evx__loop_thread_ok(evx_loop *loop) {
+  return !atomic_load(&loop->running) || pthread_equal(pthread_self(), loop->thread);
+}
+
+struct event_base *evx_loop_base(evx_loop *loop) { return loop ? loop->base : NULL; }
+
+/* Append under the lock; wake the loop if this node starts a new batch. */
+static int evx__enqueue(evx_loop *loop, evx__cbnode *node, int alloc) {
+  int wake = 0;
+  pthread_mutex_lock(&loop->lock);
+  if (loop->closing) {
+    pthread_mutex_unlock(&loop->lock);
+    return EVX_ECLOSED;
+  }
+  if (alloc) {
+    evx__cbnode *n = loop->free_nodes;
+    if (n) {
+      loop->free_nodes = n->next;
+      loop->nfree--;
+    } else {
+      pthread_mutex_unlock(&loop->lock);
+      n = evx_malloc(sizeof *n);
+      if (!n) return EVX_ENOMEM;
+      pthread_mutex_lock(&loop->lock);
+      if (loop->closing) {
+        pthread_mutex_unlock(&loop->lock);
+        evx_free(n);
+        return EVX_ECLOSED;
+      }
+    }
+    n->fn = node->fn;
+    n->arg = node->arg;
+    n->owned = 0;
+    node = n;
+  }
+  node->next = NULL;
+  if (loop->tail) loop->tail->next = node;
+  else loop->head = node;
+  loop->tail = node;
+  if (!loop->signaled) {
+    loop->signaled = 1;
+    wake = 1;
+  }
+  pthread_mutex_unlock(&loop->lock);
+  if (wake) evx__loop_wake(loop);
+  return EVX_OK;
+}
+
+int evx_add_callback(evx_loop *loop, evx_cb fn, void *arg) {
+  if (!loop || !fn) return EVX_EINVAL;
+  evx__cbnode tmp = {.fn = fn, .arg = arg};
+  return evx__enqueue(loop, &tmp, 1);
+}
+
+int evx__loop_post(evx_loop *loop, evx__cbnode *node) {
+  node->owned = 1;
+  return evx__enqueue(loop, node, 0);
+}
+
+static int evx__unlink(evx__cbnode **head, evx__cbnode **tail, evx__cbnode *node) {
+  evx__cbnode *prev = NULL;
+  for (evx__cbnode *n = *head; n; prev = n, n = n->next) {
+    if (n != node) continue;
+    if (prev) prev->next = n->next;
+    else *head = n->next;
+    if (tail && *tail == n) *tail = prev;
+    n->next = NULL;
+    return 1;
+  }
+  return 0;
+}
+
+void evx__loop_unpost(evx_loop *loop, evx__cbnode *node) {
+  pthread_mutex_lock(&loop->lock);
+  int found = evx__unlink(&loop->head, &loop->tail, node);
+  pthread_mutex_unlock(&loop->lock);
+  if (!found) evx__unlink(&loop->batch, NULL, node);
+}
+
+void evx__loop_defer(evx_loop *loop, evx__cbnode *node) {
+  node->next = NULL;
+  if (loop->defer_tail) {
+    loop->defer_tail->next = node;
+  } else {
+    loop->defer_head = node;
+    event_active(&loop->defer_ev, EV_TIMEOUT, 1);
+  }
+  loop->defer_tail = node;
+}
+
+void evx__loop_add_executor(evx_loop *loop, evx__list *node) {
+  evx__list_insert_tail(&loop->executors, node);
+}
+
+void evx__loop_remove_executor(evx_loop *loop, evx__list *node) {
+  (void)loop;
+  if (evx__list_linked(node)) evx__list_remove(node);
+}
+
+void evx_loop_free(evx_loop *loop) {
+  if (!loop) return;
+  if (atomic_load(&loop->running)) {
+    fprintf(stderr, "evexec: evx_loop_free called while the loop runs; ignored\n");
+    return;
+  }
+  while (!evx__list_empty(&loop->executors)) evx__executor_free_from_loop(loop->executors.next);
+
+  /* Run what is queued, and what that queues, until the queue stays empty;
+   * then close it in the same critical section so nothing slips in between. */
+  for (int round = 0;; round++) {
+    evx__run_deferred(loop);
+    pthread_mutex_lock(&loop->lock);
+    int empty = loop->head == NULL && loop->defer_head == NULL;
+    if (empty || round >= EVX__FREE_DRAIN_ROUNDS) {
+      loop->closing = 1;
+      pthread_mutex_unlock(&loop->lock);
+      if (!empty)
+        fprintf(stderr, "evexec: callbacks kept re-queueing themselves during evx_loop_free; "
+                        "dropped the rest\n");
+      break;
+    }
+    pthread_mutex_unlock(&loop->lock);
+    evx__run_batch(loop);
+  }
+  /* Anything left (only after the round limit) is dropped; embedded nodes belong to others. */
+  for (evx__cbnode *n = loop->head, *next; n; n = next) {
+    next = n->next;
+    if (!n->owned) evx_free(n);
+  }
+  loop->head = loop->tail = NULL;
+
+  evx__list *l;
+  while ((l = evx__list_pop_head(&loop->timers)) != NULL) {
+    evx_timer *t = EVX__CONTAINER_OF(l, evx_timer, link);
+    event_del(&t->ev);
+    evx_free(t);
+  }
+  for (evx__cbnode *n = loop->free_nodes, *next; n; n = next) {
+    next = n->next;
+    evx_free(n);
+  }
+  event_del(&loop->wake_ev);
+  event_del(&loop->defer_ev);
+  close(loop->wake_fd);
+  if (loop->owns_base) event_base_free(loop->base);
+  pthread_mutex_destroy(&loop->lock);
+  evx_free(loop);
+}
+
+static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  evx_timer *t = arg;
+  evx__list_remove(&t->link);
+  t->firing = 1;
+  t->fn(t->arg);
+  evx_free(t);
+}
+
+evx_timer *evx_call_later(evx_loop *loop, uint64_t ms, evx_cb fn, void *arg) {
+  if (!loop || !fn || !evx__loop_thread_ok(loop)) return NULL;
+  evx_timer *t = evx_calloc(1, sizeof *t);
+  if (!t) return NULL;
+  t->loop = loop;
+  t->fn = fn;
+  t->arg = arg;
+  struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)((ms % 1000) * 1000)};
+  if (event_assign(&t->ev, loop->base, -1, 0, evx__on_timer, t) != 0 ||
+      event_add(&t->ev, &tv) != 0) {
+    evx_free(t);
+    return NULL;
+  }
+  evx__list_insert_tail(&loop->timers, &t->link);
+  return t;
+}
+
+int evx_timer_cancel(evx_timer *t) {
+  if (!t || t->firing || !evx__loop_thread_ok(t->loop)) return EVX_EINVAL;
+  event_del(&t->ev);
+  evx__list_remove(&t->link);
+  evx_free(t);
+  return EVX_OK;
+}
