@@ -112,6 +112,8 @@ static void job_final(mail_job *job, int status, const char *reason) {
     mail_log(m, EVX_MAIL_ERROR, "%s to %s: FAILED after %u attempt(s): %s", job->msgid, job->to,
           job->attempt, reason ? reason : "unknown error");
   }
+  if (status != EVX_OK && !reason)
+    reason = status == EVX_ECANCELED ? "cancelled at shutdown" : "delivery failed";
   if (job->done) job->done(job->arg, status, status == EVX_OK ? NULL : reason);
   job_free(job);
 }
