@@ -152,8 +152,9 @@ EVX_API evx_executor *evx_mailer_executor(evx_mailer *m);
  * Free the mailer: implies evx_mailer_shutdown(m, EVX_SHUTDOWN_CANCEL), waits
  * for a running attempt, and calls every `done` still owed (with
  * EVX_ECANCELED unless its attempt just succeeded or failed for good).
- * Loop thread only, or after the loop stopped; before evx_loop_free.
- * NULL accepted.
+ * Loop thread only, or after the loop stopped; before evx_loop_free; not
+ * from inside one of m's own `done` or log callbacks (defer it with
+ * evx_add_callback). NULL accepted.
  */
 EVX_API void evx_mailer_free(evx_mailer *m);
 

@@ -221,7 +221,9 @@ EVX_API int evx_sqlite_shutdown(evx_sqlite *db, int how);
  * for the worker threads (which close their connections as they exit), runs
  * every callback still owed, and frees db. Loop thread only, or after the
  * loop stopped; must be called before evx_loop_free (which would free the
- * executors under it). NULL accepted.
+ * executors under it). Not from inside one of db's own callbacks (its
+ * executors cannot be joined from there): defer it with evx_add_callback.
+ * NULL accepted.
  */
 EVX_API void evx_sqlite_close(evx_sqlite *db);
 
