@@ -275,6 +275,41 @@ START_TEST(test_mail_dead_smtp) {
 }
 END_TEST
 
+/* The SMTP server accepts but never answers, and the mailer holds one mail
+ * (--mail-queue 1): the next notes are still stored and answered 201, their
+ * mails are dropped, counted and logged. At SIGTERM the stuck mails are
+ * cancelled after --drain-timeout and the server still exits 0. */
+START_TEST(test_mail_queue_full) {
+  int hold = -1;
+  int port = evx_silent_port(&hold);
+  ck_assert_int_gt(port, 0);
+  char url[64];
+  snprintf(url, sizeof url, "smtp://127.0.0.1:%d", port);
+  const char *extra[] = {"--smtp", url, "--mail-queue", "1", "--mail-timeout", "3000",
+                         "--drain-timeout", "200", NULL};
+  nt_start(&S, extra);
+  ck_assert_int_eq(nt_http(&S, "POST", "/notes", "{\"title\":\"one\"}", &R), 201);
+  /* The first mail's attempt is running (stuck on the silent server for 3 s). */
+  ck_assert_int_eq(nt_wait_metric(&S, "evx_executor_running{executor=\"mail\"}", 1, 2000), 1);
+  ck_assert_int_eq(nt_http(&S, "POST", "/notes", "{\"title\":\"two\"}", &R), 201);
+  ck_assert_int_eq(nt_metric(&S, "evx_executor_queued{executor=\"mail\"}"), 1);
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(nt_http(&S, "POST", "/notes", "{\"title\":\"more\"}", &R), 201);
+    ck_assert_double_lt(R.secs, 0.5);
+  }
+  ck_assert_int_eq(nt_metric(&S, "notes_mail_not_queued_total"), 3);
+  ck_assert_ptr_nonnull(nt_wait_log(&S, "mail for note 3 not queued: queue full", 2000));
+  ck_assert_int_eq(nt_http(&S, "GET", "/notes", NULL, &R), 200);
+  ck_assert_int_eq(nt_count(R.body, "\"id\":"), 5);
+  ck_assert_int_eq(nt_metric(&S, "notes_mail_pending"), 2);
+  stop_clean();
+  const char *log = nt_log(&S);
+  ck_assert_ptr_nonnull(strstr(log, "drain timeout: cancelling 2 pending mail(s)"));
+  ck_assert_int_eq(nt_count(log, "FAILED: cancelled at shutdown"), 2);
+  close(hold);
+}
+END_TEST
+
 /* SIGTERM right after a POST whose mail is waiting for a retry: the server
  * waits for the mail to be delivered, then exits 0. */
 START_TEST(test_sigterm_drains_mail) {
@@ -375,6 +410,8 @@ START_TEST(test_metrics_and_flags) {
   nt_start(&S, NULL);
   ck_assert_int_eq(nt_http(&S, "POST", "/notes", "{\"title\":\"m\"}", &R), 201);
   ck_assert_int_eq(nt_http(&S, "GET", "/notes/1", NULL, &R), 200);
+  /* The mail goes after the reply: wait for it before taking the snapshot. */
+  ck_assert_int_eq(nt_wait_metric(&S, "notes_mail_sent_total", 1, 5000), 1);
   ck_assert_int_eq(nt_http(&S, "GET", "/metrics", NULL, &R), 200);
   ck_assert_ptr_nonnull(strstr(R.headers, "Content-Type: text/plain; version=0.0.4"));
   static const char *const want[] = {
@@ -390,7 +427,7 @@ START_TEST(test_metrics_and_flags) {
       "evx_executor_wait_seconds_bucket{executor=\"sqlite-write\",le=\"+Inf\"} 1\n",
       "evx_executor_run_seconds_count{executor=\"sqlite-write\"} 1\n",
       "notes_http_requests_total{method=\"POST\",status=\"201\"} 1\n",
-      "notes_http_requests_total{method=\"GET\",status=\"200\"} 1\n",
+      "notes_http_requests_total{method=\"GET\",status=\"200\"} ",
       "notes_latest_id 1\n",
       "notes_mail_sent_total 1\n",
   };
@@ -430,6 +467,7 @@ Suite *suite(void) {
   tcase_add_test(tc, test_long_poll_client_leaves);
   tcase_add_test(tc, test_mail_reaches_smtp);
   tcase_add_test(tc, test_mail_dead_smtp);
+  tcase_add_test(tc, test_mail_queue_full);
   tcase_add_test(tc, test_sigterm_drains_mail);
   tcase_add_test(tc, test_overload_503_and_parallel_reads);
   tcase_add_test(tc, test_metrics_and_flags);

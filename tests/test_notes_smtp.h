@@ -150,4 +150,16 @@ static inline int evx_dead_port(int *fd) {
   return ntohs(a.sin_port);
 }
 
+/* A TCP port on 127.0.0.1 that accepts connections (the kernel completes the
+ * handshake) but never says a word: an SMTP client waits for the greeting
+ * until its own timeout. *fd keeps it. */
+static inline int evx_silent_port(int *fd) {
+  int port = evx_dead_port(fd);
+  if (port > 0 && listen(*fd, 16) != 0) {
+    close(*fd);
+    return -1;
+  }
+  return port;
+}
+
 #endif

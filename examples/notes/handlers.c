@@ -166,8 +166,12 @@ static void send_new_note_mail(notes_app *app, const evx_sql_result *r) {
                       .body = text};
   int rc = evx_mail_send(app->mailer, &msg, NULL, NULL, NULL);
   if (rc != EVX_OK) {
-    app->mail_not_queued++;
-    fprintf(stderr, "notes: mail for note %lld not queued: %s\n", (long long)id, evx_strerror(rc));
+    /* Overload: the mailer's queue is full (or it is closing). The note is
+     * stored and answered; the mail is dropped, counted and logged - the
+     * first time and then once per 1000, so the log stays readable. */
+    if (app->mail_not_queued++ % 1000 == 0)
+      fprintf(stderr, "evx_notes: mail for note %lld not queued: %s (%llu so far)\n",
+              (long long)id, evx_strerror(rc), (unsigned long long)app->mail_not_queued);
   }
   free(text);
 }

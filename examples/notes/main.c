@@ -39,8 +39,11 @@ static void usage(FILE *f) {
           "  --mail-to ADDR       recipient of \"new note\" mail (NOTES_MAIL_TO; default notes@localhost)\n"
           "  --mail-from ADDR     sender (default \"evexec notes <notes@localhost>\")\n"
           "  --mail-threads N     mail delivery threads, 1 or 2 (default 1)\n"
+          "  --mail-queue N       mails waiting for a thread; beyond it they are dropped,\n"
+          "                       counted and logged (default 10000)\n"
           "  --mail-attempts N    delivery attempts per mail (default 5)\n"
           "  --mail-backoff MS    delay before the first retry, doubling (default 1000)\n"
+          "  --mail-timeout MS    time limit of one SMTP attempt (default 10000)\n"
           "  --poll-timeout MS    longest long poll (default 30000)\n"
           "  --drain-timeout MS   grace period at shutdown (default 10000)\n"
           "  --quiet              no access log\n"
@@ -76,8 +79,10 @@ static int configure(int argc, char **argv, notes_config *c) {
                       .mail_to = env_or("NOTES_MAIL_TO", "notes@localhost"),
                       .mail_from = "evexec notes <notes@localhost>",
                       .mail_threads = 1,
+                      .mail_queue = 10000,
                       .mail_attempts = 5,
                       .mail_backoff_ms = 1000,
+                      .mail_timeout_ms = 10000,
                       .poll_timeout_ms = 30000,
                       .drain_ms = 10000};
   if (getenv("NOTES_PORT") && parse_long("NOTES_PORT", getenv("NOTES_PORT"), 0, 65535, &c->port))
@@ -85,7 +90,7 @@ static int configure(int argc, char **argv, notes_config *c) {
   if (getenv("NOTES_THREADS") &&
       parse_long("NOTES_THREADS", getenv("NOTES_THREADS"), 1, 256, &c->threads))
     return -1;
-  enum { O_MAXQ = 256, O_MTO, O_MFROM, O_MTHREADS, O_MATT, O_MBACK, O_POLL, O_DRAIN };
+  enum { O_MAXQ = 256, O_MTO, O_MFROM, O_MTHREADS, O_MQUEUE, O_MATT, O_MBACK, O_MTIMEOUT, O_POLL, O_DRAIN };
   static const struct option opts[] = {{"host", required_argument, 0, 'H'},
                                        {"port", required_argument, 0, 'p'},
                                        {"threads", required_argument, 0, 't'},
@@ -96,8 +101,10 @@ static int configure(int argc, char **argv, notes_config *c) {
                                        {"mail-to", required_argument, 0, O_MTO},
                                        {"mail-from", required_argument, 0, O_MFROM},
                                        {"mail-threads", required_argument, 0, O_MTHREADS},
+                                       {"mail-queue", required_argument, 0, O_MQUEUE},
                                        {"mail-attempts", required_argument, 0, O_MATT},
                                        {"mail-backoff", required_argument, 0, O_MBACK},
+                                       {"mail-timeout", required_argument, 0, O_MTIMEOUT},
                                        {"poll-timeout", required_argument, 0, O_POLL},
                                        {"drain-timeout", required_argument, 0, O_DRAIN},
                                        {"quiet", no_argument, 0, 'q'},
@@ -116,8 +123,10 @@ static int configure(int argc, char **argv, notes_config *c) {
       case O_MTO: c->mail_to = optarg; break;
       case O_MFROM: c->mail_from = optarg; break;
       case O_MTHREADS: bad = parse_long("--mail-threads", optarg, 1, 2, &c->mail_threads); break;
+      case O_MQUEUE: bad = parse_long("--mail-queue", optarg, 1, 1000000, &c->mail_queue); break;
       case O_MATT: bad = parse_long("--mail-attempts", optarg, 1, 100, &c->mail_attempts); break;
       case O_MBACK: bad = parse_long("--mail-backoff", optarg, 1, 3600000, &c->mail_backoff_ms); break;
+      case O_MTIMEOUT: bad = parse_long("--mail-timeout", optarg, 1, 3600000, &c->mail_timeout_ms); break;
       case O_POLL: bad = parse_long("--poll-timeout", optarg, 1, 3600000, &c->poll_timeout_ms); break;
       case O_DRAIN: bad = parse_long("--drain-timeout", optarg, 0, 3600000, &c->drain_ms); break;
       case 'q': c->quiet = 1; break;
@@ -258,8 +267,10 @@ int main(int argc, char **argv) {
                         .spool_dir = app.cfg.spool_dir,
                         .from = app.cfg.mail_from,
                         .threads = (unsigned)app.cfg.mail_threads,
+                        .max_queue = (size_t)app.cfg.mail_queue,
                         .max_attempts = (unsigned)app.cfg.mail_attempts,
                         .backoff_ms = (uint64_t)app.cfg.mail_backoff_ms,
+                        .timeout_ms = app.cfg.mail_timeout_ms,
                         .name = "mail"};
   app.mailer = evx_mailer_new(app.loop, &mo);
   app.new_note = evx_condition_new(app.loop);

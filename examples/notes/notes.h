@@ -25,8 +25,10 @@ typedef struct notes_config {
   const char *mail_to;      /* --mail-to, NOTES_MAIL_TO; default notes@localhost */
   const char *mail_from;    /* --mail-from; default "evexec notes <notes@localhost>" */
   long mail_threads;        /* --mail-threads: 1 or 2; default 1 */
+  long mail_queue;          /* --mail-queue: mails waiting before they are dropped; default 10000 */
   long mail_attempts;       /* --mail-attempts; default 5 */
   long mail_backoff_ms;     /* --mail-backoff MS: first retry delay; default 1000 */
+  long mail_timeout_ms;     /* --mail-timeout MS: per SMTP attempt; default 10000 */
   long poll_timeout_ms;     /* --poll-timeout MS: longest long poll; default 30000 */
   long drain_ms;            /* --drain-timeout MS: grace at shutdown; default 10000 */
   int quiet;                /* --quiet: no access log */
