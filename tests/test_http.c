@@ -425,13 +425,13 @@ static void h_free_inside(evx_request *req, void *arg) {
   evx_request_finish(req, 200, NULL, "bye", 3);
   evx_http_free(evx_request_server(req)); /* deferred until the handler returns */
   ck_assert_str_eq(evx_request_path(req), "/bye");
-  evx_loop_stop(F.loop);
 }
 
 static tc_resp bye_resp;
 static void *bye_client(void *arg) {
   (void)arg;
   tc_get(F.port, "/bye", &bye_resp);
+  evx_loop_stop(F.loop);
   return NULL;
 }
 
