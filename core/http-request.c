@@ -468,7 +468,7 @@ int evx_request_finish(evx_request *r, int status, const char *ctype, const void
     return rc != EVX_OK ? rc : erc;
   }
   int rc = EVX_OK;
-  if (status < 100 || status > 599 || (!body && len)) {
+  if (status < 200 || status > 599 || (!body && len)) {
     status = 500;
     body = "bad arguments to evx_request_finish\n";
     len = strlen(body);
