@@ -201,7 +201,11 @@ fail:
 static _Thread_local evx_loop *evx__running_loop;
 
 int evx_loop_run(evx_loop *loop) {
-  if (!loop || atomic_load(&loop->running)) return EVX_EINVAL;
+  if (!loop) return EVX_EINVAL;
+  /* 0 -> 2 (starting) claims the loop, so two threads cannot both run it;
+   * readers treat 2 like 0 until the thread is recorded and 1 is stored. */
+  int idle = 0;
+  if (!atomic_compare_exchange_strong(&loop->running, &idle, 2)) return EVX_EINVAL;
   pthread_mutex_lock(&loop->lock);
   loop->thread = pthread_self();
   pthread_mutex_unlock(&loop->lock);
@@ -218,7 +222,7 @@ int evx__loop_running_here(evx_loop *loop) { return evx__running_loop == loop; }
 
 int evx_loop_stop(evx_loop *loop) {
   if (!loop) return EVX_EINVAL;
-  if (atomic_load(&loop->running) && pthread_equal(pthread_self(), loop->thread)) {
+  if (atomic_load(&loop->running) == 1 && pthread_equal(pthread_self(), loop->thread)) {
     event_base_loopbreak(loop->base);
     return EVX_OK;
   }
@@ -236,7 +240,7 @@ int evx_loop_in_thread(evx_loop *loop) {
 }
 
 int evx__loop_thread_ok(evx_loop *loop) {
-  return !atomic_load(&loop->running) || pthread_equal(pthread_self(), loop->thread);
+  return atomic_load(&loop->running) != 1 || pthread_equal(pthread_self(), loop->thread);
 }
 
 struct event_base *evx_loop_base(evx_loop *loop) { return loop ? loop->base : NULL; }
