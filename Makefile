@@ -10,7 +10,7 @@ DEPS      = build-essential cmake pkg-config libevent-dev check libsqlite3-dev \
             libcurl4-openssl-dev libjansson-dev libuv1-dev curl python3 python3-aiosmtpd
 BENCH_DEPS = wrk python3-tornado
 
-.PHONY: all deps build test demo test-asan test-tsan install install-check bench clean
+.PHONY: all deps build test demo test-asan test-tsan test-valgrind install install-check bench clean
 
 all: build
 
@@ -32,6 +32,12 @@ test-asan:
 test-tsan:
 	$(MAKE) test BUILD=build-tsan CMAKE_FLAGS="-DEVX_SANITIZE=thread -DEVX_BUILD_BENCH=OFF"
 
+# valgrind memcheck over the Check suites: one process per suite (CK_FORK=no),
+# any memory error or leak fails it (see tests/CMakeLists.txt, EVX_VALGRIND).
+test-valgrind:
+	@sh scripts/deps.sh valgrind
+	$(MAKE) test BUILD=build-valgrind CMAKE_FLAGS="-DEVX_VALGRIND=ON -DEVX_BUILD_BENCH=OFF -DEVX_BUILD_EXAMPLES=OFF"
+
 install: build
 	cmake --install $(BUILD) --prefix $(PREFIX)
 
@@ -49,4 +55,4 @@ bench: deps
 	sh bench/run.sh build-bench
 
 clean:
-	rm -rf build build-asan build-tsan build-bench
+	rm -rf build build-asan build-tsan build-valgrind build-bench
