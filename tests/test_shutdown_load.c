@@ -79,7 +79,8 @@ static void job_work(void *arg) {
   atomic_fetch_add(&s->work_runs, 1);
   /* A little CPU so the queue actually builds up behind the workers. */
   volatile unsigned x = 0;
-  for (unsigned i = 0; i < 200; i++) x += i;
+  for (unsigned i = 0; i < 200; i++) x = x + i;
+  (void)x;
 }
 
 static void deferred_cb(void *arg) {
