@@ -405,6 +405,11 @@ int evx_executor_shutdown(evx_executor *ex, int how) {
 
 void evx_executor_free(evx_executor *ex) {
   if (!ex || ex->freeing) return;
+  if (!evx__loop_thread_ok(ex->loop)) {
+    /* From a worker it would join itself; from any other thread it would race the loop. */
+    fprintf(stderr, "evexec: evx_executor_free called off the loop thread; ignored\n");
+    return;
+  }
   int closed;
   pthread_mutex_lock(&ex->lock);
   closed = ex->closed;
