@@ -12,6 +12,7 @@
 #include <evexec/condition.h>
 #include <evexec/executor.h>
 #include <evexec/future.h>
+#include <evexec/http.h>
 #include <evexec/loop.h>
 
 #endif /* EVEXEC_EVEXEC_H */

@@ -1,0 +1,116 @@
+/* PRIVATE to evexec: never installed, never included by users.
+ * Shared between core/http.c (server, routing, dispatch) and
+ * core/http-request.c (request life cycle: hold, zombie, finish, chunked). */
+#ifndef EVX_HTTP_INTERNAL_H
+#define EVX_HTTP_INTERNAL_H
+
+#include <evexec/http.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <event2/http.h>
+
+#include "common-internal.h"
+#include "loop-internal.h"
+
+/* Bytes of pipelined input evexec moves into evhttp's input buffer while a
+ * request is held, before it stops watching that connection. */
+#define EVX__HTTP_PIPELINE_CAP (256 * 1024)
+
+typedef struct evx__route {
+  evx__list link; /* in evx_http.routes, in the order added */
+  char *method;   /* NULL: any */
+  char *path;
+  size_t plen;
+  int flags;
+  evx_handler_fn fn;
+  void *arg;
+} evx__route;
+
+struct evx_http {
+  evx_loop *loop;
+  struct event_base *base;
+  struct evhttp *evh; /* NULL once freed (the struct may outlive it, see `freed`) */
+  evx_http_opts opts;
+  evx__list routes;
+  evx__list held; /* evx_request.held_link: held requests with state 0 */
+  struct evbuffer *scratch; /* for chunks; always empty between calls */
+  struct evhttp_bound_socket **bound;
+  size_t nbound;
+  evx_http_stats st;
+
+  /* evx_http_free was called: no more logging, evh is gone. The struct
+   * itself lives until the last request (st.live == 0) is released. */
+  int freed;
+  int dispatching;  /* > 0 while a handler runs (evx_http_free then waits) */
+  /* evx_http_free was called during dispatch: 1 = requested, 2 = free_node deferred */
+  int free_pending;
+  evx__cbnode free_node;
+
+  /* Finished requests waiting for release, freed by one deferred loop call
+   * after the callback that finished them returned. */
+  evx_request *reap_head;
+  int reap_scheduled;
+  evx__cbnode reap_node;
+};
+
+struct evx_request {
+  evx_http *http;
+  /* evhttp's request. Valid until release. Owned by evhttp while the
+   * request is answerable; once it is a zombie (state != 0) evexec owns it
+   * (ev_owned) and frees it at release - evhttp either detached it (its
+   * connection pointer is NULL) or we marked it owned before its connection
+   * was freed. Its connection pointer must never be followed then. */
+  struct evhttp_request *ev;
+  struct evhttp_connection *evcon; /* valid while state == 0 and not finished */
+  int state;                       /* 0, EVX_EGONE, EVX_ETIMEDOUT or EVX_ECLOSED */
+  int status;                      /* the status sent (or being streamed) */
+  unsigned finished : 1;           /* finish/end was called: release is scheduled */
+  unsigned in_dispatch : 1;        /* its handler is running: release waits for it */
+  unsigned held : 1;               /* on http->held with watchers armed */
+  unsigned streaming : 1;          /* start_chunked was called */
+  unsigned ev_owned : 1;           /* evexec must evhttp_request_free(ev) */
+  unsigned watching : 1;           /* watch_ev is added */
+  unsigned timing : 1;             /* timer_ev is added */
+  unsigned notify_set : 1;         /* notify_ev is assigned (maybe active) */
+  unsigned query_parsed : 1;
+  unsigned body_ready : 1;
+  unsigned hdr_set : 1; /* a Content-Type was given through set_header */
+  const char *method;
+  const char *path; /* path_buf or evhttp's own path string */
+  char *path_buf;
+  char *query_buf;
+  const char **params; /* key, value, key, value ... into query_buf */
+  size_t nparams;
+  const char *body;
+  size_t body_len;
+  evx_request_cb on_close;
+  void *on_close_arg;
+  uint64_t t0_ns;
+  uint64_t bytes;
+  char peer[64];
+  evx__list held_link;
+  evx_request *reap_next;
+  struct event watch_ev;  /* the client socket, while held */
+  struct event timer_ev;  /* request_timeout_ms, while held and not streaming */
+  struct event notify_ev; /* runs on_close in a later callback */
+};
+
+/* core/http-request.c */
+evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t0);
+/* After the handler returned: release a finished request, or hold it. */
+void evx__request_after_handler(evx_request *r);
+/* Turn a held request into a zombie: gone/timed out/closed. close_conn: also free its connection. */
+void evx__request_zombify(evx_request *r, int state, int close_conn);
+/* Answer a request that no handler will see (404, 405, 431, 503) and release it. */
+void evx__request_reply_builtin(evx_request *r, int status, const char *extra_name,
+                                const char *extra_value, const char *body);
+const char *evx__http_reason(int status);
+
+/* core/http.c */
+void evx__http_log(evx_http *h, evx_request *r, int status);
+void evx__http_schedule_release(evx_http *h, evx_request *r);
+void evx__http_release(evx_request *r);
+void evx__http_maybe_free(evx_http *h);
+
+#endif

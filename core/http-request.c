@@ -1,0 +1,579 @@
+/*
+ * evx_request: one request's life cycle - dispatch, hold, zombie, finish,
+ * chunked replies - on top of evhttp.
+ *
+ * DESIGN
+ * States. A request is *dispatching* while its handler runs, then either
+ * finished (released at once) or *held*: the handler kept it. A held request
+ * can become a *zombie* (state EVX_EGONE / EVX_ETIMEDOUT / EVX_ECLOSED) when
+ * the client leaves, the request times out or the server is freed. Every
+ * request ends with exactly one finish/end call from the handler, which
+ * schedules its release; release frees the memory after the finishing
+ * callback returned (http.c).
+ *
+ * Noticing a client that leaves. evhttp disables reading on a connection
+ * while a request is unanswered, so it never sees the EOF. While held, we
+ * watch the socket ourselves (watch_ev, EV_READ). When it is readable we read
+ * into the connection's own bufferevent input buffer - exactly where evhttp
+ * would have put the bytes, so pipelined requests are kept and parsed by
+ * evhttp after the reply (it checks that buffer when it starts reading).
+ * Reading 0 bytes (EOF) or an error (reset) means the client left. More than
+ * EVX__HTTP_PIPELINE_CAP buffered bytes and we stop watching (flow control
+ * then holds the client back; a later leave is only seen at write time).
+ *
+ * Ownership of evhttp's request (the part that must never go wrong):
+ *  - While answerable, evhttp owns `ev` and its connection. We set the
+ *    connection's close callback while held, so that if evhttp frees the
+ *    connection itself (write error or timeout while streaming, evhttp_free)
+ *    we hear about it before it frees the requests on it.
+ *  - Becoming a zombie, we take `ev` over: if it is still on its connection
+ *    we evhttp_request_own() it, so evhttp_connection_free skips it; if
+ *    evhttp already detached it (connection pointer NULL after a network
+ *    error) nobody else will free it. Either way ev_owned = 1 and release
+ *    calls evhttp_request_free, which never looks at the dead connection.
+ *  - A zombie's connection is closed by us (evhttp_connection_free) with the
+ *    close callback cleared first, or is being closed by evhttp (the close
+ *    callback path). After that we never call evhttp on the connection.
+ *  - After a normal finish evhttp owns `ev` again and frees it when the reply
+ *    is written (or the write fails); we never touch it after the finishing
+ *    callback returned. evhttp writes asynchronously, so `ev` is still valid
+ *    until then, which keeps the accessors working after finish.
+ * The on_close callback never runs inside evhttp's call stack: it is made
+ * active as a libevent event and runs in a later callback, skipped if the
+ * handler finished first.
+ *
+ * Timeouts. A held request that is not finished after request_timeout_ms gets
+ * a plain "504" written straight to the socket (its output buffer is empty
+ * while held and not streaming), then becomes a zombie with its connection
+ * closed - so evhttp's request stays intact for the handler's late finish.
+ */
+#include "http-internal.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/keyvalq_struct.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+const char *evx__http_reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 206: return "Partial Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 303: return "See Other";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 410: return "Gone";
+  case 411: return "Length Required";
+  case 413: return "Payload Too Large";
+  case 414: return "URI Too Long";
+  case 415: return "Unsupported Media Type";
+  case 422: return "Unprocessable Entity";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  default: break;
+  }
+  switch (status / 100) {
+  case 1: return "Informational";
+  case 2: return "Success";
+  case 3: return "Redirection";
+  case 4: return "Client Error";
+  default: return "Server Error";
+  }
+}
+
+static const char *evx__method_name(enum evhttp_cmd_type t) {
+  switch (t) {
+  case EVHTTP_REQ_GET: return "GET";
+  case EVHTTP_REQ_POST: return "POST";
+  case EVHTTP_REQ_HEAD: return "HEAD";
+  case EVHTTP_REQ_PUT: return "PUT";
+  case EVHTTP_REQ_DELETE: return "DELETE";
+  case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+  case EVHTTP_REQ_TRACE: return "TRACE";
+  case EVHTTP_REQ_CONNECT: return "CONNECT";
+  case EVHTTP_REQ_PATCH: return "PATCH";
+  default: return "UNKNOWN";
+  }
+}
+
+static int evx__hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Percent-decode src[0..n) into dst (which may be src: decoding only
+ * shrinks). plus: '+' means a space. Malformed escapes are kept as is.
+ * Returns the decoded length, or (size_t)-1 if a NUL byte was decoded. */
+static size_t evx__urldecode(char *dst, const char *src, size_t n, int plus) {
+  size_t j = 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = src[i];
+    if (c == '+' && plus) {
+      c = ' ';
+    } else if (c == '%' && i + 2 < n && evx__hexval(src[i + 1]) >= 0 &&
+               evx__hexval(src[i + 2]) >= 0) {
+      c = (char)(evx__hexval(src[i + 1]) * 16 + evx__hexval(src[i + 2]));
+      if (c == '\0') return (size_t)-1;
+      i += 2;
+    }
+    dst[j++] = c;
+  }
+  dst[j] = '\0';
+  return j;
+}
+
+evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t0) {
+  evx_request *r = evx_calloc(1, sizeof *r);
+  if (!r) return NULL;
+  r->http = h;
+  r->ev = ev;
+  r->evcon = evhttp_request_get_connection(ev);
+  r->t0_ns = t0;
+  r->method = evx__method_name(evhttp_request_get_command(ev));
+  if (r->evcon) {
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+    evhttp_connection_get_peer(r->evcon, &addr, &port);
+    if (addr) snprintf(r->peer, sizeof r->peer, "%s", addr);
+  }
+  const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(ev);
+  const char *raw = u ? evhttp_uri_get_path(u) : NULL;
+  if (raw && !raw[0]) raw = "/"; /* "GET ?x HTTP/1.1" or an absolute URI without a path */
+  if (raw && raw[0] == '/') {
+    if (!strchr(raw, '%')) {
+      r->path = raw;
+    } else {
+      size_t n = strlen(raw);
+      r->path_buf = evx_malloc(n + 1);
+      if (!r->path_buf) {
+        evx_free(r);
+        return NULL;
+      }
+      if (evx__urldecode(r->path_buf, raw, n, 0) != (size_t)-1) r->path = r->path_buf;
+    }
+  }
+  /* r->path stays NULL for a path that is not absolute or decodes to a NUL:
+   * dispatch answers 400. */
+  return r;
+}
+
+/* ---- holding ---------------------------------------------------------- */
+
+static void evx__on_conn_close(struct evhttp_connection *evcon, void *arg);
+static void evx__on_watch(evutil_socket_t fd, short what, void *arg);
+static void evx__on_timeout(evutil_socket_t fd, short what, void *arg);
+
+static void evx__unhold(evx_request *r) {
+  if (!r->held) return;
+  r->held = 0;
+  if (r->watching) event_del(&r->watch_ev);
+  if (r->timing) event_del(&r->timer_ev);
+  r->watching = r->timing = 0;
+  if (r->evcon) evhttp_connection_set_closecb(r->evcon, NULL, NULL);
+  evx__list_remove(&r->held_link);
+  r->http->st.held--;
+}
+
+static void evx__arm_timer(evx_request *r) {
+  uint64_t ms = r->http->opts.request_timeout_ms;
+  if (ms == EVX_HTTP_NO_TIMEOUT || r->streaming) return;
+  uint64_t spent_ms = (evx_now_ns() - r->t0_ns) / 1000000;
+  ms = spent_ms >= ms ? 0 : ms - spent_ms;
+  struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)((ms % 1000) * 1000)};
+  if (evtimer_assign(&r->timer_ev, r->http->base, evx__on_timeout, r) == 0 &&
+      evtimer_add(&r->timer_ev, &tv) == 0)
+    r->timing = 1;
+}
+
+static void evx__hold(evx_request *r) {
+  evx_http *h = r->http;
+  r->held = 1;
+  evx__list_insert_tail(&h->held, &r->held_link);
+  h->st.held++;
+  evhttp_connection_set_closecb(r->evcon, evx__on_conn_close, r);
+  struct bufferevent *bev = evhttp_connection_get_bufferevent(r->evcon);
+  evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+  if (fd >= 0 && event_assign(&r->watch_ev, h->base, fd, EV_READ | EV_PERSIST, evx__on_watch, r) == 0 &&
+      event_add(&r->watch_ev, NULL) == 0)
+    r->watching = 1;
+  evx__arm_timer(r);
+}
+
+void evx__request_after_handler(evx_request *r) {
+  if (r->finished) {
+    evx__http_release(r);
+    return;
+  }
+  if (r->state == 0) evx__hold(r);
+}
+
+static void evx__on_notify(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  evx_request *r = arg;
+  if (r->finished || !r->on_close) return;
+  evx_request_cb fn = r->on_close;
+  r->on_close = NULL; /* once */
+  fn(r, r->on_close_arg);
+}
+
+void evx__request_zombify(evx_request *r, int state, int close_conn) {
+  evx_http *h = r->http;
+  if (r->state || r->finished) return;
+  struct evhttp_connection *evcon = r->evcon;
+  evx__unhold(r); /* clears the close callback: our own connection_free below stays quiet */
+  r->state = state;
+  r->evcon = NULL;
+  int attached = evcon && evhttp_request_get_connection(r->ev) == evcon;
+  if (attached) evhttp_request_own(r->ev);
+  r->ev_owned = 1;
+  if (close_conn && attached) evhttp_connection_free(evcon);
+  h->st.zombies++;
+  if (state == EVX_ETIMEDOUT) {
+    h->st.timed_out++;
+    evx__http_log(h, r, 504);
+  } else {
+    if (state == EVX_EGONE) h->st.gone++;
+    evx__http_log(h, r, 499);
+  }
+  if (r->on_close && event_assign(&r->notify_ev, h->base, -1, 0, evx__on_notify, r) == 0) {
+    r->notify_set = 1;
+    event_active(&r->notify_ev, EV_TIMEOUT, 1);
+  }
+}
+
+/* evhttp is freeing the connection of a held request (inside
+ * evhttp_connection_free, before it frees the requests on it). */
+static void evx__on_conn_close(struct evhttp_connection *evcon, void *arg) {
+  evx_request *r = arg;
+  if (r->evcon != evcon) return;
+  evx__request_zombify(r, r->http->freed ? EVX_ECLOSED : EVX_EGONE, 0);
+}
+
+static void evx__on_watch(evutil_socket_t fd, short what, void *arg) {
+  (void)what;
+  evx_request *r = arg;
+  struct bufferevent *bev = evhttp_connection_get_bufferevent(r->evcon);
+  struct evbuffer *in = bufferevent_get_input(bev);
+  if (evbuffer_get_length(in) >= EVX__HTTP_PIPELINE_CAP) {
+    event_del(&r->watch_ev);
+    r->watching = 0;
+    return;
+  }
+  /* The socket bufferevent keeps its input frozen at the end except while it
+   * reads; do as it does. */
+  evbuffer_unfreeze(in, 0);
+  int n = evbuffer_read(in, fd, 4096);
+  int err = errno;
+  evbuffer_freeze(in, 0);
+  if (n > 0) return; /* pipelined bytes, kept for evhttp */
+  if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) return;
+  evx__request_zombify(r, EVX_EGONE, 1);
+}
+
+static void evx__on_timeout(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  evx_request *r = arg;
+  r->timing = 0;
+  static const char resp[] = "HTTP/1.1 504 Gateway Timeout\r\n"
+                             "Content-Type: text/plain; charset=utf-8\r\n"
+                             "Content-Length: 16\r\n"
+                             "Connection: close\r\n\r\n"
+                             "request timeout\n";
+  struct bufferevent *bev = evhttp_connection_get_bufferevent(r->evcon);
+  evutil_socket_t sfd = bufferevent_getfd(bev);
+  if (sfd >= 0 && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+    ssize_t w = send(sfd, resp, sizeof resp - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)w; /* a full socket buffer: the client is not reading anyway */
+  }
+  evx__request_zombify(r, EVX_ETIMEDOUT, 1);
+}
+
+/* ---- accessors -------------------------------------------------------- */
+
+const char *evx_request_method(evx_request *r) { return r ? r->method : NULL; }
+const char *evx_request_path(evx_request *r) { return r ? r->path : NULL; }
+const char *evx_request_uri(evx_request *r) { return r ? evhttp_request_get_uri(r->ev) : NULL; }
+const char *evx_request_peer(evx_request *r) { return r ? (r->peer[0] ? r->peer : "-") : NULL; }
+evx_http *evx_request_server(evx_request *r) { return r ? r->http : NULL; }
+
+const char *evx_request_header(evx_request *r, const char *name) {
+  if (!r || !name) return NULL;
+  return evhttp_find_header(evhttp_request_get_input_headers(r->ev), name);
+}
+
+static int evx__parse_query(evx_request *r) {
+  r->query_parsed = 1;
+  const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(r->ev);
+  const char *q = u ? evhttp_uri_get_query(u) : NULL;
+  if (!q || !q[0]) return EVX_OK;
+  size_t n = strlen(q), count = 1;
+  for (size_t i = 0; i < n; i++) count += q[i] == '&';
+  r->query_buf = evx_malloc(n + 1);
+  r->params = evx_calloc(count * 2, sizeof *r->params);
+  if (!r->query_buf || !r->params) {
+    evx_free(r->query_buf);
+    evx_free((void *)r->params);
+    r->query_buf = NULL;
+    r->params = NULL;
+    return EVX_ENOMEM;
+  }
+  memcpy(r->query_buf, q, n + 1);
+  char *p = r->query_buf;
+  while (p) {
+    char *amp = strchr(p, '&');
+    if (amp) *amp = '\0';
+    if (*p) {
+      char *eq = strchr(p, '=');
+      char *val = eq ? eq + 1 : p + strlen(p);
+      if (eq) *eq = '\0';
+      /* A NUL decoded in a key or value cuts that parameter out. */
+      if (evx__urldecode(p, p, strlen(p), 1) != (size_t)-1 &&
+          evx__urldecode(val, val, strlen(val), 1) != (size_t)-1) {
+        r->params[2 * r->nparams] = p;
+        r->params[2 * r->nparams + 1] = val;
+        r->nparams++;
+      }
+    }
+    p = amp ? amp + 1 : NULL;
+  }
+  return EVX_OK;
+}
+
+const char *evx_request_query(evx_request *r, const char *name) {
+  if (!r || !name) return NULL;
+  if (!r->query_parsed && evx__parse_query(r) != EVX_OK) return NULL;
+  for (size_t i = 0; i < r->nparams; i++)
+    if (strcmp(r->params[2 * i], name) == 0) return r->params[2 * i + 1];
+  return NULL;
+}
+
+const char *evx_request_body(evx_request *r, size_t *len) {
+  if (len) *len = 0;
+  if (!r) return NULL;
+  if (!r->body_ready) {
+    struct evbuffer *in = evhttp_request_get_input_buffer(r->ev);
+    size_t n = evbuffer_get_length(in);
+    if (evbuffer_add(in, "", 1) != 0) return NULL;
+    r->body = (const char *)evbuffer_pullup(in, -1);
+    if (!r->body) return NULL;
+    r->body_len = n;
+    r->body_ready = 1;
+  }
+  if (len) *len = r->body_len;
+  return r->body;
+}
+
+int evx_request_state(evx_request *r) { return r ? r->state : EVX_EINVAL; }
+int evx_request_is_gone(evx_request *r) { return r && r->state != 0; }
+
+/* ---- answering -------------------------------------------------------- */
+
+static int evx__thread_ok(evx_request *r) { return evx__loop_thread_ok(r->http->loop); }
+
+static int evx__valid_header(const char *s) { return s && !strpbrk(s, "\r\n"); }
+
+int evx_request_set_header(evx_request *r, const char *name, const char *value) {
+  if (!r || !evx__thread_ok(r) || r->finished || r->streaming || !evx__valid_header(name) ||
+      !name[0] || strchr(name, ':') || !evx__valid_header(value))
+    return EVX_EINVAL;
+  if (r->state) return r->state;
+  if (evhttp_add_header(evhttp_request_get_output_headers(r->ev), name, value) != 0)
+    return EVX_EINVAL;
+  if (evutil_ascii_strcasecmp(name, "Content-Type") == 0) r->hdr_set = 1;
+  return EVX_OK;
+}
+
+int evx_request_on_close(evx_request *r, evx_request_cb fn, void *arg) {
+  if (!r || !fn || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
+  if (r->state) return r->state;
+  r->on_close = fn;
+  r->on_close_arg = arg;
+  return EVX_OK;
+}
+
+/* Mark finished and schedule the release (or leave it to dispatch). */
+static void evx__finished(evx_request *r) {
+  r->finished = 1;
+  if (r->notify_set) {
+    event_del(&r->notify_ev);
+    r->notify_set = 0;
+  }
+  if (!r->in_dispatch) evx__http_schedule_release(r->http, r);
+}
+
+/* A zombie's finish: nothing to send. */
+static int evx__finish_zombie(evx_request *r) {
+  r->http->st.zombies--;
+  evx__finished(r);
+  return r->state;
+}
+
+static void evx__set_ctype(evx_request *r, const char *ctype, size_t len) {
+  if (r->hdr_set) return;
+  if (!ctype && len == 0) return;
+  evhttp_add_header(evhttp_request_get_output_headers(r->ev), "Content-Type",
+                    ctype && evx__valid_header(ctype) ? ctype : "text/plain; charset=utf-8");
+}
+
+/* Send a complete reply on a live request (held or dispatching). */
+static int evx__send(evx_request *r, int status, const char *ctype, const void *body, size_t len) {
+  evx_http *h = r->http;
+  evx__unhold(r);
+  struct evbuffer *out = evhttp_request_get_output_buffer(r->ev);
+  int rc = EVX_OK;
+  if (len && evbuffer_add(out, body, len) != 0) {
+    evbuffer_drain(out, evbuffer_get_length(out));
+    status = 500;
+    len = 0;
+    rc = EVX_ENOMEM;
+  }
+  evx__set_ctype(r, ctype, len);
+  r->status = status;
+  r->bytes = len;
+  h->st.bytes_out += len;
+  evhttp_send_reply(r->ev, status, evx__http_reason(status), NULL);
+  evx__http_log(h, r, status);
+  return rc;
+}
+
+int evx_request_finish(evx_request *r, int status, const char *ctype, const void *body, size_t len) {
+  if (!r || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
+  if (r->state) return evx__finish_zombie(r);
+  if (r->streaming) {
+    int rc = EVX_OK;
+    if (len) rc = body ? evx_request_write(r, body, len) : EVX_EINVAL;
+    int erc = evx_request_end(r);
+    return rc != EVX_OK ? rc : erc;
+  }
+  int rc = EVX_OK;
+  if (status < 100 || status > 599 || (!body && len)) {
+    status = 500;
+    body = "bad arguments to evx_request_finish\n";
+    len = strlen(body);
+    ctype = NULL;
+    rc = EVX_EINVAL;
+  }
+  int src = evx__send(r, status, ctype, body, len);
+  evx__finished(r);
+  return rc != EVX_OK ? rc : src;
+}
+
+int evx_request_finishf(evx_request *r, int status, const char *ctype, const char *fmt, ...) {
+  if (!r) return EVX_EINVAL;
+  if (!fmt) return evx_request_finish(r, status, ctype, NULL, 1); /* bad arguments: 500 */
+  char small[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(small, sizeof small, fmt, ap);
+  va_end(ap);
+  if (n < 0) return evx_request_finish(r, status, ctype, NULL, 1);
+  if ((size_t)n < sizeof small) return evx_request_finish(r, status, ctype, small, (size_t)n);
+  char *big = evx_malloc((size_t)n + 1);
+  if (!big) {
+    int rc = evx_request_finish(r, 500, NULL, NULL, 0);
+    return rc == EVX_OK ? EVX_ENOMEM : rc;
+  }
+  va_start(ap, fmt);
+  vsnprintf(big, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  int rc = evx_request_finish(r, status, ctype, big, (size_t)n);
+  evx_free(big);
+  return rc;
+}
+
+int evx_request_reply_busy(evx_request *r, unsigned retry_after_s) {
+  if (!r || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
+  if (r->state == 0 && !r->streaming) {
+    char ra[16];
+    snprintf(ra, sizeof ra, "%u", retry_after_s);
+    evhttp_add_header(evhttp_request_get_output_headers(r->ev), "Retry-After", ra);
+  }
+  static const char msg[] = "busy, retry later\n";
+  return evx_request_finish(r, 503, NULL, msg, sizeof msg - 1);
+}
+
+void evx__request_reply_builtin(evx_request *r, int status, const char *extra_name,
+                                const char *extra_value, const char *body) {
+  if (extra_name && extra_value)
+    evhttp_add_header(evhttp_request_get_output_headers(r->ev), extra_name, extra_value);
+  evx__send(r, status, NULL, body, strlen(body));
+  r->finished = 1;
+  evx__http_release(r);
+}
+
+/* ---- chunked replies -------------------------------------------------- */
+
+int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
+  if (!r || !evx__thread_ok(r) || r->finished || r->streaming || status < 200 || status > 599)
+    return EVX_EINVAL;
+  if (r->state) return r->state;
+  evx__set_ctype(r, ctype, 1);
+  r->streaming = 1;
+  r->status = status;
+  if (r->timing) {
+    event_del(&r->timer_ev);
+    r->timing = 0;
+  }
+  evhttp_send_reply_start(r->ev, status, evx__http_reason(status));
+  return EVX_OK;
+}
+
+int evx_request_write(evx_request *r, const void *data, size_t len) {
+  if (!r || !evx__thread_ok(r) || r->finished || !r->streaming || (!data && len)) return EVX_EINVAL;
+  if (r->state) return r->state;
+  if (len == 0) return EVX_OK;
+  struct evbuffer *buf = r->http->scratch;
+  int rc = EVX_OK;
+  if (evbuffer_add(buf, data, len) != 0) {
+    rc = EVX_ENOMEM;
+  } else {
+    evhttp_send_reply_chunk(r->ev, buf);
+    r->bytes += len;
+    r->http->st.bytes_out += len;
+  }
+  evbuffer_drain(buf, evbuffer_get_length(buf)); /* evhttp leaves it full on a dead connection */
+  return rc;
+}
+
+int evx_request_end(evx_request *r) {
+  if (!r || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
+  if (r->state) return evx__finish_zombie(r);
+  if (!r->streaming) {
+    /* end without start: misuse, but the request must not leak */
+    static const char msg[] = "evx_request_end without evx_request_start_chunked\n";
+    evx__send(r, 500, NULL, msg, sizeof msg - 1);
+    evx__finished(r);
+    return EVX_EINVAL;
+  }
+  evx__unhold(r);
+  evhttp_send_reply_end(r->ev);
+  evx__http_log(r->http, r, r->status);
+  evx__finished(r);
+  return EVX_OK;
+}

@@ -1,0 +1,408 @@
+/*
+ * evx_http: the server - listening sockets, routing, limits, dispatch, the
+ * access log and the release of finished requests.
+ *
+ * DESIGN
+ * - evhttp does the HTTP/1.x parsing, keep-alive, pipelining, body and idle
+ *   limits. evexec installs one generic callback (evx__on_request) and does
+ *   its own routing on the decoded path, so 404/405/431/503 are answered
+ *   through the same request object, logged and counted like any reply.
+ * - Every request that reaches evexec gets an evx_request. It is released
+ *   (freed) only after the loop callback that finished it returned:
+ *   synchronously at the end of dispatch when the handler finished inline
+ *   (the fast path: no extra loop work), otherwise through the reap list,
+ *   drained by one evx__loop_defer call per batch. evx_loop_free runs deferred
+ *   calls too, so requests finished during teardown are released.
+ * - evx_http_free may run while requests are held: they become zombies with
+ *   EVX_ECLOSED (see http-request.c) and the evx_http struct stays allocated,
+ *   without its evhttp, until the last request is released.
+ * Everything here runs on the loop thread; there are no locks. The only
+ * shared state is the process-wide live-request counter (an atomic).
+ */
+#include "http-internal.h"
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define EVX__DEF_MAX_HEADER 8192
+#define EVX__DEF_MAX_BODY (1024 * 1024)
+#define EVX__DEF_REQ_TIMEOUT_MS 60000
+#define EVX__DEF_IDLE_TIMEOUT_MS 60000
+#define EVX__DEF_MAX_HELD 10000
+
+static _Atomic uint64_t evx__live_requests;
+
+uint64_t evx_request_live_count(void) { return atomic_load(&evx__live_requests); }
+
+void evx_http_log_stderr(void *arg, const evx_http_log_entry *e) {
+  FILE *f = arg ? (FILE *)arg : stderr;
+  fprintf(f, "%s %s %d %lluB %.2fms %s\n", e->method, e->path, e->status,
+          (unsigned long long)e->bytes, (double)e->duration_us / 1000.0, e->peer);
+}
+
+void evx__http_log(evx_http *h, evx_request *r, int status) {
+  int cls = status / 100;
+  h->st.status[(status != 499 && cls >= 1 && cls <= 5) ? cls : 0]++;
+  if (h->freed || !h->opts.log) return;
+  evx_http_log_entry e = {
+      .method = r->method,
+      .path = r->path ? r->path : "-",
+      .status = status,
+      .bytes = r->bytes,
+      .duration_us = (evx_now_ns() - r->t0_ns) / 1000,
+      .peer = r->peer[0] ? r->peer : "-",
+  };
+  h->opts.log(h->opts.log_arg, &e);
+}
+
+/* ---- release of finished requests ------------------------------------- */
+
+void evx__http_release(evx_request *r) {
+  evx_http *h = r->http;
+  if (r->notify_set) event_del(&r->notify_ev);
+  if (r->ev_owned) evhttp_request_free(r->ev);
+  evx_free(r->path_buf);
+  evx_free(r->query_buf);
+  evx_free((void *)r->params);
+  evx_free(r);
+  h->st.live--;
+  atomic_fetch_sub(&evx__live_requests, 1);
+}
+
+static void evx__http_free_struct(evx_http *h) {
+  evbuffer_free(h->scratch);
+  evx_free(h->bound);
+  evx_free(h);
+}
+
+/* Free the struct once evx_http_free was called and nothing points to it. */
+void evx__http_maybe_free(evx_http *h) {
+  if (h->freed && h->st.live == 0 && !h->reap_scheduled && h->dispatching == 0 && !h->free_pending)
+    evx__http_free_struct(h);
+}
+
+static void evx__http_reap(void *arg) {
+  evx_http *h = arg;
+  h->reap_scheduled = 0;
+  evx_request *r = h->reap_head;
+  h->reap_head = NULL;
+  while (r) {
+    evx_request *next = r->reap_next;
+    evx__http_release(r);
+    r = next;
+  }
+  evx__http_maybe_free(h);
+}
+
+void evx__http_schedule_release(evx_http *h, evx_request *r) {
+  r->reap_next = h->reap_head;
+  h->reap_head = r;
+  if (!h->reap_scheduled) {
+    h->reap_scheduled = 1;
+    evx__loop_defer(h->loop, &h->reap_node);
+  }
+}
+
+/* ---- server ----------------------------------------------------------- */
+
+static void evx__http_apply_opts(evx_http *h) {
+  evx_http_opts *o = &h->opts;
+  if (!o->max_header_size) o->max_header_size = EVX__DEF_MAX_HEADER;
+  if (!o->max_body_size) o->max_body_size = EVX__DEF_MAX_BODY;
+  if (!o->request_timeout_ms) o->request_timeout_ms = EVX__DEF_REQ_TIMEOUT_MS;
+  if (!o->idle_timeout_ms) o->idle_timeout_ms = EVX__DEF_IDLE_TIMEOUT_MS;
+  if (!o->max_held) o->max_held = EVX__DEF_MAX_HELD;
+  if (!o->busy_retry_after_s) o->busy_retry_after_s = 1;
+
+  /* evhttp cuts header blocks off at twice our limit (it answers 400 and
+   * closes); between the two, evexec answers 431 itself (see dispatch). */
+  if (o->max_header_size == EVX_HTTP_UNLIMITED || o->max_header_size > ((size_t)-1 >> 2))
+    evhttp_set_max_headers_size(h->evh, -1);
+  else
+    evhttp_set_max_headers_size(h->evh, (ev_ssize_t)(o->max_header_size * 2));
+  if (o->max_body_size == EVX_HTTP_UNLIMITED || o->max_body_size > ((size_t)-1 >> 1))
+    evhttp_set_max_body_size(h->evh, -1);
+  else
+    evhttp_set_max_body_size(h->evh, (ev_ssize_t)o->max_body_size);
+  if (o->idle_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
+    struct timeval tv = {.tv_sec = (time_t)(o->idle_timeout_ms / 1000),
+                         .tv_usec = (suseconds_t)((o->idle_timeout_ms % 1000) * 1000)};
+    evhttp_set_timeout_tv(h->evh, &tv);
+  }
+  evhttp_set_allowed_methods(h->evh, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                         EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                         EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+  /* Content-Type is set by evexec per reply. */
+  evhttp_set_default_content_type(h->evh, NULL);
+}
+
+static void evx__on_request(struct evhttp_request *ev, void *arg);
+
+evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
+  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
+  evx_http *h = evx_calloc(1, sizeof *h);
+  if (!h) return NULL;
+  h->loop = loop;
+  h->base = evx_loop_base(loop);
+  if (opts) h->opts = *opts;
+  evx__list_init(&h->routes);
+  evx__list_init(&h->held);
+  h->reap_node.fn = evx__http_reap;
+  h->reap_node.arg = h;
+  h->reap_node.owned = 1;
+  h->evh = evhttp_new(h->base);
+  h->scratch = evbuffer_new();
+  if (!h->evh || !h->scratch) {
+    if (h->evh) evhttp_free(h->evh);
+    if (h->scratch) evbuffer_free(h->scratch);
+    evx_free(h);
+    return NULL;
+  }
+  evx__http_apply_opts(h);
+  evhttp_set_gencb(h->evh, evx__on_request, h);
+  /* A client that leaves while evhttp writes to it would raise SIGPIPE and
+   * kill the process; ignore it unless the program chose a disposition. */
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
+  return h;
+}
+
+int evx_http_bind(evx_http *h, const char *host, uint16_t port) {
+  if (!h || h->freed || !evx__loop_thread_ok(h->loop)) return EVX_EINVAL;
+  struct evhttp_bound_socket **nb = evx_realloc(h->bound, (h->nbound + 1) * sizeof *nb);
+  if (!nb) return EVX_ENOMEM;
+  h->bound = nb;
+  struct evhttp_bound_socket *b = evhttp_bind_socket_with_handle(h->evh, host ? host : "0.0.0.0", port);
+  if (!b) return EVX_EIO;
+  h->bound[h->nbound++] = b;
+  return EVX_OK;
+}
+
+int evx_http_port(evx_http *h) {
+  if (!h || h->nbound == 0) return EVX_EINVAL;
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getsockname(evhttp_bound_socket_get_fd(h->bound[0]), (struct sockaddr *)&ss, &len) != 0)
+    return EVX_EIO;
+  if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  if (ss.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+  return EVX_EIO;
+}
+
+int evx_http_stop_accepting(evx_http *h) {
+  if (!h || !evx__loop_thread_ok(h->loop)) return EVX_EINVAL;
+  for (size_t i = 0; i < h->nbound; i++) evhttp_del_accept_socket(h->evh, h->bound[i]);
+  h->nbound = 0;
+  return EVX_OK;
+}
+
+static int evx__streq(const char *a, const char *b) {
+  if (!a || !b) return a == b;
+  return strcmp(a, b) == 0;
+}
+
+int evx_http_route(evx_http *h, const char *method, const char *path, int flags, evx_handler_fn fn,
+                   void *arg) {
+  if (!h || h->freed || !path || path[0] != '/' || !fn || (flags & ~EVX_ROUTE_PREFIX) ||
+      (method && !method[0]) || !evx__loop_thread_ok(h->loop))
+    return EVX_EINVAL;
+  for (evx__list *l = h->routes.next; l != &h->routes; l = l->next) {
+    evx__route *rt = EVX__CONTAINER_OF(l, evx__route, link);
+    if (rt->flags == flags && evx__streq(rt->method, method) && strcmp(rt->path, path) == 0)
+      return EVX_EINVAL;
+  }
+  evx__route *rt = evx_calloc(1, sizeof *rt);
+  if (!rt) return EVX_ENOMEM;
+  rt->path = evx_strdup(path);
+  rt->method = method ? evx_strdup(method) : NULL;
+  if (!rt->path || (method && !rt->method)) {
+    evx_free(rt->path);
+    evx_free(rt->method);
+    evx_free(rt);
+    return EVX_ENOMEM;
+  }
+  rt->plen = strlen(path);
+  rt->flags = flags;
+  rt->fn = fn;
+  rt->arg = arg;
+  evx__list_insert_tail(&h->routes, &rt->link);
+  return EVX_OK;
+}
+
+static void evx__http_do_free(evx_http *h) {
+  h->freed = 1;
+  /* Held requests become zombies first, owning their evhttp requests, so
+   * that evhttp_free below frees their connections but not them. */
+  while (!evx__list_empty(&h->held)) {
+    evx_request *r = EVX__CONTAINER_OF(h->held.next, evx_request, held_link);
+    evx__request_zombify(r, EVX_ECLOSED, 0);
+  }
+  evhttp_free(h->evh);
+  h->evh = NULL;
+  h->nbound = 0;
+  evx__list *l;
+  while ((l = evx__list_pop_head(&h->routes)) != NULL) {
+    evx__route *rt = EVX__CONTAINER_OF(l, evx__route, link);
+    evx_free(rt->method);
+    evx_free(rt->path);
+    evx_free(rt);
+  }
+  evx__http_maybe_free(h);
+}
+
+static void evx__http_deferred_free(void *arg) {
+  evx_http *h = arg;
+  h->free_pending = 0;
+  evx__http_do_free(h);
+}
+
+void evx_http_free(evx_http *h) {
+  if (!h || h->freed) return;
+  if (!evx__loop_thread_ok(h->loop)) {
+    fprintf(stderr, "evexec: evx_http_free called off the loop thread; ignored\n");
+    return;
+  }
+  if (h->dispatching || h->free_pending) {
+    if (!h->free_pending) h->free_pending = 1; /* see the end of evx__on_request */
+    return;
+  }
+  evx__http_do_free(h);
+}
+
+int evx_http_stats_get(evx_http *h, evx_http_stats *out) {
+  if (!h || !out) return EVX_EINVAL;
+  *out = h->st;
+  return EVX_OK;
+}
+
+/* ---- dispatch --------------------------------------------------------- */
+
+/* Request line plus header block, counted like evhttp does (line lengths
+ * without CRLF), so the 431 limit means the same bytes as evhttp's. */
+static size_t evx__header_size(struct evhttp_request *ev) {
+  const char *uri = evhttp_request_get_uri(ev);
+  size_t n = (uri ? strlen(uri) : 0) + 16; /* method, spaces, HTTP/1.x */
+  struct evkeyvalq *hdrs = evhttp_request_get_input_headers(ev);
+  struct evkeyval *kv;
+  for (kv = hdrs->tqh_first; kv; kv = kv->next.tqe_next) n += strlen(kv->key) + 2 + strlen(kv->value);
+  return n;
+}
+
+static int evx__method_ok(const evx__route *rt, const char *method) {
+  if (!rt->method) return 1;
+  if (strcmp(rt->method, method) == 0) return 1;
+  return strcmp(method, "HEAD") == 0 && strcmp(rt->method, "GET") == 0;
+}
+
+/* The best route for (method, path): exact beats prefix, longer prefix beats
+ * shorter, first added wins ties. *path_matched tells 405 from 404. */
+static evx__route *evx__route_find(evx_http *h, const char *method, const char *path,
+                                   int *path_matched) {
+  evx__route *best = NULL;
+  size_t best_rank = 0;
+  *path_matched = 0;
+  for (evx__list *l = h->routes.next; l != &h->routes; l = l->next) {
+    evx__route *rt = EVX__CONTAINER_OF(l, evx__route, link);
+    int hit = (rt->flags & EVX_ROUTE_PREFIX) ? strncmp(path, rt->path, rt->plen) == 0
+                                             : strcmp(path, rt->path) == 0;
+    if (!hit) continue;
+    *path_matched = 1;
+    if (!evx__method_ok(rt, method)) continue;
+    size_t rank = (rt->flags & EVX_ROUTE_PREFIX) ? rt->plen : (size_t)-1;
+    if (!best || rank > best_rank) {
+      best = rt;
+      best_rank = rank;
+    }
+  }
+  return best;
+}
+
+/* The Allow header for a 405: the methods of the routes matching the path. */
+static void evx__allow_list(evx_http *h, const char *path, char *buf, size_t cap) {
+  size_t n = 0;
+  buf[0] = '\0';
+  for (evx__list *l = h->routes.next; l != &h->routes; l = l->next) {
+    evx__route *rt = EVX__CONTAINER_OF(l, evx__route, link);
+    int hit = (rt->flags & EVX_ROUTE_PREFIX) ? strncmp(path, rt->path, rt->plen) == 0
+                                             : strcmp(path, rt->path) == 0;
+    if (!hit || !rt->method) continue;
+    /* skip duplicates */
+    size_t ml = strlen(rt->method);
+    const char *p = buf;
+    int dup = 0;
+    while ((p = strstr(p, rt->method)) != NULL) {
+      if ((p == buf || p[-1] == ' ') && (p[ml] == ',' || p[ml] == '\0')) {
+        dup = 1;
+        break;
+      }
+      p += ml;
+    }
+    if (dup) continue;
+    int w = snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", rt->method);
+    if (w < 0 || (size_t)w >= cap - n) {
+      buf[n] = '\0';
+      break;
+    }
+    n += (size_t)w;
+  }
+}
+
+static void evx__on_request(struct evhttp_request *ev, void *arg) {
+  evx_http *h = arg;
+  uint64_t t0 = evx_now_ns();
+  h->st.requests++;
+  evx_request *r = evx__request_new(h, ev, t0);
+  if (!r) {
+    evhttp_send_reply(ev, 500, "Internal Server Error", NULL);
+    return;
+  }
+  h->st.live++;
+  atomic_fetch_add(&evx__live_requests, 1);
+  h->dispatching++;
+
+  if (!r->path) {
+    evx__request_reply_builtin(r, 400, NULL, NULL, "bad request path\n");
+  } else if (h->opts.max_header_size != EVX_HTTP_UNLIMITED &&
+             evx__header_size(ev) > h->opts.max_header_size) {
+    evx__request_reply_builtin(r, 431, NULL, NULL, "request header fields too large\n");
+  } else {
+    int path_matched;
+    evx__route *rt = evx__route_find(h, r->method, r->path, &path_matched);
+    if (!rt && path_matched) {
+      char allow[256];
+      evx__allow_list(h, r->path, allow, sizeof allow);
+      evx__request_reply_builtin(r, 405, "Allow", allow, "method not allowed\n");
+    } else if (!rt) {
+      evx__request_reply_builtin(r, 404, NULL, NULL, "not found\n");
+    } else if (h->opts.max_held != EVX_HTTP_UNLIMITED && h->st.held >= h->opts.max_held) {
+      char ra[16];
+      snprintf(ra, sizeof ra, "%u", h->opts.busy_retry_after_s);
+      h->st.rejected_busy++;
+      evx__request_reply_builtin(r, 503, "Retry-After", ra, "too many requests in progress\n");
+    } else {
+      r->in_dispatch = 1;
+      rt->fn(r, rt->arg);
+      r->in_dispatch = 0;
+      evx__request_after_handler(r);
+    }
+  }
+
+  h->dispatching--;
+  if (h->dispatching == 0 && h->free_pending == 1) {
+    h->free_pending = 2; /* deferred once */
+    /* Not here: we are inside evhttp's read callback for this connection.
+     * A deferred call runs after it returned (also inside evx_loop_free). */
+    h->free_node.fn = evx__http_deferred_free;
+    h->free_node.arg = h;
+    h->free_node.owned = 1;
+    evx__loop_defer(h->loop, &h->free_node);
+  }
+}

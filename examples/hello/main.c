@@ -1,0 +1,268 @@
+/*
+ * evx_hello: the HTTP layer in one file.
+ *
+ *   /hello          answered on the loop thread
+ *   /work?ms=N      sleeps N ms on the worker pool (a stand-in for a blocking
+ *                   library call), then answers; 503 + Retry-After when the
+ *                   pool's queue is full; a client that leaves cancels its
+ *                   job if it has not started
+ *   /wait           long poll: answers when someone calls /notify, or
+ *                   "timeout" after ?timeout=MS (default 30000)
+ *   /notify         wakes every /wait
+ *
+ * Usage: evx_hello [--host ADDR] [--port N] [--threads N] [--quiet]
+ * SIGINT/SIGTERM: stop accepting, let running work finish, exit 0.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <event2/event.h>
+#include <evexec/evexec.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_WORK_MS 60000
+#define DRAIN_GRACE_MS 10000
+
+static evx_loop *loop;
+static evx_http *http;
+static evx_executor *pool;
+static evx_condition *cond;
+static uint64_t stop_started_ns;
+static struct event *drain_ev;
+
+/* ---- /hello ---- */
+
+static void on_hello(evx_request *req, void *arg) {
+  (void)arg;
+  evx_request_finish(req, 200, "text/plain", "hello\n", 6);
+}
+
+/* ---- /work?ms=N ---- */
+
+typedef struct work {
+  evx_request *req;
+  evx_job *job;
+  long ms;
+} work;
+
+static void work_run(void *arg) { /* worker thread */
+  work *w = arg;
+  struct timespec ts = {.tv_sec = w->ms / 1000, .tv_nsec = (w->ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static void work_done(void *arg, int status) { /* loop thread */
+  work *w = arg;
+  if (status == EVX_OK)
+    evx_request_finishf(w->req, 200, NULL, "slept %ld ms\n", w->ms);
+  else /* cancelled: the client left (finish says EVX_EGONE) or we are shutting down */
+    evx_request_finish(w->req, 503, NULL, "cancelled\n", 10);
+  free(w);
+}
+
+static void work_client_left(evx_request *req, void *arg) {
+  (void)req;
+  work *w = arg;
+  evx_job_cancel(w->job); /* EVX_EBUSY when it already runs: its result is dropped */
+}
+
+static void on_work(evx_request *req, void *arg) {
+  (void)arg;
+  const char *s = evx_request_query(req, "ms");
+  char *end = NULL;
+  long ms = s ? strtol(s, &end, 10) : 0;
+  if (s && (end == s || *end || ms < 0 || ms > MAX_WORK_MS)) {
+    evx_request_finishf(req, 400, NULL, "ms must be 0..%d\n", MAX_WORK_MS);
+    return;
+  }
+  work *w = malloc(sizeof *w);
+  if (!w) {
+    evx_request_finish(req, 500, NULL, "out of memory\n", 14);
+    return;
+  }
+  w->req = req;
+  w->ms = ms;
+  int rc = evx_submit_job(pool, work_run, work_done, w, &w->job);
+  if (rc != EVX_OK) {
+    free(w);
+    if (rc == EVX_EBUSY) evx_request_reply_busy(req, 1);
+    else evx_request_finishf(req, 503, NULL, "%s\n", evx_strerror(rc));
+    return;
+  }
+  evx_request_on_close(req, work_client_left, w);
+}
+
+/* ---- /wait and /notify ---- */
+
+typedef struct waiter {
+  evx_request *req;
+  evx_future *f;
+} waiter;
+
+static void wait_done(evx_future *f, void *arg) {
+  waiter *w = arg;
+  int st = evx_future_status(f);
+  if (st == EVX_OK) evx_request_finish(w->req, 200, NULL, "notified\n", 9);
+  else if (st == EVX_ETIMEDOUT) evx_request_finish(w->req, 200, NULL, "timeout\n", 8);
+  else evx_request_finish(w->req, 503, NULL, "closed\n", 7); /* cancelled (client left) or shutdown */
+  evx_future_release(f);
+  free(w);
+}
+
+static void wait_client_left(evx_request *req, void *arg) {
+  (void)req;
+  waiter *w = arg;
+  evx_future_cancel(w->f); /* the condition drops the waiter now; wait_done finishes */
+}
+
+static void on_wait(evx_request *req, void *arg) {
+  (void)arg;
+  const char *s = evx_request_query(req, "timeout");
+  unsigned long ms = s ? strtoul(s, NULL, 10) : 30000;
+  waiter *w = malloc(sizeof *w);
+  if (!w) {
+    evx_request_finish(req, 500, NULL, "out of memory\n", 14);
+    return;
+  }
+  w->req = req;
+  w->f = cond ? evx_condition_wait(cond, ms) : NULL;
+  if (!w->f || evx_future_on_done(w->f, wait_done, w) != EVX_OK) {
+    if (w->f) {
+      evx_future_cancel(w->f);
+      evx_future_release(w->f);
+    }
+    free(w);
+    evx_request_finish(req, 503, NULL, "unavailable\n", 12);
+    return;
+  }
+  evx_request_on_close(req, wait_client_left, w);
+}
+
+static void on_notify(evx_request *req, void *arg) {
+  (void)arg;
+  int n = cond ? evx_condition_notify_all(cond) : 0;
+  evx_request_finishf(req, 200, NULL, "woke %d\n", n);
+}
+
+/* ---- shutdown ---- */
+
+static void drain_check(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct event *ev = arg;
+  evx_http_stats hs;
+  evx_executor_stats es;
+  evx_http_stats_get(http, &hs);
+  evx_executor_stats_get(pool, &es);
+  int idle = hs.live == 0 && es.queued == 0 && es.running == 0;
+  if (idle || evx_now_ns() - stop_started_ns > (uint64_t)DRAIN_GRACE_MS * 1000000) {
+    if (!idle) fprintf(stderr, "evx_hello: grace period over, %llu requests still open\n",
+                       (unsigned long long)hs.live);
+    evx_loop_stop(loop);
+    return;
+  }
+  struct timeval tv = {0, 10000};
+  evtimer_add(ev, &tv);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+  (void)what;
+  if (drain_ev) return; /* already stopping */
+  fprintf(stderr, "evx_hello: signal %d, stopping\n", (int)sig);
+  stop_started_ns = evx_now_ns();
+  evx_http_stop_accepting(http);
+  evx_executor_shutdown(pool, EVX_SHUTDOWN_DRAIN); /* running and queued jobs finish */
+  evx_condition_free(cond); /* long polls end with EVX_ECLOSED -> 503 */
+  cond = NULL;
+  drain_ev = evtimer_new((struct event_base *)arg, drain_check, event_self_cbarg());
+  if (!drain_ev) {
+    evx_loop_stop(loop);
+    return;
+  }
+  drain_check(-1, 0, drain_ev);
+}
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: evx_hello [--host ADDR] [--port N] [--threads N] [--quiet] [--help]\n"
+             "  --host ADDR   address to listen on (default 127.0.0.1)\n"
+             "  --port N      port (default 8080; 0 picks a free one)\n"
+             "  --threads N   worker threads for /work (default 4)\n"
+             "  --quiet       no access log\n"
+             "routes: /hello  /work?ms=N  /wait[?timeout=MS]  /notify\n");
+}
+
+int main(int argc, char **argv) {
+  const char *host = "127.0.0.1";
+  long port = 8080, threads = 4;
+  int quiet = 0;
+  static const struct option opts[] = {{"host", required_argument, 0, 'H'},
+                                       {"port", required_argument, 0, 'p'},
+                                       {"threads", required_argument, 0, 't'},
+                                       {"quiet", no_argument, 0, 'q'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  int c;
+  while ((c = getopt_long(argc, argv, "H:p:t:qh", opts, NULL)) != -1) {
+    char *end;
+    switch (c) {
+    case 'H': host = optarg; break;
+    case 'p':
+      port = strtol(optarg, &end, 10);
+      if (*end || port < 0 || port > 65535) {
+        fprintf(stderr, "evx_hello: bad --port %s\n", optarg);
+        return 2;
+      }
+      break;
+    case 't':
+      threads = strtol(optarg, &end, 10);
+      if (*end || threads < 1 || threads > 1024) {
+        fprintf(stderr, "evx_hello: bad --threads %s\n", optarg);
+        return 2;
+      }
+      break;
+    case 'q': quiet = 1; break;
+    case 'h': usage(stdout); return 0;
+    default: usage(stderr); return 2;
+    }
+  }
+
+  loop = evx_loop_new(NULL);
+  if (!loop) return 1;
+  pool = evx_executor_new(loop, &(evx_executor_opts){.threads = (unsigned)threads, .name = "work"});
+  cond = evx_condition_new(loop);
+  http = evx_http_new(loop, &(evx_http_opts){.log = quiet ? NULL : evx_http_log_stderr});
+  if (!pool || !cond || !http) return 1;
+  if (evx_http_route(http, "GET", "/hello", 0, on_hello, NULL) ||
+      evx_http_route(http, "GET", "/work", 0, on_work, NULL) ||
+      evx_http_route(http, "GET", "/wait", 0, on_wait, NULL) ||
+      evx_http_route(http, NULL, "/notify", 0, on_notify, NULL))
+    return 1;
+  int rc = evx_http_bind(http, host, (uint16_t)port);
+  if (rc != EVX_OK) {
+    fprintf(stderr, "evx_hello: cannot listen on %s:%ld: %s\n", host, port, evx_strerror(rc));
+    return 1;
+  }
+  fprintf(stderr, "evx_hello: listening on http://%s:%d/ (%ld threads)\n", host,
+          evx_http_port(http), threads);
+  fflush(stderr);
+
+  struct event_base *base = evx_loop_base(loop);
+  struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
+  struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
+  if (!sigint || !sigterm || evsignal_add(sigint, NULL) || evsignal_add(sigterm, NULL)) return 1;
+
+  evx_loop_run(loop);
+
+  event_free(sigint);
+  event_free(sigterm);
+  if (drain_ev) event_free(drain_ev);
+  evx_http_free(http);
+  evx_condition_free(cond);
+  evx_executor_free(pool);
+  evx_loop_free(loop);
+  fprintf(stderr, "evx_hello: stopped\n");
+  return 0;
+}

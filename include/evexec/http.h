@@ -1,0 +1,319 @@
+/**
+ * @file http.h
+ * evx_http: Tornado's asynchronous request handlers over libevent's evhttp.
+ *
+ * A handler gets an evx_request and may answer at once or later - from any
+ * loop-thread callback: an executor job's `done`, a timer, a future, a
+ * condition. The response ends at evx_request_finish(), not when the handler
+ * returns (Tornado's `@asynchronous` + `self.finish()`).
+ *
+ * Lifetime rule (the one thing to remember):
+ *  - An evx_request stays valid until evx_request_finish() (or
+ *    evx_request_end() for a chunked reply) has been called on it exactly
+ *    once - also after the client went away, the request timed out or the
+ *    server was freed. Finish then releases it and says why the response
+ *    could not be sent (EVX_EGONE, EVX_ETIMEDOUT, EVX_ECLOSED).
+ *  - The memory is released after the loop callback that called finish
+ *    returns. Until then the accessors keep working (code after finish runs
+ *    normally, e.g. deferred work that reads the request), and a second
+ *    finish answers EVX_EINVAL instead of crashing. Do not keep the pointer
+ *    beyond that callback.
+ *
+ * Clients that leave: evhttp stops reading a connection while a request on it
+ * is unanswered, so on its own it never notices a client that hangs up. While
+ * a request is held, evexec watches the socket: pipelined bytes are moved into
+ * evhttp's input buffer untouched (keep-alive and pipelining keep working),
+ * and an EOF or a reset marks the request gone, closes the connection and
+ * calls the evx_request_on_close() callback so the handler can cancel its job
+ * or long-poll wait. A half-close (shutdown(SHUT_WR)) by the client while a
+ * request is held counts as leaving.
+ *
+ * Threads: every function here is loop-thread only (the thread running the
+ * evx_loop the server was created on) and answers EVX_EINVAL / NULL when
+ * called from another thread while the loop runs. Blocking work belongs on an
+ * evx_executor; its `done` callback runs on the loop thread and may finish.
+ */
+#ifndef EVEXEC_HTTP_H
+#define EVEXEC_HTTP_H
+
+#include <evexec/common.h>
+#include <evexec/loop.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** An HTTP server bound to one evx_loop. */
+typedef struct evx_http evx_http;
+/** One request, from dispatch until finish (see the lifetime rule above). */
+typedef struct evx_request evx_request;
+
+/**
+ * A request handler. Runs on the loop thread. It must not block; it may
+ * finish `req` before returning or keep it and finish it later.
+ */
+typedef void (*evx_handler_fn)(evx_request *req, void *arg);
+
+/** A per-request notification (evx_request_on_close). Loop thread. */
+typedef void (*evx_request_cb)(evx_request *req, void *arg);
+
+/** One access-log record, given to evx_http_opts.log. Every field is borrowed for the call. */
+typedef struct evx_http_log_entry {
+  const char *method; /**< "GET", "POST", ... */
+  const char *path;   /**< the decoded path, without the query */
+  int status;         /**< the status sent; 499 when the client left before a response */
+  uint64_t bytes;     /**< body bytes handed to the connection (chunked: sum of writes) */
+  uint64_t duration_us; /**< from dispatch to finish (or to the timeout / the client leaving) */
+  const char *peer;   /**< the client's address (numeric), or "-" */
+} evx_http_log_entry;
+
+/** Access-log callback: one call per request that reached evexec. Loop thread. */
+typedef void (*evx_http_log_fn)(void *arg, const evx_http_log_entry *e);
+
+/**
+ * A ready-made log callback: writes one line per request to the FILE* given as
+ * `arg` (stderr when arg is NULL):
+ * `GET /hello 200 6B 0.05ms 127.0.0.1`.
+ */
+EVX_API void evx_http_log_stderr(void *arg, const evx_http_log_entry *e);
+
+/** "No limit" for the size and count limits in evx_http_opts. */
+#define EVX_HTTP_UNLIMITED ((size_t)-1)
+/** "No timeout" for the timeouts in evx_http_opts. */
+#define EVX_HTTP_NO_TIMEOUT ((uint64_t)-1)
+
+/** Server options. Zero fields take the defaults shown. The struct is copied. */
+typedef struct evx_http_opts {
+  /** Largest request line plus header block, in bytes; default 8192. Bigger
+   *  ones get 431. Header blocks larger than twice this are cut off by evhttp
+   *  while still reading and get 400 with the connection closed. */
+  size_t max_header_size;
+  /** Largest request body in bytes; default 1 MiB. Bigger ones get 413 from
+   *  evhttp (not logged: they never reach evexec). */
+  size_t max_body_size;
+  /** A request not finished this long after dispatch is answered 504 and its
+   *  connection closed; the later finish returns EVX_ETIMEDOUT. Default
+   *  60000 ms. The timer stops once a chunked reply has started. */
+  uint64_t request_timeout_ms;
+  /** A keep-alive connection idle (or reading/writing without progress) this
+   *  long is closed. Not applied while a request is held. Default 60000 ms. */
+  uint64_t idle_timeout_ms;
+  /** Most requests held at once (dispatched, not finished, client still
+   *  there); above it new requests get 503 with Retry-After. Default 10000. */
+  size_t max_held;
+  /** Seconds for the Retry-After header of the 503 sent at max_held; default 1. */
+  unsigned busy_retry_after_s;
+  /** Access log; NULL (default) logs nothing. See evx_http_log_stderr. */
+  evx_http_log_fn log;
+  void *log_arg;
+} evx_http_opts;
+
+/**
+ * Create a server on `loop`. Loop thread only. It serves once bound.
+ * @param opts options or NULL for the defaults; copied.
+ * @return the server, owned by the caller (evx_http_free before the loop is
+ *         freed), or NULL (NULL loop, wrong thread, out of memory).
+ */
+EVX_API evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts);
+
+/**
+ * Listen on host:port. May be called more than once (several addresses).
+ * @param host a numeric address or name ("127.0.0.1", "::1", "0.0.0.0");
+ *        NULL means "0.0.0.0".
+ * @param port the TCP port; 0 picks a free one (see evx_http_port).
+ * @return EVX_OK; EVX_EINVAL (NULL http, wrong thread); EVX_EIO (bind or
+ *         listen failed, e.g. the port is in use).
+ */
+EVX_API int evx_http_bind(evx_http *http, const char *host, uint16_t port);
+
+/** The port of the first bound socket (useful after binding port 0), or EVX_EINVAL. */
+EVX_API int evx_http_port(evx_http *http);
+
+/** evx_http_route flag: `path` is a prefix ("/static/" matches "/static/a.css"). */
+#define EVX_ROUTE_PREFIX 1
+
+/**
+ * Add a route. Routes are matched on the decoded path: an exact route beats
+ * any prefix route, a longer prefix beats a shorter one, and among equals the
+ * first added wins. A path that matches routes but none for its method gets
+ * 405 with an Allow header; a path that matches nothing gets 404.
+ * @param method "GET", "POST", ... (copied; compared exactly), or NULL for any.
+ * @param path starts with '/'; copied.
+ * @param flags 0 or EVX_ROUTE_PREFIX.
+ * @return EVX_OK; EVX_EINVAL (NULL http/path/fn, path not starting with '/',
+ *         unknown flags, the same method+path+flags twice, wrong thread);
+ *         EVX_ENOMEM.
+ */
+EVX_API int evx_http_route(evx_http *http, const char *method, const char *path, int flags,
+                           evx_handler_fn fn, void *arg);
+
+/**
+ * Stop listening: new connections are refused, connections already open are
+ * served until they close. For a clean shutdown call this, drain the
+ * executors (their `done` callbacks finish the held requests), then free.
+ * @return EVX_OK or EVX_EINVAL.
+ */
+EVX_API int evx_http_stop_accepting(evx_http *http);
+
+/**
+ * Free the server: stop listening and close every connection. Loop thread
+ * only, or after the loop stopped; may be called from a handler (the free
+ * then happens when the handler returns). Requests still held become gone
+ * with EVX_ECLOSED: their on_close callbacks run in a later loop iteration,
+ * their handlers must still finish them (finish returns EVX_ECLOSED and
+ * releases them); the server's memory goes with the last one. No log
+ * callback runs after this call. Call it before evx_loop_free. NULL accepted.
+ */
+EVX_API void evx_http_free(evx_http *http);
+
+/** Counters of one server. */
+typedef struct evx_http_stats {
+  uint64_t requests;      /**< requests that reached evexec (routed or answered by it) */
+  uint64_t live;          /**< evx_request objects not released yet (held + zombies + being dispatched) */
+  uint64_t held;          /**< handlers returned without finishing, client still there */
+  uint64_t zombies;       /**< gone / timed out / closed, waiting for the handler's finish */
+  uint64_t gone;          /**< requests whose client left before the response */
+  uint64_t timed_out;     /**< requests answered 504 by request_timeout_ms */
+  uint64_t rejected_busy; /**< 503 because max_held was reached */
+  uint64_t bytes_out;     /**< body bytes sent */
+  uint64_t status[6];     /**< by class: [1] 1xx ... [5] 5xx; [0] no status (client left) */
+} evx_http_stats;
+
+/** Copy the server's counters. @return EVX_OK or EVX_EINVAL (NULL). */
+EVX_API int evx_http_stats_get(evx_http *http, evx_http_stats *out);
+
+/**
+ * evx_request objects alive in the whole process (all servers, all threads),
+ * including zombies and requests of freed servers. Thread-safe. For leak
+ * checks: it returns to its earlier value once every request is released.
+ */
+EVX_API uint64_t evx_request_live_count(void);
+
+/* ---- the request ----------------------------------------------------- */
+
+/** "GET", "POST", ... (static string). NULL for NULL. */
+EVX_API const char *evx_request_method(evx_request *req);
+
+/** The percent-decoded path without the query ("/a b" for "/a%20b?x=1"). Borrowed. */
+EVX_API const char *evx_request_path(evx_request *req);
+
+/** The raw request target as sent ("/a%20b?x=1"). Borrowed. */
+EVX_API const char *evx_request_uri(evx_request *req);
+
+/**
+ * A query parameter, decoded ('+' is a space, %XX escapes), or NULL when
+ * absent. With repeated names the first wins. "?flag" gives "" for "flag".
+ * The string is borrowed from the request.
+ */
+EVX_API const char *evx_request_query(evx_request *req, const char *name);
+
+/** A request header (case-insensitive name), or NULL. Borrowed. */
+EVX_API const char *evx_request_header(evx_request *req, const char *name);
+
+/**
+ * The request body. Borrowed; it is followed by a NUL byte not counted in
+ * *len, so a text body can be used as a C string. Never NULL for a live
+ * request ("" with *len = 0 when there is no body). len may be NULL.
+ */
+EVX_API const char *evx_request_body(evx_request *req, size_t *len);
+
+/** The client's numeric address, or "-". Borrowed. */
+EVX_API const char *evx_request_peer(evx_request *req);
+
+/** The server the request came from. */
+EVX_API evx_http *evx_request_server(evx_request *req);
+
+/**
+ * Add a response header (sent with finish or start_chunked). name and value
+ * are copied. @return EVX_OK; EVX_EINVAL (NULL, CR/LF in name or value,
+ * after the response started or after finish); EVX_EGONE / EVX_ETIMEDOUT /
+ * EVX_ECLOSED when there is no client to send it to (nothing is added).
+ */
+EVX_API int evx_request_set_header(evx_request *req, const char *name, const char *value);
+
+/**
+ * Send the response and end the request. Exactly once per request; releases
+ * it (see the lifetime rule at the top).
+ * @param status 100..599.
+ * @param content_type the Content-Type, or NULL for "text/plain; charset=utf-8"
+ *        (no header when there is no body to describe and it is NULL).
+ * @param body copied; may be NULL when len is 0.
+ * @return EVX_OK (handed to the connection); EVX_EGONE (the client left),
+ *         EVX_ETIMEDOUT (already answered 504), EVX_ECLOSED (the server was
+ *         freed) - in these three cases nothing is sent and the request is
+ *         released just the same; EVX_EINVAL for NULL, a second call, a bad
+ *         status or NULL body with len > 0 (a first call with bad arguments
+ *         sends 500 and releases the request, so it never leaks); EVX_ENOMEM
+ *         (500 sent if possible; released).
+ * On a chunked reply (after evx_request_start_chunked) finish writes `body`
+ * as a last chunk and ends the reply; status and content_type are ignored.
+ */
+EVX_API int evx_request_finish(evx_request *req, int status, const char *content_type,
+                               const void *body, size_t len);
+
+/** evx_request_finish with a printf-formatted text body (content type as given, NULL for text/plain). */
+EVX_API int evx_request_finishf(evx_request *req, int status, const char *content_type,
+                                const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
+/**
+ * Finish with 503 Service Unavailable and `Retry-After: retry_after_s` - the
+ * answer for an executor that said EVX_EBUSY:
+ * `if (evx_submit(...) == EVX_EBUSY) return (void)evx_request_reply_busy(req, 1);`
+ * Same return values as evx_request_finish.
+ */
+EVX_API int evx_request_reply_busy(evx_request *req, unsigned retry_after_s);
+
+/**
+ * Call fn(req, arg) once, on the loop thread in a later callback, when the
+ * request stops being answerable before the handler finished it: the client
+ * left, it timed out, or the server was freed. The handler should then cancel
+ * its work and still call finish (which returns the reason). Never called
+ * after finish. A second registration replaces the first.
+ * @return EVX_OK; EVX_EINVAL (NULL req/fn, after finish); EVX_EGONE /
+ *         EVX_ETIMEDOUT / EVX_ECLOSED when that already happened (fn is not
+ *         registered and will not be called).
+ */
+EVX_API int evx_request_on_close(evx_request *req, evx_request_cb fn, void *arg);
+
+/**
+ * Why the request can no longer be answered: 0 while it can, else EVX_EGONE,
+ * EVX_ETIMEDOUT or EVX_ECLOSED. EVX_EINVAL for NULL.
+ */
+EVX_API int evx_request_state(evx_request *req);
+
+/** Non-zero when evx_request_state() is not 0 (client gone, timed out, server closed). */
+EVX_API int evx_request_is_gone(evx_request *req);
+
+/* ---- chunked replies ------------------------------------------------- */
+
+/**
+ * Start a streamed reply: headers now, body in chunks (HTTP/1.1 chunked
+ * encoding; for an HTTP/1.0 client the body is sent raw and the connection
+ * closed at the end). The request timeout stops; the request is still held
+ * until evx_request_end().
+ * @return EVX_OK; EVX_EINVAL (NULL, bad status, already started, finished);
+ *         EVX_EGONE / EVX_ETIMEDOUT / EVX_ECLOSED (nothing sent; still call end).
+ */
+EVX_API int evx_request_start_chunked(evx_request *req, int status, const char *content_type);
+
+/**
+ * Send one chunk (copied; len 0 sends nothing).
+ * @return EVX_OK; EVX_EINVAL (not started, finished, NULL data with len > 0);
+ *         EVX_EGONE when the client left (still call end).
+ */
+EVX_API int evx_request_write(evx_request *req, const void *data, size_t len);
+
+/**
+ * End a chunked reply. This is the finish of a streamed request: exactly
+ * once, releases it, same return values as evx_request_finish.
+ */
+EVX_API int evx_request_end(evx_request *req);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EVEXEC_HTTP_H */
