@@ -72,8 +72,10 @@ typedef struct server {
   evx_loop *loop;
   evx_executor *ex;
   evx_http *http;
-  evx_condition *cond;
+  evx_condition *cond;      /* /wait: notified every 10 ms, 50 ms timeout */
+  evx_condition *cond_long; /* /waitlong: never notified, 10 s timeout */
   evx_timer *notify_timer;
+  evx_gate gate; /* /park jobs block on it: parks the pool deterministically */
   int port;
   pthread_t thread;
   rec recs[MAX_IDS];
@@ -101,6 +103,7 @@ typedef struct job {
   evx_job *handle;
   int id;
   unsigned ms;
+  int park; /* block on s->gate instead of sleeping */
 } job;
 
 static void sleep_ms(unsigned ms) {
@@ -122,7 +125,8 @@ static int query_int(evx_request *req, const char *name, int lo, int hi, int *ou
 static void job_work(void *arg) { /* worker: the "blocking call" */
   job *j = arg;
   atomic_fetch_add(&j->s->recs[j->id].work_runs, 1);
-  sleep_ms(j->ms);
+  if (j->park) evx_gate_park(&j->s->gate);
+  else sleep_ms(j->ms);
 }
 
 static void job_done(void *arg, int status) { /* loop thread */
@@ -164,7 +168,8 @@ static void h_work(evx_request *req, void *arg) {
     (void)evx_request_finish(req, 500, NULL, NULL, 0);
     return;
   }
-  *j = (job){.s = s, .req = req, .id = id, .ms = (unsigned)ms};
+  *j = (job){.s = s, .req = req, .id = id, .ms = (unsigned)ms,
+             .park = strcmp(evx_request_path(req), "/park") == 0};
   int rc = evx_submit_job(s->ex, job_work, job_done, j, &j->handle);
   if (rc == EVX_EBUSY) {
     evx_free(j);
@@ -211,8 +216,9 @@ static void wait_client_left(evx_request *req, void *arg) {
 
 static void h_wait(evx_request *req, void *arg) {
   server *s = arg;
+  int lng = strcmp(evx_request_path(req), "/waitlong") == 0;
   waiter *w = evx_malloc(sizeof *w);
-  evx_future *f = w ? evx_condition_wait(s->cond, 50) : NULL;
+  evx_future *f = w ? evx_condition_wait(lng ? s->cond_long : s->cond, lng ? 10000 : 50) : NULL;
   if (!f) {
     evx_free(w);
     (void)evx_request_finish(req, 500, NULL, NULL, 0);
@@ -282,7 +288,7 @@ static void take_snapshot(server *s, void *arg) {
   snapshot *sn = arg;
   SRV_CHECK(evx_http_stats_get(s->http, &sn->http) == EVX_OK);
   SRV_CHECK(evx_executor_stats_get(s->ex, &sn->ex) == EVX_OK);
-  sn->waiters = evx_condition_waiters(s->cond);
+  sn->waiters = evx_condition_waiters(s->cond) + evx_condition_waiters(s->cond_long);
   sn->live_requests = evx_request_live_count();
 }
 
@@ -296,7 +302,10 @@ static void server_start(server *s) {
                                                           .name = "chaos"});
   ck_assert_ptr_nonnull(s->ex);
   s->cond = evx_condition_new(s->loop);
+  s->cond_long = evx_condition_new(s->loop);
   ck_assert_ptr_nonnull(s->cond);
+  ck_assert_ptr_nonnull(s->cond_long);
+  evx_gate_init(&s->gate);
   evx_http_opts o = {.max_header_size = MAX_HEADER,
                      .max_body_size = MAX_BODY,
                      .request_timeout_ms = REQUEST_TIMEOUT_MS,
@@ -308,6 +317,8 @@ static void server_start(server *s) {
   ck_assert_int_eq(evx_http_route(s->http, "GET", "/work", 0, h_work, s), EVX_OK);
   ck_assert_int_eq(evx_http_route(s->http, "POST", "/work", 0, h_work, s), EVX_OK);
   ck_assert_int_eq(evx_http_route(s->http, "GET", "/wait", 0, h_wait, s), EVX_OK);
+  ck_assert_int_eq(evx_http_route(s->http, "GET", "/waitlong", 0, h_wait, s), EVX_OK);
+  ck_assert_int_eq(evx_http_route(s->http, "GET", "/park", 0, h_work, s), EVX_OK);
   ck_assert_int_eq(evx_http_route(s->http, "GET", "/stall", 0, h_stall, s), EVX_OK);
   ck_assert_int_eq(evx_http_bind(s->http, "127.0.0.1", 0), EVX_OK);
   s->port = evx_http_port(s->http);
@@ -325,7 +336,9 @@ static void server_stop(server *s) {
   evx_http_free(s->http);
   evx_executor_free(s->ex);
   evx_condition_free(s->cond);
+  evx_condition_free(s->cond_long);
   evx_loop_free(s->loop);
+  evx_gate_destroy(&s->gate);
 }
 
 /* ---- the client -------------------------------------------------------- */
@@ -633,6 +646,100 @@ static void burst(server *s, int n, int stalls, tally *t) {
   free(cs);
 }
 
+/* Blocking client helpers for the deterministic phase. */
+static int connect_send(int port, const char *text) {
+  int fd = connect_nb(port);
+  ck_assert_int_ge(fd, 0);
+  struct pollfd p = {.fd = fd, .events = POLLOUT};
+  ck_assert_int_eq(poll(&p, 1, 5000), 1);
+  size_t n = strlen(text);
+  ck_assert_int_eq(send(fd, text, n, MSG_NOSIGNAL), (ssize_t)n);
+  return fd;
+}
+
+/* Read a whole Connection: close response (bounded); return its status. */
+static int read_status(int fd) {
+  char buf[4096];
+  size_t len = 0;
+  uint64_t deadline = evx_now_ns() + 10ull * 1000000000ull;
+  for (;;) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    ck_assert_msg(evx_now_ns() < deadline, "no response in 10 s");
+    if (poll(&p, 1, 100) <= 0) continue;
+    ssize_t m = recv(fd, buf + len, sizeof buf - 1 - len, 0);
+    if (m <= 0 || len + (size_t)m == sizeof buf - 1) break;
+    len += (size_t)m;
+  }
+  buf[len] = '\0';
+  return len > 12 && memcmp(buf, "HTTP/1.", 7) == 0 ? atoi(buf + 9) : 0;
+}
+
+typedef int (*snap_pred)(const snapshot *sn, long want);
+static int pred_queued(const snapshot *sn, long want) { return (long)sn->ex.queued == want; }
+static int pred_waiters(const snapshot *sn, long want) { return (long)sn->waiters == want; }
+static int pred_cancelled(const snapshot *sn, long want) { return (long)sn->ex.cancelled >= want; }
+
+static snapshot wait_for(server *s, snap_pred pred, long want, const char *what) {
+  snapshot sn;
+  uint64_t deadline = evx_now_ns() + 20ull * 1000000000ull;
+  for (;;) {
+    on_loop(s, take_snapshot, &sn);
+    if (pred(&sn, want)) return sn;
+    ck_assert_msg(evx_now_ns() < deadline, "timed out waiting for %s == %ld", what, want);
+    sleep_ms(2);
+  }
+}
+
+#define DET_JOBS 4  /* queued jobs whose clients leave */
+#define DET_WAITS 3 /* long-poll waiters whose clients leave */
+
+/* Leavers made deterministic: park both workers, queue DET_JOBS jobs and
+ * DET_WAITS long polls, let every one of those clients leave (FIN and RST),
+ * wait until the server noticed, then release the workers. The queued jobs
+ * must come back cancelled and the waits removed. Returns the ids used. */
+static void deterministic_leavers(server *s, tally *t, int ids[DET_JOBS]) {
+  char req[160];
+  int park[POOL_THREADS], fds[DET_JOBS + DET_WAITS];
+  for (int i = 0; i < POOL_THREADS; i++) {
+    snprintf(req, sizeof req, "GET /park?id=%d&ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+             g_next_id++);
+    park[i] = connect_send(s->port, req);
+  }
+  evx_gate_wait_entered(&s->gate, POOL_THREADS);
+  snapshot sn = wait_for(s, pred_queued, 0, "queued jobs");
+  long cancelled0 = (long)sn.ex.cancelled;
+  for (int i = 0; i < DET_JOBS; i++) {
+    ids[i] = g_next_id++;
+    snprintf(req, sizeof req, "GET /work?id=%d&ms=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+             ids[i]);
+    fds[i] = connect_send(s->port, req);
+    wait_for(s, pred_queued, i + 1, "queued jobs");
+  }
+  for (int i = 0; i < DET_WAITS; i++) {
+    fds[DET_JOBS + i] = connect_send(s->port, "GET /waitlong HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    wait_for(s, pred_waiters, i + 1, "long-poll waiters");
+  }
+  for (int i = 0; i < DET_JOBS + DET_WAITS; i++) {
+    if (i % 2) {
+      struct linger lg = {1, 0};
+      setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    close(fds[i]);
+    t->requests++;
+    t->disconnects++;
+  }
+  /* on_close runs in a later loop callback than the one that noticed the
+   * leave: wait for its effects, not just for the leave. */
+  wait_for(s, pred_cancelled, cancelled0 + DET_JOBS, "cancelled jobs");
+  wait_for(s, pred_waiters, 0, "long-poll waiters");
+  evx_gate_open(&s->gate, POOL_THREADS);
+  for (int i = 0; i < POOL_THREADS; i++) {
+    ck_assert_int_eq(read_status(park[i]), 200);
+    close(park[i]);
+    t->requests++;
+  }
+}
+
 /* Wait (bounded) until the server holds nothing, then return its counters. */
 static snapshot quiesce(server *s, long long heap_limit) {
   snapshot sn;
@@ -709,7 +816,9 @@ START_TEST(chaos_overload_and_disconnects) {
   ta_reset_peak();
 
   long long after[ROUNDS];
+  int det_ids[ROUNDS][DET_JOBS];
   for (int round = 0; round < ROUNDS; round++) {
+    deterministic_leavers(&srv, &t, det_ids[round]);
     for (int b = 0; b < BURSTS_PER_ROUND; b++) burst(&srv, BURST, b == 0 ? STALLS : 0, &t);
     quiesce(&srv, warm + HEAP_SLACK);
     after[round] = ta_bytes();
@@ -742,8 +851,15 @@ START_TEST(chaos_overload_and_disconnects) {
   ck_assert_int_gt(accepted, 0);
   ck_assert_int_gt(t.busy503, 0);
   ck_assert_int_gt(t.disconnects, BURST / 4);
-  ck_assert_int_gt(cancelled, 0);
-  ck_assert_int_gt(srv.waits_cancelled, 0); /* waiters of clients that left were removed */
+  /* The deterministic leavers: queued jobs cancelled, waiters removed. */
+  for (int r = 0; r < ROUNDS; r++)
+    for (int i = 0; i < DET_JOBS; i++) {
+      const rec *rc = &srv.recs[det_ids[r][i]];
+      ck_assert_msg(rc->outcome == OUT_CANCELLED && rc->closed_cb == 1,
+                    "id %d: queued job of a client that left was not cancelled", det_ids[r][i]);
+    }
+  ck_assert_int_ge(cancelled, ROUNDS * DET_JOBS);
+  ck_assert_int_ge(srv.waits_cancelled, ROUNDS * DET_WAITS);
   /* Every stall that got past max_held timed out, and its client saw the 504. */
   ck_assert_int_gt(srv.stalls, 0);
   ck_assert_uint_eq(sn.http.timed_out, (uint64_t)srv.stalls);
