@@ -32,6 +32,10 @@ struct evx_http {
   struct event_base *base;
   struct evhttp *evh; /* NULL once freed (the struct may outlive it, see `freed`) */
   evx_http_opts opts;
+  /* request_timeout_ms as a libevent common timeout (O(1) add/remove for the
+   * one duration every held request uses); NULL when there is no timeout. */
+  const struct timeval *req_tv;
+  struct timeval req_tv_plain;
   evx__list routes;
   evx__list held; /* evx_request.held_link: held requests with state 0 */
   struct evbuffer *scratch; /* for chunks; always empty between calls */

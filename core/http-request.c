@@ -199,13 +199,9 @@ static void evx__unhold(evx_request *r) {
 }
 
 static void evx__arm_timer(evx_request *r) {
-  uint64_t ms = r->http->opts.request_timeout_ms;
-  if (ms == EVX_HTTP_NO_TIMEOUT || r->streaming) return;
-  uint64_t spent_ms = (evx_now_ns() - r->t0_ns) / 1000000;
-  ms = spent_ms >= ms ? 0 : ms - spent_ms;
-  struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)((ms % 1000) * 1000)};
+  if (!r->http->req_tv || r->streaming) return;
   if (evtimer_assign(&r->timer_ev, r->http->base, evx__on_timeout, r) == 0 &&
-      evtimer_add(&r->timer_ev, &tv) == 0)
+      evtimer_add(&r->timer_ev, r->http->req_tv) == 0)
     r->timing = 1;
 }
 
@@ -472,7 +468,7 @@ int evx_request_finish(evx_request *r, int status, const char *ctype, const void
     return rc != EVX_OK ? rc : erc;
   }
   int rc = EVX_OK;
-  if (status < 100 || status > 599 || (!body && len)) {
+  if (status < 200 || status > 599 || (!body && len)) {
     status = 500;
     body = "bad arguments to evx_request_finish\n";
     len = strlen(body);

@@ -132,6 +132,12 @@ static void evx__http_apply_opts(evx_http *h) {
     evhttp_set_max_body_size(h->evh, -1);
   else
     evhttp_set_max_body_size(h->evh, (ev_ssize_t)o->max_body_size);
+  if (o->request_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
+    h->req_tv_plain.tv_sec = (time_t)(o->request_timeout_ms / 1000);
+    h->req_tv_plain.tv_usec = (suseconds_t)((o->request_timeout_ms % 1000) * 1000);
+    h->req_tv = event_base_init_common_timeout(h->base, &h->req_tv_plain);
+    if (!h->req_tv) h->req_tv = &h->req_tv_plain;
+  }
   if (o->idle_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
     struct timeval tv = {.tv_sec = (time_t)(o->idle_timeout_ms / 1000),
                          .tv_usec = (suseconds_t)((o->idle_timeout_ms % 1000) * 1000)};

@@ -449,6 +449,69 @@ START_TEST(test_free_inside_handler) {
 }
 END_TEST
 
+/* ---- out of memory on the loop thread ----------------------------------- */
+
+static atomic_int fail_allocs, skip_allocs;
+static pthread_t loop_thread;
+
+/* While fail_allocs is set, loop-thread allocations fail after skip_allocs more succeed. */
+static int failing(void) {
+  if (!atomic_load(&fail_allocs) || !pthread_equal(pthread_self(), loop_thread)) return 0;
+  if (atomic_load(&skip_allocs) > 0) {
+    atomic_fetch_sub(&skip_allocs, 1);
+    return 0;
+  }
+  return 1;
+}
+static void *f_malloc(size_t n) { return failing() ? NULL : malloc(n); }
+static void *f_calloc(size_t c, size_t n) { return failing() ? NULL : calloc(c, n); }
+static void *f_realloc(void *p, size_t n) { return failing() ? NULL : realloc(p, n); }
+
+static char oom_query[16];
+static void h_query(evx_request *req, void *arg) {
+  (void)arg;
+  const char *k = evx_request_query(req, "k"); /* NULL if the parse could not allocate */
+  snprintf(oom_query, sizeof oom_query, "%s", k ? k : "(null)");
+  evx_request_finish(req, 200, NULL, "q", 1);
+}
+
+static tc_resp oom_resp[4];
+static void *oom_client(void *arg) {
+  (void)arg;
+  atomic_store(&fail_allocs, 1);
+  tc_get(F.port, "/hello", &oom_resp[0]); /* the request object: 500 */
+  atomic_store(&skip_allocs, 1);
+  tc_get(F.port, "/a%20b", &oom_resp[1]); /* the decoded path (2nd allocation): 500 */
+  atomic_store(&fail_allocs, 0);
+  tc_get(F.port, "/hello", &oom_resp[2]);
+  tc_get(F.port, "/q?k=v", &oom_resp[3]);
+  evx_loop_stop(F.loop);
+  return NULL;
+}
+
+START_TEST(test_out_of_memory) {
+  loop_thread = pthread_self();
+  ck_assert_int_eq(evx_set_allocator(f_malloc, f_realloc, f_calloc, free), EVX_OK);
+  tc_fixture_init(&F, NULL);
+  evx_http_route(F.http, "GET", "/hello", 0, h_hello, NULL);
+  evx_http_route(F.http, "GET", "/a b", 0, h_hello, NULL);
+  evx_http_route(F.http, "GET", "/q", 0, h_query, NULL);
+  tc_fixture_bind(&F);
+  tc_fixture_run(&F, oom_client, NULL);
+  ck_assert_int_eq(oom_resp[0].status, 500);
+  ck_assert_int_eq(oom_resp[1].status, 500);
+  ck_assert_int_eq(oom_resp[2].status, 200);
+  ck_assert_int_eq(oom_resp[3].status, 200);
+  ck_assert_str_eq(oom_query, "v");
+  for (int i = 0; i < 4; i++) tc_resp_free(&oom_resp[i]);
+  evx_http_stats st;
+  evx_http_stats_get(F.http, &st);
+  ck_assert_uint_eq(st.requests, 4); /* the two 500s were counted, not logged */
+  tc_fixture_done(&F);
+  evx_set_allocator(NULL, NULL, NULL, NULL);
+}
+END_TEST
+
 static Suite *http_suite(void) {
   Suite *s = suite_create("http");
   TCase *tc = tcase_create("core");
@@ -459,6 +522,7 @@ static Suite *http_suite(void) {
   tcase_add_test(tc, test_keepalive_log_stats);
   tcase_add_test(tc, test_free_with_held_requests);
   tcase_add_test(tc, test_free_inside_handler);
+  tcase_add_test(tc, test_out_of_memory);
   suite_add_tcase(s, tc);
   return s;
 }

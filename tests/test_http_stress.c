@@ -10,9 +10,48 @@
  * happens every time, not a timing accident. */
 #include "test_http_util.h"
 
+#include <event2/event.h>
+#include <malloc.h>
+#include <stdatomic.h>
+
+/* Counting allocators for evexec (evx_set_allocator) and libevent
+ * (event_set_mem_functions): "memory back to baseline" is checked exactly,
+ * block by block, for everything the server allocates. */
+static atomic_long blocks, bytes;
+
+static void *cnt_malloc(size_t n) {
+  void *p = malloc(n);
+  if (p) {
+    atomic_fetch_add(&blocks, 1);
+    atomic_fetch_add(&bytes, (long)malloc_usable_size(p));
+  }
+  return p;
+}
+static void *cnt_calloc(size_t c, size_t n) {
+  void *p = calloc(c, n);
+  if (p) {
+    atomic_fetch_add(&blocks, 1);
+    atomic_fetch_add(&bytes, (long)malloc_usable_size(p));
+  }
+  return p;
+}
+static void *cnt_realloc(void *old, size_t n) {
+  long before = old ? (long)malloc_usable_size(old) : 0;
+  void *p = realloc(old, n);
+  if (!p) return NULL; /* old is untouched (n > 0 in evexec and libevent) */
+  if (!old) atomic_fetch_add(&blocks, 1);
+  atomic_fetch_add(&bytes, (long)malloc_usable_size(p) - before);
+  return p;
+}
+static void cnt_free(void *p) {
+  if (!p) return;
+  atomic_fetch_sub(&blocks, 1);
+  atomic_fetch_sub(&bytes, (long)malloc_usable_size(p));
+  free(p);
+}
+
 #define NREQ 10000
 #define NCLIENTS 4
-#define PER_CLIENT (NREQ / NCLIENTS)
 
 static tc_fixture F;
 static evx_executor *EX;
@@ -32,6 +71,7 @@ typedef struct ctx {
 
 static ctx C[NREQ];
 static int dispatched;
+static int nreq = NREQ; /* this round */
 
 static int is_leaver(int id) { return id % 3 == 0; }
 
@@ -61,7 +101,7 @@ static void h_job(evx_request *req, void *arg) {
   (void)arg;
   const char *ids = evx_request_query(req, "id");
   int id = ids ? atoi(ids) : -1;
-  if (id < 0 || id >= NREQ || C[id].req) {
+  if (id < 0 || id >= nreq || C[id].req) {
     evx_request_finish(req, 400, NULL, "bad id", 6);
     return;
   }
@@ -77,11 +117,12 @@ static void h_job(evx_request *req, void *arg) {
 }
 
 static void *one_client(void *arg) {
-  int base = (int)(intptr_t)arg * PER_CLIENT;
+  int per_client = nreq / NCLIENTS;
+  int base = (int)(intptr_t)arg * per_client;
   int ka = -1;
   tc_conn *kc = malloc(sizeof *kc);
   char raw[128];
-  for (int i = 0; i < PER_CLIENT; i++) {
+  for (int i = 0; i < per_client; i++) {
     int id = base + i;
     snprintf(raw, sizeof raw, "GET /job?id=%d HTTP/1.1\r\nHost: t\r\n\r\n", id);
     if (is_leaver(id)) {
@@ -118,8 +159,8 @@ static uint64_t live_at_end;
 static void count_done(void *arg) {
   (void)arg;
   int n = 0;
-  for (int i = 0; i < NREQ; i++) n += C[i].done_calls;
-  all_done = n == NREQ;
+  for (int i = 0; i < nreq; i++) n += C[i].done_calls;
+  all_done = n == nreq;
   evx_http_stats st;
   evx_http_stats_get(F.http, &st);
   live_at_end = st.live;
@@ -139,8 +180,12 @@ static void *coordinator(void *arg) {
   return NULL;
 }
 
-START_TEST(test_ten_thousand_with_leavers) {
-  for (int i = 0; i < NREQ; i++) {
+/* One full round of n requests: server, pool, clients, checks, teardown. */
+static void run_round(int n) {
+  nreq = n;
+  dispatched = 0;
+  memset(C, 0, sizeof C);
+  for (int i = 0; i < n; i++) {
     sem_init(&C[i].entered, 0, 0);
     sem_init(&C[i].noticed, 0, 0);
     C[i].leave = is_leaver(i);
@@ -150,12 +195,14 @@ START_TEST(test_ten_thousand_with_leavers) {
   ck_assert_ptr_nonnull(EX);
   evx_http_route(F.http, "GET", "/job", 0, h_job, NULL);
   tc_fixture_bind(&F);
+  /* the counting allocators see the server (else the check below proves nothing) */
+  ck_assert_int_gt(atomic_load(&blocks), 10);
   uint64_t t0 = evx_now_ns();
   tc_fixture_run(&F, coordinator, NULL);
   double secs = (double)(evx_now_ns() - t0) / 1e9;
 
   int leavers = 0, bad = 0;
-  for (int i = 0; i < NREQ; i++) {
+  for (int i = 0; i < n; i++) {
     ctx *c = &C[i];
     int ok = c->done_calls == 1 && c->done_status == EVX_OK && c->client_ok && !c->wait_failed;
     if (c->leave) {
@@ -169,21 +216,31 @@ START_TEST(test_ten_thousand_with_leavers) {
               i, c->leave, c->done_calls, c->done_status, c->close_calls,
               evx_err_name(c->finish_rc), c->client_ok, c->wait_failed);
   }
-  ck_assert_int_eq(dispatched, NREQ);
+  ck_assert_int_eq(dispatched, n);
   ck_assert_int_eq(bad, 0);
   evx_http_stats st;
   evx_http_stats_get(F.http, &st);
-  ck_assert_uint_eq(st.requests, NREQ);
+  ck_assert_uint_eq(st.requests, (uint64_t)n);
   ck_assert_uint_eq(st.gone, (uint64_t)leavers);
-  ck_assert_uint_eq(st.status[2], (uint64_t)(NREQ - leavers));
+  ck_assert_uint_eq(st.status[2], (uint64_t)(n - leavers));
   ck_assert_uint_eq(st.status[0], (uint64_t)leavers);
-  fprintf(stderr, "stress: %d requests (%d left mid-job) in %.2f s\n", NREQ, leavers, secs);
+  fprintf(stderr, "stress: %d requests (%d left mid-job) in %.2f s\n", n, leavers, secs);
   evx_executor_free(EX);
-  tc_fixture_done(&F);
-  for (int i = 0; i < NREQ; i++) {
+  tc_fixture_done(&F); /* asserts live == 0 and evx_request_live_count() == 0 */
+  for (int i = 0; i < n; i++) {
     sem_destroy(&C[i].entered);
     sem_destroy(&C[i].noticed);
   }
+}
+
+START_TEST(test_ten_thousand_with_leavers) {
+  long b0 = atomic_load(&blocks), y0 = atomic_load(&bytes);
+  run_round(NREQ);
+  long b1 = atomic_load(&blocks), y1 = atomic_load(&bytes);
+  fprintf(stderr, "stress: evexec+libevent heap: %ld blocks / %ld bytes before, %ld / %ld after\n",
+          b0, y0, b1, y1);
+  ck_assert_int_eq(b1, b0);
+  ck_assert_int_eq(y1, y0);
 }
 END_TEST
 
@@ -196,4 +253,9 @@ static Suite *stress_suite(void) {
   return s;
 }
 
-int main(void) { return evx_test_main(stress_suite()); }
+int main(void) {
+  /* before any evexec or libevent allocation */
+  event_set_mem_functions(cnt_malloc, cnt_realloc, cnt_free);
+  evx_set_allocator(cnt_malloc, cnt_realloc, cnt_calloc, cnt_free);
+  return evx_test_main(stress_suite());
+}

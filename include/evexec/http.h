@@ -234,7 +234,7 @@ EVX_API int evx_request_set_header(evx_request *req, const char *name, const cha
 /**
  * Send the response and end the request. Exactly once per request; releases
  * it (see the lifetime rule at the top).
- * @param status 100..599.
+ * @param status 200..599 (a final status; 1xx is refused).
  * @param content_type the Content-Type, or NULL for "text/plain; charset=utf-8"
  *        (no header when there is no body to describe and it is NULL).
  * @param body copied; may be NULL when len is 0.
