@@ -30,10 +30,11 @@ OUT=$(mktemp "${TMPDIR:-/tmp}/evx-bench.XXXXXX")
 trap 'rm -f "$OUT" "$OUT.1"' EXIT
 status=0
 
-# run CMD...: print its output as it comes and keep a copy for the summary.
+# run CMD...: print its output (stdout and stderr, in order) once it is done,
+# and keep a copy for the summary.
 run() {
   echo "# $*"
-  if ! "$@" >"$OUT.1"; then
+  if ! "$@" >"$OUT.1" 2>&1; then
     echo "run.sh: failed: $*" >&2
     status=1
   fi
