@@ -47,5 +47,8 @@ struct evx_executor;
 void evx__loop_add_executor(evx_loop *loop, evx__list *node);
 void evx__loop_remove_executor(evx_loop *loop, evx__list *node);
 void evx__executor_free_from_loop(evx__list *node);
+/* evx_loop_run is returning: the executor pays any worker wakeup it left
+ * to later in the loop iteration (the iteration may have ended early). */
+void evx__executor_loop_exit(evx__list *node);
 
 #endif

@@ -214,6 +214,10 @@ int evx_loop_run(evx_loop *loop) {
   evx__running_loop = loop;
   int rc = event_base_loop(loop->base, 0);
   evx__running_loop = outer;
+  /* Executors may have left worker wakeups to later in the last iteration,
+   * which a stop can cut short: pay them now. */
+  for (evx__list *l = loop->executors.next; l != &loop->executors; l = l->next)
+    evx__executor_loop_exit(l);
   atomic_store(&loop->running, 0);
   return rc < 0 ? EVX_EIO : EVX_OK;
 }

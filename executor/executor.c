@@ -45,9 +45,12 @@
  *   idle worker itself either: it adds to ex->wakes_owed and makes
  *   ex->wake_ev active, which pays what is owed later in the same loop
  *   iteration, once the callbacks already due have run (or at once when
- *   EVX__WAKE_BATCH are owed). A burst of requests handled in one iteration
+ *   EVX__WAKE_BATCH are owed; or when evx_loop_run returns, if a stop cut
+ *   the iteration short). A burst of requests handled in one iteration
  *   then costs a wakeup or two instead of one per job; busy workers take
- *   the jobs at once regardless, since they are on ex->queue.
+ *   the jobs at once regardless, since they are on ex->queue. (So a loop
+ *   callback that blocked until its own job ran would wait forever - but
+ *   the loop thread never blocks on the pool, by the model.)
  * - Optional bounded spin (opts.spin_us): a worker that finds the queue
  *   empty first polls ex->queue_gen without the lock for up to spin_us, then
  *   sleeps on work_cv as before. At most one worker spins (ex->nspinning,
@@ -738,6 +741,13 @@ void evx_executor_free(evx_executor *ex) {
   evx_free(ex->threads);
   evx_free(ex->name);
   evx_free(ex);
+}
+
+void evx__executor_loop_exit(evx__list *node) {
+  evx_executor *ex = EVX__CONTAINER_OF(node, evx_executor, loop_link);
+  if (!ex->wake_ev_active) return;
+  event_del(&ex->wake_ev);
+  evx__on_wake_ev(-1, 0, ex);
 }
 
 void evx__executor_free_from_loop(evx__list *node) {

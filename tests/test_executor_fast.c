@@ -433,6 +433,42 @@ START_TEST(test_free_with_wake_pending) {
 }
 END_TEST
 
+static sem_t g_ran;
+
+static void post_ran(void *arg) {
+  (void)arg;
+  sem_post(&g_ran);
+}
+
+static void submit_then_stop(void *arg) {
+  (void)arg;
+  usleep(20000); /* the workers are asleep by now, so the submit owes a wake (passes either way) */
+  ck_assert_int_eq(evx_submit(g.ex, post_ran, NULL, NULL), EVX_OK);
+  evx_loop_stop(g.loop); /* ends the iteration before the executor's wake event runs */
+}
+
+/* A job submitted just before the loop stops still starts while the loop
+ * is stopped: evx_loop_run pays the wakes it left owed. */
+START_TEST(test_stop_after_submit_still_runs) {
+  memset(&g, 0, sizeof g);
+  sem_init(&g_ran, 0, 0);
+  g.loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(g.loop);
+  evx_executor_opts o = {.threads = 2};
+  g.ex = evx_executor_new(g.loop, &o);
+  ck_assert_ptr_nonnull(g.ex);
+  ck_assert_int_eq(evx_add_callback(g.loop, submit_then_stop, NULL), EVX_OK);
+  ck_assert_int_eq(evx_loop_run(g.loop), EVX_OK);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 5;
+  ck_assert_int_eq(sem_timedwait(&g_ran, &ts), 0);
+  evx_executor_free(g.ex);
+  evx_loop_free(g.loop);
+  sem_destroy(&g_ran);
+}
+END_TEST
+
 /* ---- spin_us --------------------------------------------------------------- */
 
 START_TEST(test_spin_option_limits) {
@@ -526,6 +562,7 @@ int main(void) {
   suite_add_tcase(s, tc);
   tcase_add_test(tc, test_loop_callback_submit_wakes_workers);
   tcase_add_test(tc, test_free_with_wake_pending);
+  tcase_add_test(tc, test_stop_after_submit_still_runs);
   TCase *sp = tcase_create("spin");
   tcase_set_timeout(sp, 30);
   tcase_add_test(sp, test_spin_option_limits);
