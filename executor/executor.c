@@ -40,17 +40,16 @@
  *   Submits that cannot take the fast path (other threads, strands, nested
  *   drains) take the lock; inside a drain they too leave their wakeups owed
  *   (ex->wakes_owed), paid by the same refill.
- * - Wakeups owed by the loop thread: a submit made on the thread running the
- *   loop (an HTTP handler, a timer, a future callback) does not signal an
- *   idle worker itself either: it adds to ex->wakes_owed and makes
- *   ex->wake_ev active, which pays what is owed later in the same loop
- *   iteration, once the callbacks already due have run (or at once when
- *   EVX__WAKE_BATCH are owed; or when evx_loop_run returns, if a stop cut
- *   the iteration short). A burst of requests handled in one iteration
- *   then costs a wakeup or two instead of one per job; busy workers take
- *   the jobs at once regardless, since they are on ex->queue. (So a loop
- *   callback that blocked until its own job ran would wait forever - but
- *   the loop thread never blocks on the pool, by the model.)
+ * - Wakeups owed by the loop thread: on the thread running the loop (an
+ *   HTTP handler, a timer, a future callback), the first submit of a loop
+ *   iteration wakes a worker at once, so a lone job starts without delay,
+ *   and makes ex->wake_ev active. Later submits in the same iteration only
+ *   add to ex->wakes_owed; wake_ev pays them once the callbacks already due
+ *   have run (or at once when EVX__WAKE_BATCH are owed; or when
+ *   evx_loop_run returns, if a stop cut the iteration short). A burst of
+ *   requests handled in one iteration then costs a wakeup or two instead of
+ *   one per job; busy workers take the jobs at once regardless, since they
+ *   are on ex->queue.
  * - Optional bounded spin (opts.spin_us): a worker that finds the queue
  *   empty first polls ex->queue_gen without the lock for up to spin_us, then
  *   sleeps on work_cv as before. At most one worker spins (ex->nspinning,
@@ -599,9 +598,10 @@ static int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_do
   int own_drain = evx__draining_ex == ex;
   if (own_drain && !s) return evx__submit_deferred(ex, work, done, arg, handle);
   /* On the loop thread the wake is owed, and paid by our drain's end or by
-   * wake_ev later in this iteration (see DESIGN). */
+   * wake_ev later in this iteration - except for the iteration's first
+   * submit, which wakes at once and arms wake_ev (see DESIGN). */
   int loop_here = !own_drain && evx__loop_running_here(ex->loop);
-  int schedule = 0;
+  int schedule = loop_here && !ex->wake_ev_active;
   uint64_t now = evx_now_ns();
   evx_job *job;
   pthread_mutex_lock(&ex->lock);
@@ -623,10 +623,11 @@ static int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_do
       evx__list_insert_tail(&s->waiting, &job->link);
     } else {
       if (s) s->active = job;
-      evx__enqueue_locked(ex, job, own_drain || loop_here);
+      evx__enqueue_locked(ex, job, own_drain || (loop_here && !schedule));
     }
     if (handle) *handle = job;
-    schedule = loop_here && ex->wakes_owed && !ex->wake_ev_active;
+  } else {
+    schedule = 0;
   }
   pthread_mutex_unlock(&ex->lock);
   if (schedule) {

@@ -447,6 +447,38 @@ static void submit_then_stop(void *arg) {
   evx_loop_stop(g.loop); /* ends the iteration before the executor's wake event runs */
 }
 
+static int g_started_in_callback;
+
+static void submit_and_watch(void *arg) {
+  (void)arg;
+  usleep(20000); /* the workers are asleep by now (passes either way) */
+  ck_assert_int_eq(evx_submit(g.ex, post_ran, count_done, NULL), EVX_OK);
+  /* Test only (the loop thread must not wait for the pool): the first
+   * submit of an iteration wakes a worker at once, not at its end. */
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 2;
+  g_started_in_callback = sem_timedwait(&g_ran, &ts) == 0;
+}
+
+START_TEST(test_first_submit_of_iteration_starts_at_once) {
+  memset(&g, 0, sizeof g);
+  sem_init(&g_ran, 0, 0);
+  g.loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(g.loop);
+  evx_executor_opts o = {.threads = 2};
+  g.ex = evx_executor_new(g.loop, &o);
+  ck_assert_ptr_nonnull(g.ex);
+  ck_assert_int_eq(evx_add_callback(g.loop, submit_and_watch, NULL), EVX_OK);
+  g.stop_at = 1;
+  run_loop(g.loop, 10000);
+  ck_assert_int_eq(g_started_in_callback, 1);
+  evx_executor_free(g.ex);
+  evx_loop_free(g.loop);
+  sem_destroy(&g_ran);
+}
+END_TEST
+
 /* A job submitted just before the loop stops still starts while the loop
  * is stopped: evx_loop_run pays the wakes it left owed. */
 START_TEST(test_stop_after_submit_still_runs) {
@@ -563,6 +595,7 @@ int main(void) {
   tcase_add_test(tc, test_loop_callback_submit_wakes_workers);
   tcase_add_test(tc, test_free_with_wake_pending);
   tcase_add_test(tc, test_stop_after_submit_still_runs);
+  tcase_add_test(tc, test_first_submit_of_iteration_starts_at_once);
   TCase *sp = tcase_create("spin");
   tcase_set_timeout(sp, 30);
   tcase_add_test(sp, test_spin_option_limits);
