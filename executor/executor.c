@@ -21,9 +21,11 @@
  *   ex->post_node to the loop (one wakeup per batch); the loop takes the
  *   whole list at once.
  * - Submits from our own done() callbacks are batched (the "next job"
- *   pattern: the loop thread runs done() and submits again). While the loop
- *   thread drains ex's completions (evx__draining_ex == ex), evx_submit takes
- *   no lock: it uses a queue slot reserved in advance and a node recycled by
+ *   pattern: the loop thread runs done() and submits again). The first one
+ *   of a drain takes the locked path and wakes a worker at once, so a lone
+ *   job starts without waiting for the drain to end. After it, while the
+ *   loop thread drains ex's completions (evx__draining_ex == ex), evx_submit
+ *   takes no lock: it uses a queue slot reserved in advance and a node recycled by
  *   this drain, and appends the job to ex->deferred, which only the draining
  *   thread touches. Every EVX__WAKE_BATCH jobs and when the batch of done()
  *   callbacks ends, evx__refill() moves them onto ex->queue under one lock
@@ -146,6 +148,7 @@ struct evx_executor {
   size_t ndeferred;
   size_t slots;       /* reserved slots not used yet */
   evx_job *lfree;     /* nodes whose done() ran in this drain, reused first */
+  size_t drain_submits; /* submits to ex made by this drain so far */
 
   /* Loop thread only. */
   struct event wake_ev; /* pays wakes_owed later in this loop iteration (see DESIGN) */
@@ -462,6 +465,7 @@ static void evx__executor_drain(void *arg) {
   if (!list) return;
 
   ex->draining = 1;
+  ex->drain_submits = 0;
   evx_executor *outer = evx__draining_ex; /* a done() may free another executor */
   evx__draining_ex = ex;
   for (evx_job *job = list, *next; job; job = next) {
@@ -596,7 +600,8 @@ static int evx__job_new_locked(evx_executor *ex, evx_job **out) {
 static int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_done_fn done,
                        void *arg, evx_job **handle) {
   int own_drain = evx__draining_ex == ex;
-  if (own_drain && !s) return evx__submit_deferred(ex, work, done, arg, handle);
+  int lead = own_drain && ex->drain_submits++ == 0; /* wakes at once (see DESIGN) */
+  if (own_drain && !s && !lead) return evx__submit_deferred(ex, work, done, arg, handle);
   /* On the loop thread the wake is owed, and paid by our drain's end or by
    * wake_ev later in this iteration - except for the iteration's first
    * submit, which wakes at once and arms wake_ev (see DESIGN). */
@@ -623,7 +628,7 @@ static int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_do
       evx__list_insert_tail(&s->waiting, &job->link);
     } else {
       if (s) s->active = job;
-      evx__enqueue_locked(ex, job, own_drain || (loop_here && !schedule));
+      evx__enqueue_locked(ex, job, (own_drain && !lead) || (loop_here && !schedule));
     }
     if (handle) *handle = job;
   } else {

@@ -301,6 +301,9 @@ static void *shutdown_thread(void *arg) {
 static void trigger_remote_shutdown(void *arg, int status) {
   (void)arg;
   (void)status;
+  /* The drain's first submit is queued at once (idle workers may run it);
+   * the next three stay deferred until this done() returns. */
+  ck_assert_int_eq(evx_submit(g.ex, noop_work, count_done, NULL), EVX_OK);
   submit_n(3);
   /* Another thread shuts the executor down while the three jobs are still
    * deferred by this drain; this callback waits for it (test only). */
@@ -328,7 +331,7 @@ static void remote_shutdown_case(int how) {
   ck_assert_int_eq(pthread_create(&h.tid, NULL, shutdown_thread, NULL), 0);
   /* Workers idle (not parked): a plain job triggers the drain. */
   ck_assert_int_eq(evx_submit(g.ex, noop_work, trigger_remote_shutdown, NULL), EVX_OK);
-  g.stop_at = 3;
+  g.stop_at = 1 + 3;
   run_loop(g.loop, 10000);
   pthread_join(h.tid, NULL);
   ck_assert_int_eq(g.njobs, 3);
@@ -350,9 +353,11 @@ static void trigger_free(void *arg, int status) {
   (void)arg;
   (void)status;
   submit_n(4);
-  evx_gate_open(&g.gate, 2); /* let the parked jobs finish so free can join */
-  evx_executor_free(g.ex);   /* takes effect once this batch of done() ends */
+  /* Free shuts down (CANCEL) right here, so none of the four can start;
+   * the rest of it waits until this batch of done() callbacks ends. */
+  evx_executor_free(g.ex);
   g.ex = NULL;
+  evx_gate_open(&g.gate, 2); /* let the parked jobs finish so free can join */
 }
 
 START_TEST(test_free_in_done) {
@@ -479,6 +484,31 @@ START_TEST(test_first_submit_of_iteration_starts_at_once) {
 }
 END_TEST
 
+static void watch_from_done(void *arg, int status) {
+  (void)status;
+  submit_and_watch(arg);
+}
+
+/* The same from a done() callback: the first submit of a drain is not held
+ * back until the drain ends. */
+START_TEST(test_first_submit_of_drain_starts_at_once) {
+  memset(&g, 0, sizeof g);
+  sem_init(&g_ran, 0, 0);
+  g.loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(g.loop);
+  evx_executor_opts o = {.threads = 2};
+  g.ex = evx_executor_new(g.loop, &o);
+  ck_assert_ptr_nonnull(g.ex);
+  ck_assert_int_eq(evx_submit(g.ex, noop_work, watch_from_done, NULL), EVX_OK);
+  g.stop_at = 1;
+  run_loop(g.loop, 10000);
+  ck_assert_int_eq(g_started_in_callback, 1);
+  evx_executor_free(g.ex);
+  evx_loop_free(g.loop);
+  sem_destroy(&g_ran);
+}
+END_TEST
+
 /* A job submitted just before the loop stops still starts while the loop
  * is stopped: evx_loop_run pays the wakes it left owed. */
 START_TEST(test_stop_after_submit_still_runs) {
@@ -596,6 +626,7 @@ int main(void) {
   tcase_add_test(tc, test_free_with_wake_pending);
   tcase_add_test(tc, test_stop_after_submit_still_runs);
   tcase_add_test(tc, test_first_submit_of_iteration_starts_at_once);
+  tcase_add_test(tc, test_first_submit_of_drain_starts_at_once);
   TCase *sp = tcase_create("spin");
   tcase_set_timeout(sp, 30);
   tcase_add_test(sp, test_spin_option_limits);
