@@ -401,19 +401,26 @@ static int evx__cancel_locked(evx_executor *ex, evx_job *job) {
 static void *evx__worker(void *arg) {
   evx_executor *ex = arg;
   int post = 0; /* our last completion made ex->completed non-empty: post it, unlocked */
+  /* A clock reading taken outside the lock, still "now" for the next take:
+   * the one that ended the last job, or the one after a post. It dates the
+   * take and starts the next run, so a worker that goes straight on reads
+   * the clock once per job and never under the lock (a read there stalls on
+   * the take's cache misses while the other threads spin). 0: stale. */
+  uint64_t now = 0;
   pthread_mutex_lock(&ex->lock);
   for (;;) {
-    /* One critical section completes a job and takes the next; the post
-     * goes out right after that (unlocked), or before this worker spins,
-     * sleeps or exits - never later. */
+    /* Completions go to the loop before this worker takes another job,
+     * spins, sleeps or exits. One critical section completes a job and
+     * (unless a post is due) takes the next. */
+    if (post) {
+      pthread_mutex_unlock(&ex->lock);
+      evx__post(ex);
+      post = 0;
+      now = evx_now_ns();
+      pthread_mutex_lock(&ex->lock);
+    }
     if (evx__list_empty(&ex->queue)) {
-      if (post) {
-        pthread_mutex_unlock(&ex->lock);
-        evx__post(ex);
-        post = 0;
-        pthread_mutex_lock(&ex->lock);
-        continue;
-      }
+      now = 0;
       evx__spin_locked(ex);
     }
     while (evx__list_empty(&ex->queue) && (!ex->closed || ex->reserved)) {
@@ -429,28 +436,26 @@ static void *evx__worker(void *arg) {
 
     evx_job *job = EVX__CONTAINER_OF(evx__list_pop_head(&ex->queue), evx_job, link);
     job->state = JOB_RUNNING;
-    uint64_t t0 = evx_now_ns();
+    uint64_t t0 = now ? now : evx_now_ns();
+    /* A job queued after `now` was read has not waited at all. */
     evx__record(&ex->stats.wait_ns_total, &ex->stats.wait_ns_max, ex->stats.wait_hist,
-                t0 - job->t_queued);
+                t0 > job->t_queued ? t0 - job->t_queued : 0);
     ex->nqueued--;
     ex->nrunning++;
     pthread_mutex_unlock(&ex->lock);
-    if (post) {
-      evx__post(ex);
-      post = 0;
-    }
 
     job->work(job->arg);
-    uint64_t run_ns = evx_now_ns() - t0;
+    now = evx_now_ns();
+    uint64_t run_ns = now - t0;
 
     pthread_mutex_lock(&ex->lock);
     evx__record(&ex->stats.run_ns_total, &ex->stats.run_ns_max, ex->stats.run_hist, run_ns);
     if (job->strand) evx__strand_advance_locked(job->strand);
-    post |= evx__complete_locked(ex, job, JOB_DONE);
+    post = evx__complete_locked(ex, job, JOB_DONE);
     ex->nrunning--;
     ex->stats.completed++;
   }
-  pthread_mutex_unlock(&ex->lock); /* post == 0: handed over before the exit check */
+  pthread_mutex_unlock(&ex->lock); /* post == 0: handed over at the top of the loop */
   return NULL;
 }
 
