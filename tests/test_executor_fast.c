@@ -531,6 +531,108 @@ START_TEST(test_stop_after_submit_still_runs) {
 }
 END_TEST
 
+/* ---- bursts of submits from one loop callback (deferred after the first) -- */
+
+#define BURST 100
+
+static void burst_cb(void *arg) {
+  (void)arg;
+  for (int i = 0; i < BURST; i++)
+    ck_assert_int_eq(evx_submit(g.ex, job_work, count_done, &g.jobs[i % 64]), EVX_OK);
+  /* The callback's own stats see every job it submitted. */
+  ck_assert_int_eq(evx_executor_stats_get(g.ex, &g.st), EVX_OK);
+  ck_assert_uint_eq(g.st.submitted, BURST);
+  ck_assert_uint_eq(g.st.queued + g.st.running + g.st.completed, BURST);
+}
+
+START_TEST(test_loop_callback_burst) {
+  memset(&g, 0, sizeof g);
+  g.loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(g.loop);
+  evx_executor_opts o = {.threads = 2};
+  g.ex = evx_executor_new(g.loop, &o);
+  ck_assert_ptr_nonnull(g.ex);
+  ck_assert_int_eq(evx_add_callback(g.loop, burst_cb, NULL), EVX_OK);
+  g.stop_at = BURST;
+  run_loop(g.loop, 10000);
+  int runs = 0, dones = 0;
+  for (int i = 0; i < 64; i++) {
+    runs += atomic_load(&g.jobs[i].runs);
+    dones += g.jobs[i].done_calls;
+  }
+  ck_assert_int_eq(runs, BURST);
+  ck_assert_int_eq(dones, BURST);
+  teardown_all();
+}
+END_TEST
+
+static void fill_from_callback(void *arg) {
+  (void)arg;
+  submit_n(CAP);
+  ck_assert_int_eq(evx_submit(g.ex, noop_work, count_done, NULL), EVX_EBUSY);
+  ck_assert_int_eq(evx_executor_stats_get(g.ex, &g.st), EVX_OK);
+  ck_assert_uint_eq(g.st.queued, CAP);
+  ck_assert_int_eq(evx_add_callback(g.loop, release_workers, NULL), EVX_OK);
+}
+
+static void no_trigger(void *arg, int status) {
+  (void)arg;
+  ck_assert_int_eq(status, EVX_ECANCELED);
+}
+
+/* max_queue is exact for a loop callback too (not only for done()). */
+START_TEST(test_max_queue_exact_in_callback) {
+  setup(CAP, no_trigger);
+  ck_assert_int_eq(evx_add_callback(g.loop, fill_from_callback, NULL), EVX_OK);
+  g.stop_at = 2 + CAP;
+  run_loop(g.loop, 10000);
+  for (int i = 0; i < CAP; i++) {
+    ck_assert_int_eq(atomic_load(&g.jobs[i].runs), 1);
+    ck_assert_int_eq(g.jobs[i].status, EVX_OK);
+  }
+  teardown_all();
+}
+END_TEST
+
+static atomic_int g_burst_ran;
+
+static void count_ran(void *arg) {
+  (void)arg;
+  atomic_fetch_add(&g_burst_ran, 1);
+  sem_post(&g_ran);
+}
+
+static void burst_then_stop(void *arg) {
+  (void)arg;
+  for (int i = 0; i < 5; i++) ck_assert_int_eq(evx_submit(g.ex, count_ran, NULL, NULL), EVX_OK);
+  evx_loop_stop(g.loop); /* before the iteration's end splices the four deferred ones */
+}
+
+/* Jobs a loop callback deferred are spliced when evx_loop_run returns. */
+START_TEST(test_stop_with_deferred_jobs) {
+  memset(&g, 0, sizeof g);
+  sem_init(&g_ran, 0, 0);
+  atomic_store(&g_burst_ran, 0);
+  g.loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(g.loop);
+  evx_executor_opts o = {.threads = 2};
+  g.ex = evx_executor_new(g.loop, &o);
+  ck_assert_ptr_nonnull(g.ex);
+  ck_assert_int_eq(evx_add_callback(g.loop, burst_then_stop, NULL), EVX_OK);
+  ck_assert_int_eq(evx_loop_run(g.loop), EVX_OK);
+  for (int i = 0; i < 5; i++) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 5;
+    ck_assert_int_eq(sem_timedwait(&g_ran, &ts), 0);
+  }
+  ck_assert_int_eq(atomic_load(&g_burst_ran), 5);
+  evx_executor_free(g.ex);
+  evx_loop_free(g.loop);
+  sem_destroy(&g_ran);
+}
+END_TEST
+
 /* ---- spin_us --------------------------------------------------------------- */
 
 START_TEST(test_spin_option_limits) {
@@ -627,6 +729,9 @@ int main(void) {
   tcase_add_test(tc, test_stop_after_submit_still_runs);
   tcase_add_test(tc, test_first_submit_of_iteration_starts_at_once);
   tcase_add_test(tc, test_first_submit_of_drain_starts_at_once);
+  tcase_add_test(tc, test_loop_callback_burst);
+  tcase_add_test(tc, test_max_queue_exact_in_callback);
+  tcase_add_test(tc, test_stop_with_deferred_jobs);
   TCase *sp = tcase_create("spin");
   tcase_set_timeout(sp, 30);
   tcase_add_test(sp, test_spin_option_limits);
