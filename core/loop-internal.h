@@ -37,6 +37,10 @@ void evx__loop_defer(evx_loop *loop, evx__cbnode *node);
  * or this is the thread running it. */
 int evx__loop_thread_ok(evx_loop *loop);
 
+/* 1 when evx_loop_run is executing on the calling thread: a callback posted
+ * now runs once the caller returns to the loop. */
+int evx__loop_running_here(evx_loop *loop);
+
 /* Executors register so that evx_loop_free can free those left behind.
  * Loop thread only. */
 struct evx_executor;

@@ -216,6 +216,10 @@ int evx__loop_thread_ok(evx_loop *loop) {
   return !atomic_load(&loop->running) || pthread_equal(pthread_self(), loop->thread);
 }
 
+int evx__loop_running_here(evx_loop *loop) {
+  return atomic_load(&loop->running) && pthread_equal(pthread_self(), loop->thread);
+}
+
 struct event_base *evx_loop_base(evx_loop *loop) { return loop ? loop->base : NULL; }
 
 /* Append under the lock; wake the loop if this node starts a new batch. */

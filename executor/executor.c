@@ -18,6 +18,14 @@
  *   and hand all their completions to the loop in one step. Only the worker
  *   that makes the completed list non-empty posts ex->post_node to the loop
  *   (one wakeup per batch); the loop takes the whole list at once.
+ * - Worker wakeups for jobs submitted on the running loop thread are
+ *   coalesced too: such a submit does not signal; it sets wake_pending and
+ *   makes sure post_node is queued, and evx__executor_drain (next loop
+ *   iteration, after every callback of this one returned) wakes as many idle
+ *   workers as there are queued jobs. A loop that dispatches many requests
+ *   per iteration thus pays one worker wakeup per iteration instead of one
+ *   per job. Submits from other threads, or while the loop is not running
+ *   (set-up code may block on a job it just submitted), signal at once.
  * - Strands: a strand has at most one job "active" (on ex->queue or
  *   running); the rest wait on the strand's own list. The worker that
  *   finishes the active job, under the lock, moves the next waiting one onto
@@ -81,6 +89,7 @@ struct evx_executor {
   int cancel_all; /* shutdown(CANCEL): workers stop taking jobs */
   evx_job *completed, *completed_tail;
   int posted;      /* post_node is on the loop queue */
+  int wake_pending; /* loop-thread submits queued jobs without waking a worker */
   evx_job *free_jobs;
   size_t nfree;
   evx_executor_stats stats;
@@ -127,10 +136,24 @@ static void evx__post(evx_executor *ex) {
   (void)evx__loop_post(ex->loop, &ex->post_node);
 }
 
-/* ex->lock held. Put a job on the run queue and wake a worker. */
-static void evx__enqueue_locked(evx_executor *ex, evx_job *job) {
+/* ex->lock held. Put a job on the run queue and wake a worker (unless the
+ * wakeup is deferred: wake == 0, see evx__submit). */
+static void evx__enqueue_locked(evx_executor *ex, evx_job *job, int wake) {
   evx__list_insert_tail(&ex->queue, &job->link);
-  if (ex->nidle) pthread_cond_signal(&ex->work_cv);
+  if (wake && ex->nidle) pthread_cond_signal(&ex->work_cv);
+}
+
+/* ex->lock held. Wake idle workers for the jobs queued by loop-thread submits. */
+static void evx__wake_deferred_locked(evx_executor *ex) {
+  if (!ex->wake_pending) return;
+  ex->wake_pending = 0;
+  size_t n = ex->nqueued;
+  if (!n || !ex->nidle) return;
+  if (n >= ex->nidle) {
+    pthread_cond_broadcast(&ex->work_cv);
+    return;
+  }
+  while (n--) pthread_cond_signal(&ex->work_cv);
 }
 
 /* ex->lock held. The strand's active job left it (finished or cancelled). */
@@ -139,7 +162,7 @@ static void evx__strand_advance_locked(evx_strand *s) {
   evx__list *n = evx__list_pop_head(&s->waiting);
   if (!n) return;
   s->active = EVX__CONTAINER_OF(n, evx_job, link);
-  evx__enqueue_locked(s->ex, s->active);
+  evx__enqueue_locked(s->ex, s->active, 1);
 }
 
 /* ex->lock held. Cancel a QUEUED job wherever it waits. Returns 1 to post. */
@@ -219,6 +242,7 @@ static void evx__executor_drain(void *arg) {
   evx_job *list = ex->completed;
   ex->completed = ex->completed_tail = NULL;
   ex->posted = 0;
+  evx__wake_deferred_locked(ex);
   pthread_mutex_unlock(&ex->lock);
   if (!list) return;
 
@@ -324,6 +348,8 @@ static int evx__job_new_locked(evx_executor *ex, evx_job **out) {
 static int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_done_fn done,
                        void *arg, evx_job **handle) {
   evx_job *job;
+  int defer = evx__loop_running_here(ex->loop); /* see DESIGN: coalesced worker wakeups */
+  int post = 0;
   pthread_mutex_lock(&ex->lock);
   int rc = evx__job_new_locked(ex, &job);
   if (rc != EVX_OK) {
@@ -343,10 +369,15 @@ static int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_do
     evx__list_insert_tail(&s->waiting, &job->link);
   } else {
     if (s) s->active = job;
-    evx__enqueue_locked(ex, job);
+    evx__enqueue_locked(ex, job, !defer);
+    if (defer && ex->nidle) {
+      ex->wake_pending = 1;
+      if (!ex->posted) post = ex->posted = 1;
+    }
   }
   if (handle) *handle = job;
   pthread_mutex_unlock(&ex->lock);
+  if (post) evx__post(ex);
   return EVX_OK;
 }
 
