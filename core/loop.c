@@ -62,7 +62,10 @@ struct evx_loop {
 
   atomic_int stop_requested;
   atomic_int running;
-  pthread_t thread; /* written before running is set; read after it is seen set */
+  /* Written under lock before running is set. Read either after running was
+   * seen set (lock-free), or under lock (evx_loop_in_thread, which may run on
+   * any thread at any time, also while evx_loop_run starts). */
+  pthread_t thread;
 
   /* Loop thread only. */
   evx__cbnode *batch; /* remaining nodes of the batch being run */
@@ -158,7 +161,13 @@ evx_loop *evx_loop_new(struct event_base *base) {
   if (base) {
     loop->base = base;
   } else {
-    loop->base = event_base_new();
+    /* PRECISE_TIMER: libevent's default monotonic clock is the coarse one
+     * (one tick is 1-10 ms), which lets timers fire up to a tick early. */
+    struct event_config *cfg = event_config_new();
+    if (!cfg) goto fail;
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    loop->base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
     loop->owns_base = 1;
     if (!loop->base) goto fail;
   }
@@ -188,8 +197,14 @@ fail:
 }
 
 int evx_loop_run(evx_loop *loop) {
-  if (!loop || atomic_load(&loop->running)) return EVX_EINVAL;
+  if (!loop) return EVX_EINVAL;
+  /* 0 -> 2 (starting) claims the loop, so two threads cannot both run it;
+   * readers treat 2 like 0 until the thread is recorded and 1 is stored. */
+  int idle = 0;
+  if (!atomic_compare_exchange_strong(&loop->running, &idle, 2)) return EVX_EINVAL;
+  pthread_mutex_lock(&loop->lock);
   loop->thread = pthread_self();
+  pthread_mutex_unlock(&loop->lock);
   atomic_store(&loop->running, 1);
   int rc = event_base_loop(loop->base, 0);
   atomic_store(&loop->running, 0);
@@ -198,7 +213,7 @@ int evx_loop_run(evx_loop *loop) {
 
 int evx_loop_stop(evx_loop *loop) {
   if (!loop) return EVX_EINVAL;
-  if (atomic_load(&loop->running) && pthread_equal(pthread_self(), loop->thread)) {
+  if (atomic_load(&loop->running) == 1 && pthread_equal(pthread_self(), loop->thread)) {
     event_base_loopbreak(loop->base);
     return EVX_OK;
   }
@@ -209,11 +224,14 @@ int evx_loop_stop(evx_loop *loop) {
 
 int evx_loop_in_thread(evx_loop *loop) {
   if (!loop) return 0;
-  return pthread_equal(pthread_self(), loop->thread) != 0;
+  pthread_mutex_lock(&loop->lock);
+  int in = pthread_equal(pthread_self(), loop->thread) != 0;
+  pthread_mutex_unlock(&loop->lock);
+  return in;
 }
 
 int evx__loop_thread_ok(evx_loop *loop) {
-  return !atomic_load(&loop->running) || pthread_equal(pthread_self(), loop->thread);
+  return atomic_load(&loop->running) != 1 || pthread_equal(pthread_self(), loop->thread);
 }
 
 int evx__loop_running_here(evx_loop *loop) {

@@ -13,11 +13,13 @@
  *   on ex->completed, status EVX_ECANCELED). Every accepted job reaches the
  *   completed list exactly once, and the loop drains that list exactly once
  *   per node: that is the exactly-once guarantee for done().
- * - Workers take up to a batch of jobs per lock (never more than their fair
- *   share of the queue, so idle workers are not starved), run them unlocked,
- *   and hand all their completions to the loop in one step. Only the worker
- *   that makes the completed list non-empty posts ex->post_node to the loop
- *   (one wakeup per batch); the loop takes the whole list at once.
+ * - Workers take one job per lock and run it unlocked. A job becomes RUNNING
+ *   only when its work is about to be called, so a job waiting behind a
+ *   blocked one stays QUEUED: it can be cancelled, shutdown(CANCEL) cancels
+ *   it, and any idle worker can take it. Completions are still coalesced:
+ *   only the worker that makes the completed list non-empty posts
+ *   ex->post_node to the loop (one wakeup per batch); the loop takes the
+ *   whole list at once.
  * - Worker wakeups for jobs submitted on the running loop thread are
  *   coalesced too: such a submit does not signal; it sets wake_pending and
  *   makes sure post_node is queued, and evx__executor_drain (next loop
@@ -45,7 +47,6 @@
 #define EVX__DEFAULT_THREADS 4
 #define EVX__DEFAULT_MAX_QUEUE 4096
 #define EVX__MAX_THREADS 1024
-#define EVX__WORKER_BATCH 16
 #define EVX__JOB_CACHE_MAX 4096
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
@@ -177,7 +178,6 @@ static int evx__cancel_locked(evx_executor *ex, evx_job *job) {
 
 static void *evx__worker(void *arg) {
   evx_executor *ex = arg;
-  evx_job *batch[EVX__WORKER_BATCH];
   pthread_mutex_lock(&ex->lock);
   for (;;) {
     while (evx__list_empty(&ex->queue) && !ex->closed) {
@@ -190,41 +190,24 @@ static void *evx__worker(void *arg) {
      * CANCEL already emptied the queue. */
     if (evx__list_empty(&ex->queue)) break;
 
-    size_t share = ex->nqueued / ex->nthreads;
-    size_t want = share < 1 ? 1 : share > EVX__WORKER_BATCH ? EVX__WORKER_BATCH : share;
-    size_t k = 0;
-    uint64_t now = evx_now_ns();
-    evx__list *n;
-    while (k < want && (n = evx__list_pop_head(&ex->queue)) != NULL) {
-      evx_job *job = EVX__CONTAINER_OF(n, evx_job, link);
-      job->state = JOB_RUNNING;
-      evx__record(&ex->stats.wait_ns_total, &ex->stats.wait_ns_max, ex->stats.wait_hist,
-                  now - job->t_queued);
-      batch[k++] = job;
-    }
-    ex->nqueued -= k;
-    ex->nrunning += k;
+    evx_job *job = EVX__CONTAINER_OF(evx__list_pop_head(&ex->queue), evx_job, link);
+    job->state = JOB_RUNNING;
+    uint64_t t0 = evx_now_ns();
+    evx__record(&ex->stats.wait_ns_total, &ex->stats.wait_ns_max, ex->stats.wait_hist,
+                t0 - job->t_queued);
+    ex->nqueued--;
+    ex->nrunning++;
     pthread_mutex_unlock(&ex->lock);
 
-    uint64_t run_ns[EVX__WORKER_BATCH];
-    uint64_t t0 = now;
-    for (size_t i = 0; i < k; i++) {
-      batch[i]->work(batch[i]->arg);
-      uint64_t t1 = evx_now_ns();
-      run_ns[i] = t1 - t0;
-      t0 = t1;
-    }
+    job->work(job->arg);
+    uint64_t run_ns = evx_now_ns() - t0;
 
     pthread_mutex_lock(&ex->lock);
-    int post = 0;
-    for (size_t i = 0; i < k; i++) {
-      evx_job *job = batch[i];
-      evx__record(&ex->stats.run_ns_total, &ex->stats.run_ns_max, ex->stats.run_hist, run_ns[i]);
-      if (job->strand) evx__strand_advance_locked(job->strand);
-      post |= evx__complete_locked(ex, job, JOB_DONE);
-    }
-    ex->nrunning -= k;
-    ex->stats.completed += k;
+    evx__record(&ex->stats.run_ns_total, &ex->stats.run_ns_max, ex->stats.run_hist, run_ns);
+    if (job->strand) evx__strand_advance_locked(job->strand);
+    int post = evx__complete_locked(ex, job, JOB_DONE);
+    ex->nrunning--;
+    ex->stats.completed++;
     if (post) {
       pthread_mutex_unlock(&ex->lock);
       evx__post(ex);
@@ -546,8 +529,12 @@ void evx_strand_free(evx_strand *s) {
     ex->stats.cancelled++;
     post |= evx__complete_locked(ex, job, JOB_CANCELLED);
   }
-  /* The active job (queued or running) runs on as a plain job. */
-  if (s->active) s->active->strand = NULL;
+  /* The active job: cancelled too when it has not started (it sits on
+   * ex->queue); a running one finishes as a plain job. */
+  if (s->active && s->active->state == JOB_QUEUED)
+    post |= evx__cancel_locked(ex, s->active); /* advances s: nothing waits any more */
+  else if (s->active)
+    s->active->strand = NULL;
   evx__list_remove(&s->link);
   pthread_mutex_unlock(&ex->lock);
   if (post) evx__post(ex);

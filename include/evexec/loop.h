@@ -29,7 +29,12 @@ typedef void (*evx_cb)(void *arg);
 /**
  * Create a loop.
  * @param base an event_base to adopt (the caller keeps ownership and must free
- *             it after evx_loop_free), or NULL to create one that the loop owns.
+ *             it after evx_loop_free), or NULL to create one that the loop owns
+ *             (created with EVENT_BASE_FLAG_PRECISE_TIMER; an adopted base keeps
+ *             its own clock, which may be libevent's coarse one, so timers on it
+ *             can fire up to one tick early). The caller may also run an adopted
+ *             base itself with event_base_dispatch(): callbacks and executors work
+ *             the same, and evx_loop_stop() breaks that loop.
  * @return the loop, owned by the caller (free with evx_loop_free), or NULL when
  *         out of memory or when the wakeup channel cannot be created.
  */
@@ -58,13 +63,15 @@ EVX_API int evx_loop_stop(evx_loop *loop);
  * Order of teardown:
  *  1. every executor still bound to the loop is freed (evx_executor_free:
  *     shutdown with CANCEL, wait for running jobs, every `done` is called);
- *  2. callbacks still queued run on the calling thread; callbacks they add
- *     run too; from then on evx_add_callback() answers EVX_ECLOSED;
+ *  2. queued callbacks run on the calling thread, and so do callbacks added
+ *     meanwhile (by them or by other threads), until the queue is empty;
+ *     in the same step the queue closes: from then on evx_add_callback()
+ *     answers EVX_ECLOSED. A callback that keeps re-adding itself is cut off
+ *     after 1000 rounds (the rest are dropped, with a message on stderr);
  *  3. pending timers are dropped without calling them;
  *  4. the owned event_base is freed (an adopted one is left to the caller).
  * Producer threads must have stopped calling evx_add_callback() before the
- * loop memory goes away: their calls during step 2 get EVX_ECLOSED, a call
- * after the function returned is a use-after-free. NULL is accepted (no-op).
+ * function returns: a call after that is a use-after-free. NULL is accepted (no-op).
  */
 EVX_API void evx_loop_free(evx_loop *loop);
 

@@ -1,0 +1,473 @@
+/*
+ * The notes routes. Every handler runs on the loop thread and never blocks:
+ * SQL goes to the reader pool or the writer thread (ext/sqlite), mail to the
+ * mailer's thread (ext/mail), and long polls park on an evx_condition.
+ *
+ *   POST /notes                {"title": "...", "body": "..."} -> 201 + the note;
+ *                              after finish: wake long polls, send the mail
+ *   GET  /notes[?since=ID&limit=N]  notes with id > since, oldest first
+ *   GET  /notes/{id}           one note, 404 when missing
+ *   GET  /notes/wait?since=ID[&timeout=MS]  notes newer than ID as soon as
+ *                              one exists; 204 after the timeout
+ *   GET  /metrics              Prometheus text (metrics.c)
+ *
+ * Ownership: each held request has a small context (post_ctx, read_ctx,
+ * wait_ctx) freed by the callback that finishes the request. A client that
+ * leaves cancels a read or a wait that has not started (evx_request_on_close);
+ * a write is never cancelled - the note is stored and mailed even if nobody
+ * reads the reply.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "notes.h"
+
+#define TITLE_MAX 200
+#define BODY_MAX 65536
+#define LIST_DEFAULT 100
+#define LIST_MAX 1000
+
+const char notes_schema[] =
+    "CREATE TABLE IF NOT EXISTS notes ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " title TEXT NOT NULL,"
+    " body TEXT NOT NULL,"
+    " created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));";
+
+static const char SQL_INSERT[] =
+    "INSERT INTO notes (title, body) VALUES (?1, ?2) RETURNING id, title, body, created_at";
+static const char SQL_ONE[] = "SELECT id, title, body, created_at FROM notes WHERE id = ?1";
+static const char SQL_LIST[] =
+    "SELECT id, title, body, created_at FROM notes WHERE id > ?1 ORDER BY id LIMIT ?2";
+
+static const char JSON_TYPE[] = "application/json";
+
+/* ---- replies ----------------------------------------------------------------- */
+
+static int reply_json(evx_request *req, int status, json_t *v) {
+  char *s = v ? json_dumps(v, JSON_COMPACT) : NULL;
+  json_decref(v);
+  if (!s) return notes_reply_error(req, 500, "out of memory");
+  size_t n = strlen(s);
+  /* One JSON document per line: easy to read with curl. */
+  char *line = realloc(s, n + 2);
+  if (line) {
+    s = line;
+    s[n++] = '\n';
+    s[n] = '\0';
+  }
+  int rc = evx_request_finish(req, status, JSON_TYPE, s, n);
+  free(s);
+  return rc;
+}
+
+int notes_reply_error(evx_request *req, int status, const char *msg) {
+  json_t *v = json_pack("{s:s}", "error", msg);
+  char *s = v ? json_dumps(v, JSON_COMPACT) : NULL;
+  json_decref(v);
+  int rc = s ? evx_request_finishf(req, status, JSON_TYPE, "%s\n", s)
+             : evx_request_finish(req, 500, NULL, "out of memory\n", 14);
+  free(s);
+  return rc;
+}
+
+/* The answer for a query that could not run: 503 when the pool is full or
+ * closing, 500 otherwise. */
+static int reply_db_error(evx_request *req, int status, const char *msg) {
+  if (status == EVX_EBUSY) return evx_request_reply_busy(req, 1);
+  if (status == EVX_ECLOSED || status == EVX_ECANCELED)
+    return notes_reply_error(req, 503, "the service is shutting down");
+  char buf[512];
+  snprintf(buf, sizeof buf, "database error: %s", msg ? msg : evx_strerror(status));
+  return notes_reply_error(req, 500, buf);
+}
+
+/* Text of a cell as (pointer, length); "" for NULL or numbers. */
+static const char *cell_text(const evx_sql_result *r, size_t row, size_t col, size_t *len) {
+  const evx_sql_value *v = evx_sql_cell(r, row, col);
+  if (!v || (v->type != EVX_SQL_TEXT && v->type != EVX_SQL_BLOB)) {
+    *len = 0;
+    return "";
+  }
+  *len = v->v.s.len;
+  return v->v.s.p;
+}
+
+static json_t *note_json(const evx_sql_result *r, size_t row) {
+  size_t tl, bl, cl;
+  const char *title = cell_text(r, row, 1, &tl), *body = cell_text(r, row, 2, &bl);
+  const char *created = cell_text(r, row, 3, &cl);
+  return json_pack("{s:I, s:s%, s:s%, s:s%}", "id", (json_int_t)evx_sql_get_int(r, row, 0),
+                   "title", title, tl, "body", body, bl, "created_at", created, cl);
+}
+
+static json_t *notes_array(const evx_sql_result *r) {
+  json_t *a = json_array();
+  for (size_t i = 0; a && i < r->nrows; i++) {
+    if (json_array_append_new(a, note_json(r, i)) != 0) {
+      json_decref(a);
+      return NULL;
+    }
+  }
+  return a;
+}
+
+/* ---- parameters ---------------------------------------------------------------- */
+
+/* A decimal integer in [min, max]; 0 on success, -1 for anything else. */
+static int parse_int(const char *s, long long min, long long max, long long *out) {
+  if (!s || !*s) return -1;
+  for (const char *p = s; *p; p++)
+    if (*p < '0' || *p > '9') return -1;
+  errno = 0;
+  char *end;
+  long long v = strtoll(s, &end, 10);
+  if (errno || *end || v < min || v > max) return -1;
+  *out = v;
+  return 0;
+}
+
+static int utf8_chars(const char *s, size_t len) {
+  int n = 0;
+  for (size_t i = 0; i < len; i++) n += ((unsigned char)s[i] & 0xC0) != 0x80;
+  return n;
+}
+
+/* ---- POST /notes --------------------------------------------------------------- */
+
+typedef struct post_ctx {
+  notes_app *app;
+  evx_request *req;
+} post_ctx;
+
+static void send_new_note_mail(notes_app *app, const evx_sql_result *r) {
+  if (!app->mailer) return;
+  int64_t id = evx_sql_get_int(r, 0, 0);
+  size_t tlen, blen_;
+  const char *title = cell_text(r, 0, 1, &tlen), *body = cell_text(r, 0, 2, &blen_);
+  char subject[300];
+  /* Cut long titles at a character boundary. */
+  size_t tl = tlen;
+  if (tl > 120) {
+    tl = 120;
+    while (tl > 0 && ((unsigned char)title[tl] & 0xC0) == 0x80) tl--;
+  }
+  snprintf(subject, sizeof subject, "New note #%lld: %.*s%s", (long long)id, (int)tl, title,
+           tl < tlen ? "..." : "");
+  size_t blen = tlen + blen_ + 256;
+  char *text = malloc(blen);
+  if (!text) return;
+  snprintf(text, blen, "%s\n\n%s\n\n-- \nnote %lld, http://%s:%d/notes/%lld\n", title, body,
+           (long long)id, app->cfg.host, evx_http_port(app->http), (long long)id);
+  evx_mail_msg msg = {.from = app->cfg.mail_from, .to = app->cfg.mail_to, .subject = subject,
+                      .body = text};
+  int rc = evx_mail_send(app->mailer, &msg, NULL, NULL, NULL);
+  if (rc != EVX_OK) {
+    /* Overload: the mailer's queue is full (or it is closing). The note is
+     * stored and answered; the mail is dropped, counted and logged - the
+     * first time and then once per 1000, so the log stays readable. */
+    if (app->mail_not_queued++ % 1000 == 0)
+      fprintf(stderr, "evx_notes: mail for note %lld not queued: %s (%llu so far)\n",
+              (long long)id, evx_strerror(rc), (unsigned long long)app->mail_not_queued);
+  }
+  free(text);
+}
+
+static void post_done(evx_sql_result *res, void *arg) {
+  post_ctx *c = arg;
+  notes_app *app = c->app;
+  evx_request *req = c->req;
+  free(c);
+  if (res->status != EVX_OK || res->nrows != 1) {
+    reply_db_error(req, res->status ? res->status : EVX_EIO, res->errmsg);
+    evx_sql_result_free(res);
+    return;
+  }
+  int64_t id = evx_sql_get_int(res, 0, 0);
+  char location[64];
+  snprintf(location, sizeof location, "/notes/%lld", (long long)id);
+  evx_request_set_header(req, "Location", location);
+  /* The response ends here (Tornado's finish); the work below still runs,
+   * whether or not the client is still there. */
+  reply_json(req, 201, note_json(res, 0));
+
+  if (id > app->latest_id) app->latest_id = id;
+  if (app->new_note) evx_condition_notify_all(app->new_note);
+  send_new_note_mail(app, res);
+  evx_sql_result_free(res);
+}
+
+static void on_post(evx_request *req, void *arg) {
+  notes_app *app = arg;
+  size_t len;
+  const char *body = evx_request_body(req, &len);
+  json_error_t jerr;
+  json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+  if (!doc) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "invalid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
+             jerr.column);
+    notes_reply_error(req, 400, msg);
+    return;
+  }
+  json_t *jt = json_object_get(doc, "title"), *jb = json_object_get(doc, "body");
+  const char *problem = NULL;
+  if (!json_is_object(doc)) problem = "the body must be a JSON object";
+  else if (!json_is_string(jt)) problem = "\"title\" must be a string";
+  else if (json_string_length(jt) == 0) problem = "\"title\" must not be empty";
+  else if (utf8_chars(json_string_value(jt), json_string_length(jt)) > TITLE_MAX)
+    problem = "\"title\" is longer than 200 characters";
+  else if (jb && !json_is_string(jb)) problem = "\"body\" must be a string";
+  else if (jb && json_string_length(jb) > BODY_MAX) problem = "\"body\" is longer than 64 KiB";
+  /* (json_loadb without JSON_ALLOW_NUL already refuses \u0000.) */
+  if (problem) {
+    notes_reply_error(req, 400, problem);
+    json_decref(doc);
+    return;
+  }
+  evx_sql_value p[2] = {evx_sql_textn(json_string_value(jt), json_string_length(jt)),
+                        jb ? evx_sql_textn(json_string_value(jb), json_string_length(jb))
+                           : evx_sql_text("")};
+  post_ctx *c = malloc(sizeof *c);
+  int rc = c ? EVX_OK : EVX_ENOMEM;
+  if (c) {
+    c->app = app;
+    c->req = req;
+    rc = evx_sqlite_query(app->db, EVX_SQL_WRITE, SQL_INSERT, p, 2, post_done, c);
+  }
+  json_decref(doc); /* the query copied the strings */
+  if (rc != EVX_OK) {
+    free(c);
+    reply_db_error(req, rc, NULL);
+  }
+}
+
+/* ---- reads: GET /notes, GET /notes/{id} ------------------------------------------ */
+
+typedef struct read_ctx {
+  notes_app *app;
+  evx_request *req;
+  evx_future *f;
+  int64_t id; /* GET /notes/{id}: the id; list: -1 */
+} read_ctx;
+
+static void read_done(evx_future *f, void *arg) {
+  read_ctx *c = arg;
+  int st = evx_future_status(f);
+  evx_sql_result *r = st == EVX_OK ? evx_future_result(f) : NULL;
+  if (!r || r->status != EVX_OK) {
+    reply_db_error(c->req, r ? r->status : st, r ? r->errmsg : NULL);
+  } else if (c->id >= 0) {
+    if (r->nrows == 0) {
+      char msg[64];
+      snprintf(msg, sizeof msg, "note %lld not found", (long long)c->id);
+      notes_reply_error(c->req, 404, msg);
+    } else {
+      reply_json(c->req, 200, note_json(r, 0));
+    }
+  } else {
+    reply_json(c->req, 200, notes_array(r));
+  }
+  evx_future_release(f);
+  free(c);
+}
+
+/* The client left: a query that has not started is cancelled (read_done
+ * still runs and finishes the request, which answers EVX_EGONE). */
+static void read_client_left(evx_request *req, void *arg) {
+  (void)req;
+  read_ctx *c = arg;
+  evx_future_cancel(c->f);
+}
+
+static void start_read(notes_app *app, evx_request *req, int64_t id, const char *sql,
+                       const evx_sql_value *p, size_t n) {
+  read_ctx *c = malloc(sizeof *c);
+  evx_future *f = c ? evx_sqlite_query_future(app->db, EVX_SQL_READ, sql, p, n) : NULL;
+  if (!f || evx_future_on_done(f, read_done, c) != EVX_OK) {
+    if (f) {
+      evx_future_cancel(f);
+      evx_future_release(f);
+    }
+    free(c);
+    notes_reply_error(req, 500, "out of memory");
+    return;
+  }
+  c->app = app;
+  c->req = req;
+  c->f = f;
+  c->id = id;
+  evx_request_on_close(req, read_client_left, c);
+}
+
+static int list_params(evx_request *req, long long *since, long long *limit) {
+  const char *s = evx_request_query(req, "since"), *l = evx_request_query(req, "limit");
+  *since = 0;
+  *limit = LIST_DEFAULT;
+  if (s && parse_int(s, 0, INT64_MAX, since) != 0) {
+    notes_reply_error(req, 400, "since must be a note id (0 or more)");
+    return -1;
+  }
+  if (l && parse_int(l, 1, LIST_MAX, limit) != 0) {
+    notes_reply_error(req, 400, "limit must be 1..1000");
+    return -1;
+  }
+  return 0;
+}
+
+static void on_list(evx_request *req, void *arg) {
+  long long since, limit;
+  if (list_params(req, &since, &limit) != 0) return;
+  evx_sql_value p[2] = {evx_sql_int(since), evx_sql_int(limit)};
+  start_read(arg, req, -1, SQL_LIST, p, 2);
+}
+
+static void on_get_one(evx_request *req, void *arg) {
+  const char *path = evx_request_path(req); /* "/notes/<id>" (prefix route) */
+  long long id;
+  if (parse_int(path + strlen("/notes/"), 1, INT64_MAX, &id) != 0) {
+    notes_reply_error(req, 404, "no such note: ids are positive integers");
+    return;
+  }
+  evx_sql_value p = evx_sql_int(id);
+  start_read(arg, req, id, SQL_ONE, &p, 1);
+}
+
+/* ---- GET /notes/wait ------------------------------------------------------------------ */
+
+typedef struct wait_ctx {
+  notes_app *app;
+  evx_request *req;
+  evx_future *f; /* the condition wait, then the read */
+  long long since, limit;
+  uint64_t deadline_ns;
+  int reading;
+} wait_ctx;
+
+static void wait_fire(evx_future *f, void *arg);
+
+static void wait_client_left(evx_request *req, void *arg) {
+  (void)req;
+  wait_ctx *c = arg;
+  evx_future_cancel(c->f);
+}
+
+static void wait_finish(wait_ctx *c) {
+  evx_future_release(c->f);
+  free(c);
+}
+
+/* Wait on the condition until the deadline (0 on success). */
+static int wait_arm(wait_ctx *c) {
+  uint64_t now = evx_now_ns();
+  uint64_t left_ms = c->deadline_ns > now ? (c->deadline_ns - now + 999999) / 1000000 : 1;
+  evx_future *f = c->app->new_note ? evx_condition_wait(c->app->new_note, left_ms) : NULL;
+  if (!f) return -1;
+  if (evx_future_on_done(f, wait_fire, c) != EVX_OK) {
+    evx_future_cancel(f);
+    evx_future_release(f);
+    return -1;
+  }
+  c->f = f;
+  return 0;
+}
+
+/* New notes exist: read them (on the reader pool) and answer. */
+static int wait_read(wait_ctx *c) {
+  evx_sql_value p[2] = {evx_sql_int(c->since), evx_sql_int(c->limit)};
+  evx_future *f = evx_sqlite_query_future(c->app->db, EVX_SQL_READ, SQL_LIST, p, 2);
+  if (!f) return -1;
+  if (evx_future_on_done(f, wait_fire, c) != EVX_OK) {
+    evx_future_cancel(f);
+    evx_future_release(f);
+    return -1;
+  }
+  c->f = f;
+  c->reading = 1;
+  return 0;
+}
+
+static void wait_fire(evx_future *f, void *arg) {
+  wait_ctx *c = arg;
+  int st = evx_future_status(f);
+  if (c->reading) {
+    evx_sql_result *r = st == EVX_OK ? evx_future_result(f) : NULL;
+    if (!r || r->status != EVX_OK)
+      reply_db_error(c->req, r ? r->status : st, r ? r->errmsg : NULL);
+    else
+      reply_json(c->req, 200, notes_array(r));
+    wait_finish(c);
+    return;
+  }
+  evx_future_release(f);
+  c->f = NULL;
+  if (st == EVX_ETIMEDOUT) {
+    evx_request_finish(c->req, 204, NULL, NULL, 0);
+  } else if (st != EVX_OK) {
+    /* cancelled (the client left: finish says EVX_EGONE) or the condition
+     * was freed because the service is stopping */
+    notes_reply_error(c->req, 503, "the service is shutting down");
+  } else if (c->app->latest_id > c->since) {
+    if (wait_read(c) == 0) return;
+    notes_reply_error(c->req, 503, "cannot read the new notes");
+  } else if (evx_now_ns() >= c->deadline_ns) {
+    evx_request_finish(c->req, 204, NULL, NULL, 0);
+  } else {
+    if (wait_arm(c) == 0) return; /* woken for a note we already had: wait on */
+    notes_reply_error(c->req, 503, "cannot wait");
+  }
+  free(c);
+}
+
+static void on_wait(evx_request *req, void *arg) {
+  notes_app *app = arg;
+  const char *s = evx_request_query(req, "since"), *t = evx_request_query(req, "timeout");
+  long long since = app->latest_id, timeout = app->cfg.poll_timeout_ms;
+  if (s && parse_int(s, 0, INT64_MAX, &since) != 0) {
+    notes_reply_error(req, 400, "since must be a note id (0 or more)");
+    return;
+  }
+  if (t && parse_int(t, 1, app->cfg.poll_timeout_ms, &timeout) != 0) {
+    char msg[80];
+    snprintf(msg, sizeof msg, "timeout must be 1..%ld ms", app->cfg.poll_timeout_ms);
+    notes_reply_error(req, 400, msg);
+    return;
+  }
+  if (app->stopping) {
+    notes_reply_error(req, 503, "the service is shutting down");
+    return;
+  }
+  wait_ctx *c = calloc(1, sizeof *c);
+  if (!c) {
+    notes_reply_error(req, 500, "out of memory");
+    return;
+  }
+  c->app = app;
+  c->req = req;
+  c->since = since;
+  c->limit = LIST_MAX;
+  c->deadline_ns = evx_now_ns() + (uint64_t)timeout * 1000000ULL;
+  int rc = app->latest_id > since ? wait_read(c) : wait_arm(c);
+  if (rc != 0) {
+    free(c);
+    notes_reply_error(req, 503, "cannot wait");
+    return;
+  }
+  evx_request_on_close(req, wait_client_left, c);
+}
+
+/* ---- routes ----------------------------------------------------------------------------- */
+
+int notes_routes(notes_app *app) {
+  evx_http *h = app->http;
+  if (evx_http_route(h, "POST", "/notes", 0, on_post, app) ||
+      evx_http_route(h, "GET", "/notes", 0, on_list, app) ||
+      evx_http_route(h, "GET", "/notes/wait", 0, on_wait, app) ||
+      evx_http_route(h, "GET", "/notes/", EVX_ROUTE_PREFIX, on_get_one, app) ||
+      evx_http_route(h, "GET", "/metrics", 0, notes_on_metrics, app))
+    return -1;
+  return 0;
+}

@@ -1,0 +1,65 @@
+/* Private to the notes example (examples/notes): shared by its .c files only.
+ *
+ * main.c     flags and environment, start-up, signals, clean shutdown
+ * handlers.c the routes: POST/GET /notes, GET /notes/{id}, GET /notes/wait
+ * metrics.c  request counters and GET /metrics (Prometheus text format)
+ *
+ * Everything in notes_app is touched on the loop thread only.
+ */
+#ifndef NOTES_H
+#define NOTES_H
+
+#include <evexec/evexec.h>
+#include <evexec/http.h>
+#include <evexec/mail.h>
+#include <evexec/sqlite.h>
+
+typedef struct notes_config {
+  const char *host;         /* --host, NOTES_HOST; default 127.0.0.1 */
+  long port;                /* --port, NOTES_PORT; default 8080 (0: any free port) */
+  long threads;             /* --threads, NOTES_THREADS: SQLite reader threads; default 4 */
+  long max_queue;           /* --max-queue: queries waiting per pool before 503; default 1024 */
+  const char *db_path;      /* --db, NOTES_DB; default notes.db */
+  const char *spool_dir;    /* --spool, NOTES_SPOOL; default spool */
+  const char *smtp_url;     /* --smtp, NOTES_SMTP_URL; default none (spool) */
+  const char *mail_to;      /* --mail-to, NOTES_MAIL_TO; default notes@localhost */
+  const char *mail_from;    /* --mail-from; default "evexec notes <notes@localhost>" */
+  long mail_threads;        /* --mail-threads: 1 or 2; default 1 */
+  long mail_queue;          /* --mail-queue: mails waiting before they are dropped; default 10000 */
+  long mail_attempts;       /* --mail-attempts; default 5 */
+  long mail_backoff_ms;     /* --mail-backoff MS: first retry delay; default 1000 */
+  long mail_timeout_ms;     /* --mail-timeout MS: per SMTP attempt; default 10000 */
+  long poll_timeout_ms;     /* --poll-timeout MS: longest long poll; default 30000 */
+  long drain_ms;            /* --drain-timeout MS: grace at shutdown; default 10000 */
+  int quiet;                /* --quiet: no access log */
+} notes_config;
+
+/* Requests counted by method and status, for /metrics. */
+enum { NOTES_M_GET, NOTES_M_POST, NOTES_M_OTHER, NOTES_NMETHODS };
+
+typedef struct notes_app {
+  notes_config cfg;
+  evx_loop *loop;
+  evx_http *http;
+  evx_sqlite *db;
+  evx_mailer *mailer;
+  evx_condition *new_note; /* notified after every committed note; NULL while stopping */
+  int64_t latest_id;       /* highest committed note id */
+  int stopping;
+  uint64_t requests[NOTES_NMETHODS][600];
+  uint64_t mail_not_queued; /* evx_mail_send refused (queue full, closed) */
+  uint64_t started_ns;
+} notes_app;
+
+/* handlers.c */
+int notes_routes(notes_app *app);
+extern const char notes_schema[];
+
+/* metrics.c */
+void notes_access_log(void *arg, const evx_http_log_entry *e);
+void notes_on_metrics(evx_request *req, void *arg);
+
+/* A JSON error reply: {"error": msg}. */
+int notes_reply_error(evx_request *req, int status, const char *msg);
+
+#endif

@@ -1,0 +1,377 @@
+/*
+ * evx_mailer: deferred mail with retries.
+ *
+ * DESIGN
+ *  - A mail is a `mail_job` owned by the mailer from evx_mail_send until its
+ *    final outcome; the mailer keeps every such job on a list (loop thread
+ *    only) so shutdown and free can reach them.
+ *  - A job is in exactly one state:
+ *      QUEUED   submitted to the executor (an attempt waits or runs);
+ *      WAITING  a retry timer is armed on the loop (job->timer != NULL).
+ *    Workers only touch the fields of the attempt (`out`) and the immutable
+ *    message; the hand-off is the executor's submit/done, which orders memory.
+ *  - Backoff is a loop timer (evx_call_later), so a failing server never
+ *    occupies a delivery thread while it waits.
+ *  - Shutdown DRAIN only closes the door: retries keep running and the
+ *    executor stays up until free. CANCEL ends WAITING jobs at once and asks
+ *    the executor to cancel QUEUED attempts that have not started.
+ *  - Counters are atomics so evx_mailer_stats_get works from any thread.
+ */
+#include "mail-internal.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+enum { JOB_QUEUED = 1, JOB_WAITING = 2 };
+
+typedef struct mail_job {
+  struct evx_mailer *m;
+  struct mail_job *prev, *next; /* mailer list, loop thread */
+  evx__mail_env env;
+  char *text;
+  size_t len;
+  char *msgid;
+  char *to; /* for log lines */
+  unsigned attempt;
+  int state;
+  evx_timer *timer;
+  uint64_t seq;
+  uint64_t started_ns;
+  evx__mail_outcome out; /* written by the worker during an attempt */
+  evx_mail_done_fn done;
+  void *arg;
+} mail_job;
+
+struct evx_mailer {
+  evx_loop *loop;
+  evx_executor *ex;
+  evx__mail_transport t;
+  char *smtp_url, *spool_dir, *from, *hostname, *username, *password;
+  unsigned max_attempts;
+  uint64_t backoff_ms, backoff_max_ms;
+  evx_mail_log_fn log;
+  void *log_arg;
+  int closed;     /* no new mail */
+  int cancelling; /* no more retries */
+  mail_job *head;
+  atomic_uint_fast64_t seq;
+  atomic_uint_fast64_t accepted, sent, failed, cancelled, attempts, retries, pending;
+};
+
+static void default_log(void *arg, int level, const char *line) {
+  (void)arg;
+  static const char *const names[] = {"info", "warn", "error"};
+  fprintf(stderr, "mail %s: %s\n", names[level >= 0 && level <= 2 ? level : 2], line);
+}
+
+static void mail_log(evx_mailer *m, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void mail_log(evx_mailer *m, int level, const char *fmt, ...) {
+  char line[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  m->log(m->log_arg, level, line);
+}
+
+static void job_free(mail_job *job) {
+  evx__mail_env_free(&job->env);
+  evx_free(job->text);
+  evx_free(job->msgid);
+  evx_free(job->to);
+  evx_free(job);
+}
+
+static void list_remove(evx_mailer *m, mail_job *job) {
+  if (job->prev) job->prev->next = job->next;
+  else m->head = job->next;
+  if (job->next) job->next->prev = job->prev;
+  job->prev = job->next = NULL;
+}
+
+/* The one exit of a job: log, count, tell the caller, free. */
+static void job_final(mail_job *job, int status, const char *reason) {
+  evx_mailer *m = job->m;
+  list_remove(m, job);
+  atomic_fetch_sub(&m->pending, 1);
+  if (status == EVX_OK) {
+    atomic_fetch_add(&m->sent, 1);
+    double ms = (double)(evx_now_ns() - job->started_ns) / 1e6;
+    mail_log(m, EVX_MAIL_INFO, "%s to %s: %s %s (attempt %u/%u, %.1f ms)", job->msgid, job->to,
+          m->t.smtp_url ? "sent via" : "spooled to", job->out.detail, job->attempt,
+          m->max_attempts, ms);
+  } else if (status == EVX_ECANCELED) {
+    atomic_fetch_add(&m->cancelled, 1);
+    mail_log(m, EVX_MAIL_ERROR, "%s to %s: FAILED: cancelled at shutdown after %u attempt(s)%s%s",
+          job->msgid, job->to, job->attempt, reason ? "; last error: " : "", reason ? reason : "");
+  } else {
+    atomic_fetch_add(&m->failed, 1);
+    mail_log(m, EVX_MAIL_ERROR, "%s to %s: FAILED after %u attempt(s): %s", job->msgid, job->to,
+          job->attempt, reason ? reason : "unknown error");
+  }
+  if (status != EVX_OK && !reason)
+    reason = status == EVX_ECANCELED ? "cancelled at shutdown" : "delivery failed";
+  if (job->done) job->done(job->arg, status, status == EVX_OK ? NULL : reason);
+  job_free(job);
+}
+
+static void attempt_work(void *arg) {
+  mail_job *job = arg;
+  evx_mailer *m = job->m;
+  evx__mail_deliver(&m->t, &job->env, job->text, job->len, job->seq, &job->out);
+}
+
+static void attempt_done(void *arg, int status);
+static void retry_cb(void *arg);
+
+static uint64_t backoff_delay(const evx_mailer *m, unsigned attempt) {
+  uint64_t d = m->backoff_ms;
+  for (unsigned i = 1; i < attempt && d < m->backoff_max_ms; i++) d *= 2;
+  return d < m->backoff_max_ms ? d : m->backoff_max_ms;
+}
+
+/* After a failed attempt: arm the retry timer, or give up. */
+static void after_failure(mail_job *job) {
+  evx_mailer *m = job->m;
+  const char *reason = job->out.detail[0] ? job->out.detail : "delivery failed";
+  if (m->cancelling) {
+    job_final(job, EVX_ECANCELED, reason);
+    return;
+  }
+  if (job->out.permanent || job->attempt >= m->max_attempts) {
+    job_final(job, EVX_EIO, reason);
+    return;
+  }
+  uint64_t delay = backoff_delay(m, job->attempt);
+  job->timer = evx_call_later(m->loop, delay, retry_cb, job);
+  if (!job->timer) {
+    job_final(job, EVX_EIO, reason);
+    return;
+  }
+  job->state = JOB_WAITING;
+  atomic_fetch_add(&m->retries, 1);
+  mail_log(m, EVX_MAIL_WARN, "%s to %s: attempt %u/%u failed: %s; retry in %llu ms", job->msgid,
+        job->to, job->attempt, m->max_attempts, reason, (unsigned long long)delay);
+}
+
+/* Start the next attempt. Returns the submit error (the job is untouched then). */
+static int submit_attempt(mail_job *job) {
+  memset(&job->out, 0, sizeof job->out);
+  job->attempt++;
+  job->seq = atomic_fetch_add(&job->m->seq, 1);
+  int err = evx_submit(job->m->ex, attempt_work, attempt_done, job);
+  if (err) {
+    job->attempt--;
+    return err;
+  }
+  job->state = JOB_QUEUED;
+  return EVX_OK;
+}
+
+static void attempt_done(void *arg, int status) {
+  mail_job *job = arg;
+  evx_mailer *m = job->m;
+  job->state = 0;
+  if (status == EVX_ECANCELED) {
+    job->attempt--; /* it never ran */
+    job_final(job, EVX_ECANCELED, NULL);
+    return;
+  }
+  atomic_fetch_add(&m->attempts, 1);
+  if (job->out.status == EVX_OK)
+    job_final(job, EVX_OK, NULL);
+  else
+    after_failure(job);
+}
+
+static void retry_cb(void *arg) {
+  mail_job *job = arg;
+  job->timer = NULL;
+  job->state = 0;
+  int err = submit_attempt(job);
+  if (err == EVX_OK) return;
+  /* The queue is full or closed: count it as a failed attempt. */
+  job->attempt++;
+  snprintf(job->out.detail, sizeof job->out.detail, "cannot queue the attempt: %s",
+           evx_strerror(err));
+  job->out.status = EVX_EIO;
+  job->out.permanent = err == EVX_ECLOSED;
+  after_failure(job);
+}
+
+/* ---- public ----------------------------------------------------------------- */
+
+static char *dup_opt(const char *s, const char *def) {
+  return evx_strdup(s && *s ? s : def);
+}
+
+evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts) {
+  if (!loop || !evx_loop_in_thread(loop)) return NULL;
+  evx_mailer_opts o;
+  memset(&o, 0, sizeof o);
+  if (opts) o = *opts;
+  if (o.threads > 2) return NULL;
+  if (evx__mail_global_init() != EVX_OK) return NULL;
+  evx_mailer *m = evx_calloc(1, sizeof *m);
+  if (!m) return NULL;
+  m->loop = loop;
+  m->max_attempts = o.max_attempts ? o.max_attempts : 5;
+  m->backoff_ms = o.backoff_ms ? o.backoff_ms : 500;
+  m->backoff_max_ms = o.backoff_max_ms ? o.backoff_max_ms : 30000;
+  if (m->backoff_max_ms < m->backoff_ms) m->backoff_max_ms = m->backoff_ms;
+  m->log = o.log ? o.log : default_log;
+  m->log_arg = o.log ? o.log_arg : NULL;
+  m->spool_dir = dup_opt(o.spool_dir, "spool");
+  m->from = dup_opt(o.from, "evexec@localhost");
+  m->hostname = dup_opt(o.hostname, "localhost");
+  if (!m->spool_dir || !m->from || !m->hostname) goto fail;
+  if (o.smtp_url && *o.smtp_url) {
+    /* The URL path is curl's HELO name: give it our hostname when empty. */
+    const char *scheme = strstr(o.smtp_url, "://");
+    const char *path = scheme ? strchr(scheme + 3, '/') : NULL;
+    size_t n = strlen(o.smtp_url) + strlen(m->hostname) + 2;
+    m->smtp_url = evx_malloc(n);
+    if (!m->smtp_url) goto fail;
+    if (path && path[1])
+      snprintf(m->smtp_url, n, "%s", o.smtp_url);
+    else if (path)
+      snprintf(m->smtp_url, n, "%s%s", o.smtp_url, m->hostname);
+    else
+      snprintf(m->smtp_url, n, "%s/%s", o.smtp_url, m->hostname);
+  } else if (evx__mail_mkdirs(m->spool_dir) != 0) {
+    goto fail;
+  }
+  if (o.username) {
+    m->username = evx_strdup(o.username);
+    m->password = evx_strdup(o.password ? o.password : "");
+    if (!m->username || !m->password) goto fail;
+  }
+  m->t.smtp_url = m->smtp_url;
+  m->t.spool_dir = m->spool_dir;
+  m->t.username = m->username;
+  m->t.password = m->password;
+  m->t.require_tls = o.require_tls;
+  m->t.timeout_ms = o.timeout_ms > 0 ? o.timeout_ms : 10000;
+  evx_executor_opts eo = {.threads = o.threads ? o.threads : 1,
+                          .max_queue = o.max_queue ? o.max_queue : 1024,
+                          .name = o.name && *o.name ? o.name : "mail"};
+  m->ex = evx_executor_new(loop, &eo);
+  if (!m->ex) goto fail;
+  return m;
+fail:
+  evx_free(m->smtp_url);
+  evx_free(m->spool_dir);
+  evx_free(m->from);
+  evx_free(m->hostname);
+  evx_free(m->username);
+  evx_free(m->password);
+  evx_free(m);
+  return NULL;
+}
+
+int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done, void *arg,
+                  char **message_id) {
+  if (!m || !msg) return EVX_EINVAL;
+  if (!evx_loop_in_thread(m->loop)) return EVX_EINVAL;
+  if (m->closed) return EVX_ECLOSED;
+  mail_job *job = evx_calloc(1, sizeof *job);
+  if (!job) return EVX_ENOMEM;
+  evx_mail_msg full = *msg;
+  if (!full.from) full.from = m->from;
+  int err = evx__mail_envelope(&full, m->from, &job->env);
+  if (!err) err = evx_mail_format(&full, m->hostname, &job->text, &job->msgid);
+  if (!err) {
+    job->to = evx_strdup(full.to);
+    if (!job->to) err = EVX_ENOMEM;
+  }
+  if (err) {
+    job_free(job);
+    return err;
+  }
+  if (message_id) {
+    *message_id = evx_strdup(job->msgid);
+    if (!*message_id) {
+      job_free(job);
+      return EVX_ENOMEM;
+    }
+  }
+  job->len = strlen(job->text);
+  job->m = m;
+  job->done = done;
+  job->arg = arg;
+  job->started_ns = evx_now_ns();
+  err = submit_attempt(job);
+  if (err) {
+    if (message_id) {
+      evx_free(*message_id);
+      *message_id = NULL;
+    }
+    job_free(job);
+    return err;
+  }
+  job->next = m->head;
+  if (m->head) m->head->prev = job;
+  m->head = job;
+  atomic_fetch_add(&m->pending, 1);
+  atomic_fetch_add(&m->accepted, 1);
+  return EVX_OK;
+}
+
+int evx_mailer_shutdown(evx_mailer *m, int how) {
+  if (!m || (how != EVX_SHUTDOWN_DRAIN && how != EVX_SHUTDOWN_CANCEL)) return EVX_EINVAL;
+  m->closed = 1;
+  if (how == EVX_SHUTDOWN_DRAIN) return EVX_OK;
+  m->cancelling = 1;
+  /* Waiting retries end now; queued attempts are cancelled by the executor
+   * (their attempt_done gets EVX_ECANCELED later). */
+  mail_job *next;
+  for (mail_job *job = m->head; job; job = next) {
+    next = job->next;
+    if (job->state == JOB_WAITING) {
+      evx_timer_cancel(job->timer);
+      job->timer = NULL;
+      char reason[sizeof job->out.detail];
+      memcpy(reason, job->out.detail, sizeof reason);
+      job_final(job, EVX_ECANCELED, reason[0] ? reason : NULL);
+    }
+  }
+  return evx_executor_shutdown(m->ex, EVX_SHUTDOWN_CANCEL);
+}
+
+size_t evx_mailer_pending(const evx_mailer *m) {
+  return m ? (size_t)atomic_load(&((evx_mailer *)m)->pending) : 0;
+}
+
+int evx_mailer_stats_get(evx_mailer *m, evx_mailer_stats *out) {
+  if (!m || !out) return EVX_EINVAL;
+  out->accepted = atomic_load(&m->accepted);
+  out->sent = atomic_load(&m->sent);
+  out->failed = atomic_load(&m->failed);
+  out->cancelled = atomic_load(&m->cancelled);
+  out->attempts = atomic_load(&m->attempts);
+  out->retries = atomic_load(&m->retries);
+  out->pending = atomic_load(&m->pending);
+  return EVX_OK;
+}
+
+evx_executor *evx_mailer_executor(evx_mailer *m) { return m ? m->ex : NULL; }
+
+void evx_mailer_free(evx_mailer *m) {
+  if (!m) return;
+  evx_mailer_shutdown(m, EVX_SHUTDOWN_CANCEL);
+  /* Waits for a running attempt and runs every attempt_done still owed:
+   * each ends its job (cancelling is set, so none re-arms a timer). */
+  evx_executor_free(m->ex);
+  /* Nothing can be left: WAITING jobs ended in shutdown, QUEUED ones in free. */
+  while (m->head) job_final(m->head, EVX_ECANCELED, NULL);
+  evx_free(m->smtp_url);
+  evx_free(m->spool_dir);
+  evx_free(m->from);
+  evx_free(m->hostname);
+  evx_free(m->username);
+  evx_free(m->password);
+  evx_free(m);
+}
