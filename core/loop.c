@@ -235,7 +235,8 @@ int evx__loop_thread_ok(evx_loop *loop) {
 }
 
 int evx__loop_running_here(evx_loop *loop) {
-  return atomic_load(&loop->running) && pthread_equal(pthread_self(), loop->thread);
+  /* 1, not 2 (starting): thread is only read once 1 was seen, as in evx__loop_thread_ok */
+  return atomic_load(&loop->running) == 1 && pthread_equal(pthread_self(), loop->thread);
 }
 
 struct event_base *evx_loop_base(evx_loop *loop) { return loop ? loop->base : NULL; }
