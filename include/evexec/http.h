@@ -21,7 +21,9 @@
  *
  * Clients that leave: evhttp stops reading a connection while a request on it
  * is unanswered, so on its own it never notices a client that hangs up. While
- * a request is held, evexec watches the socket: pipelined bytes are moved into
+ * a request is held, evexec watches the socket (from 5 ms after the handler
+ * returned on: requests answered sooner never pay for the watch, and a leave
+ * is noticed at most that much later): pipelined bytes are moved into
  * evhttp's input buffer untouched (keep-alive and pipelining keep working),
  * and an EOF or a reset marks the request gone, closes the connection and
  * calls the evx_request_on_close() callback so the handler can cancel its job
