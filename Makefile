@@ -9,8 +9,12 @@ PREFIX   ?= $(CURDIR)/$(BUILD)/stage
 DEPS      = build-essential cmake pkg-config libevent-dev check libsqlite3-dev \
             libcurl4-openssl-dev libjansson-dev libuv1-dev curl python3 python3-aiosmtpd
 BENCH_DEPS = wrk python3-tornado
+# Reliability runs (make test-valgrind, make fuzz-smoke).
+VALGRIND_DEPS = valgrind
+FUZZ_DEPS  = clang libclang-rt-14-dev
+FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build test demo test-asan test-tsan install install-check bench clean
+.PHONY: all deps build test demo test-asan test-tsan test-valgrind fuzz-smoke install install-check bench clean
 
 all: build
 
@@ -32,6 +36,19 @@ test-asan:
 test-tsan:
 	$(MAKE) test BUILD=build-tsan CMAKE_FLAGS="-DEVX_SANITIZE=thread -DEVX_BUILD_BENCH=OFF"
 
+# valgrind memcheck over the Check suites: one process per suite (CK_FORK=no),
+# any memory error or leak fails it (see tests/CMakeLists.txt, EVX_VALGRIND).
+test-valgrind:
+	@sh scripts/deps.sh $(VALGRIND_DEPS)
+	$(MAKE) test BUILD=build-valgrind CMAKE_FLAGS="-DEVX_VALGRIND=ON -DEVX_BUILD_BENCH=OFF -DEVX_BUILD_EXAMPLES=OFF"
+
+# Every libFuzzer target in fuzz/ for FUZZ_SECONDS in total, built with clang
+# and ASan+UBSan in build-fuzz; any crash, leak or sanitizer report fails.
+fuzz-smoke:
+	@sh scripts/deps.sh $(FUZZ_DEPS)
+	$(MAKE) build BUILD=build-fuzz CMAKE_FLAGS="-DCMAKE_C_COMPILER=clang -DEVX_BUILD_FUZZ=ON -DEVX_SANITIZE=address -DEVX_BUILD_TESTS=OFF -DEVX_BUILD_EXAMPLES=OFF -DEVX_BUILD_BENCH=OFF"
+	sh fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
+
 install: build
 	cmake --install $(BUILD) --prefix $(PREFIX)
 
@@ -49,4 +66,4 @@ bench: deps
 	sh bench/run.sh build-bench
 
 clean:
-	rm -rf build build-asan build-tsan build-bench
+	rm -rf build build-asan build-tsan build-valgrind build-fuzz build-bench

@@ -124,7 +124,7 @@ static void *max_held_client(void *arg) {
   tc_get(F.port, "/hold", &mh_resp[0]);  /* a third held request: 503 */
   tc_get(F.port, "/hello", &mh_resp[1]); /* any request while full: 503 */
   const char *ra = tc_header(&mh_resp[0], "Retry-After");
-  snprintf(mh_retry, sizeof mh_retry, "%s", ra ? ra : "(none)");
+  snprintf(mh_retry, sizeof mh_retry, "%.31s", ra ? ra : "(none)");
   tc_on_loop(F.loop, finish_all, mh_finish_rc);
   for (int i = 0; i < 2; i++) {
     tc_resp r;
@@ -202,7 +202,7 @@ static void *busy_client(void *arg) {
     tc_resp_free(&busy_resp[2]);
   }
   const char *ra = tc_header(&busy_resp[2], "Retry-After");
-  snprintf(busy_retry, sizeof busy_retry, "%s", ra ? ra : "(none)");
+  snprintf(busy_retry, sizeof busy_retry, "%.31s", ra ? ra : "(none)");
   evx_gate_open(&gate, 2);
   tc_conn c;
   tc_conn_init(&c, f1);

@@ -65,7 +65,17 @@ static int reply_json(evx_request *req, int status, json_t *v) {
 }
 
 int notes_reply_error(evx_request *req, int status, const char *msg) {
-  json_t *v = json_pack("{s:s}", "error", msg);
+  /* A message may quote the client's bytes (jansson's parse errors do), which
+   * need not be UTF-8, and json_pack refuses invalid UTF-8: keep it printable
+   * ASCII, or a bad request would be answered 500. */
+  char safe[512];
+  size_t i = 0;
+  for (; msg && msg[i] && i < sizeof safe - 1; i++) {
+    unsigned char c = (unsigned char)msg[i];
+    safe[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+  }
+  safe[i] = '\0';
+  json_t *v = json_pack("{s:s}", "error", safe);
   char *s = v ? json_dumps(v, JSON_COMPACT) : NULL;
   json_decref(v);
   int rc = s ? evx_request_finishf(req, status, JSON_TYPE, "%s\n", s)
