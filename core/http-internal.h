@@ -16,6 +16,11 @@
 /* Bytes of pipelined input evexec moves into evhttp's input buffer while a
  * request is held, before it stops watching that connection. */
 #define EVX__HTTP_PIPELINE_CAP (256 * 1024)
+/* A held request's socket is watched from this long after it was held on:
+ * requests answered sooner (most offloaded ones) never pay for arming and
+ * disarming the watch (an epoll_ctl each); a client that leaves is noticed
+ * at most this much later. */
+#define EVX__HTTP_WATCH_DELAY_MS 5
 
 typedef struct evx__route {
   evx__list link; /* in evx_http.routes, in the order added */
@@ -32,10 +37,13 @@ struct evx_http {
   struct event_base *base;
   struct evhttp *evh; /* NULL once freed (the struct may outlive it, see `freed`) */
   evx_http_opts opts;
-  /* request_timeout_ms as a libevent common timeout (O(1) add/remove for the
-   * one duration every held request uses); NULL when there is no timeout. */
-  const struct timeval *req_tv;
-  struct timeval req_tv_plain;
+  /* A held request's timer_ev runs twice: after watch_tv it arms the socket
+   * watch, then after rest_tv (request_timeout_ms minus the watch delay) it
+   * times the request out. Both are libevent common timeouts: O(1) add and
+   * remove for durations every held request shares. rest_tv is NULL when
+   * there is no request timeout. */
+  const struct timeval *watch_tv, *rest_tv;
+  struct timeval watch_tv_plain, rest_tv_plain;
   evx__list routes;
   evx__list held; /* evx_request.held_link: held requests with state 0 */
   struct evbuffer *scratch; /* for chunks; always empty between calls */
@@ -76,6 +84,7 @@ struct evx_request {
   unsigned ev_owned : 1;           /* evexec must evhttp_request_free(ev) */
   unsigned watching : 1;           /* watch_ev is added */
   unsigned timing : 1;             /* timer_ev is added */
+  unsigned armed : 1;              /* the watch delay is over (timer_ev now means the timeout) */
   unsigned notify_set : 1;         /* notify_ev is assigned (maybe active) */
   unsigned query_parsed : 1;
   unsigned body_ready : 1;
@@ -95,8 +104,8 @@ struct evx_request {
   char peer[64];
   evx__list held_link;
   evx_request *reap_next;
-  struct event watch_ev;  /* the client socket, while held */
-  struct event timer_ev;  /* request_timeout_ms, while held and not streaming */
+  struct event watch_ev;  /* the client socket, while held (after the watch delay) */
+  struct event timer_ev;  /* the watch delay, then request_timeout_ms (not while streaming) */
   struct event notify_ev; /* runs on_close in a later callback */
 };
 

@@ -13,7 +13,9 @@
  *
  * Noticing a client that leaves. evhttp disables reading on a connection
  * while a request is unanswered, so it never sees the EOF. While held, we
- * watch the socket ourselves (watch_ev, EV_READ). When it is readable we read
+ * watch the socket ourselves (watch_ev, EV_READ) - from
+ * EVX__HTTP_WATCH_DELAY_MS after the hold on, so that the many requests
+ * answered within a few milliseconds never arm and disarm it. When it is readable we read
  * into the connection's own bufferevent input buffer - exactly where evhttp
  * would have put the bytes, so pipelined requests are kept and parsed by
  * evhttp after the reply (it checks that buffer when it starts reading).
@@ -42,10 +44,12 @@
  * active as a libevent event and runs in a later callback, skipped if the
  * handler finished first.
  *
- * Timeouts. A held request that is not finished after request_timeout_ms gets
- * a plain "504" written straight to the socket (its output buffer is empty
- * while held and not streaming), then becomes a zombie with its connection
- * closed - so evhttp's request stays intact for the handler's late finish.
+ * Timers. timer_ev first ends the watch delay (arming watch_ev), then, re-added
+ * for the rest of request_timeout_ms, times the request out. A held request
+ * that is not finished after request_timeout_ms gets a plain "504" written
+ * straight to the socket (its output buffer is empty while held and not
+ * streaming), then becomes a zombie with its connection closed - so evhttp's
+ * request stays intact for the handler's late finish.
  */
 #include "http-internal.h"
 
@@ -185,7 +189,7 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
 
 static void evx__on_conn_close(struct evhttp_connection *evcon, void *arg);
 static void evx__on_watch(evutil_socket_t fd, short what, void *arg);
-static void evx__on_timeout(evutil_socket_t fd, short what, void *arg);
+static void evx__on_timer(evutil_socket_t fd, short what, void *arg);
 
 static void evx__unhold(evx_request *r) {
   if (!r->held) return;
@@ -198,11 +202,14 @@ static void evx__unhold(evx_request *r) {
   r->http->st.held--;
 }
 
-static void evx__arm_timer(evx_request *r) {
-  if (!r->http->req_tv || r->streaming) return;
-  if (evtimer_assign(&r->timer_ev, r->http->base, evx__on_timeout, r) == 0 &&
-      evtimer_add(&r->timer_ev, r->http->req_tv) == 0)
-    r->timing = 1;
+static void evx__arm_watch(evx_request *r) {
+  r->armed = 1;
+  struct bufferevent *bev = evhttp_connection_get_bufferevent(r->evcon);
+  evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+  if (fd >= 0 &&
+      event_assign(&r->watch_ev, r->http->base, fd, EV_READ | EV_PERSIST, evx__on_watch, r) == 0 &&
+      event_add(&r->watch_ev, NULL) == 0)
+    r->watching = 1;
 }
 
 static void evx__hold(evx_request *r) {
@@ -211,12 +218,12 @@ static void evx__hold(evx_request *r) {
   evx__list_insert_tail(&h->held, &r->held_link);
   h->st.held++;
   evhttp_connection_set_closecb(r->evcon, evx__on_conn_close, r);
-  struct bufferevent *bev = evhttp_connection_get_bufferevent(r->evcon);
-  evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-  if (fd >= 0 && event_assign(&r->watch_ev, h->base, fd, EV_READ | EV_PERSIST, evx__on_watch, r) == 0 &&
-      event_add(&r->watch_ev, NULL) == 0)
-    r->watching = 1;
-  evx__arm_timer(r);
+  /* first the watch delay (see EVX__HTTP_WATCH_DELAY_MS), then the timeout */
+  if (evtimer_assign(&r->timer_ev, h->base, evx__on_timer, r) == 0 &&
+      evtimer_add(&r->timer_ev, h->watch_tv) == 0)
+    r->timing = 1;
+  else
+    evx__arm_watch(r); /* no delay then; and no timeout (cannot happen with a valid base) */
 }
 
 void evx__request_after_handler(evx_request *r) {
@@ -291,11 +298,17 @@ static void evx__on_watch(evutil_socket_t fd, short what, void *arg) {
   evx__request_zombify(r, EVX_EGONE, 1);
 }
 
-static void evx__on_timeout(evutil_socket_t fd, short what, void *arg) {
+static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
   evx_request *r = arg;
   r->timing = 0;
+  if (!r->armed) { /* the watch delay is over */
+    evx__arm_watch(r);
+    if (r->http->rest_tv && !r->streaming && evtimer_add(&r->timer_ev, r->http->rest_tv) == 0)
+      r->timing = 1;
+    return;
+  }
   static const char resp[] = "HTTP/1.1 504 Gateway Timeout\r\n"
                              "Content-Type: text/plain; charset=utf-8\r\n"
                              "Content-Length: 16\r\n"
@@ -532,7 +545,7 @@ int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
   evx__set_ctype(r, ctype, 1);
   r->streaming = 1;
   r->status = status;
-  if (r->timing) {
+  if (r->timing && r->armed) { /* the request timeout ends here; a pending watch delay stays */
     event_del(&r->timer_ev);
     r->timing = 0;
   }

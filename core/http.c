@@ -132,11 +132,17 @@ static void evx__http_apply_opts(evx_http *h) {
     evhttp_set_max_body_size(h->evh, -1);
   else
     evhttp_set_max_body_size(h->evh, (ev_ssize_t)o->max_body_size);
+  h->watch_tv_plain.tv_usec = EVX__HTTP_WATCH_DELAY_MS * 1000;
+  h->watch_tv = event_base_init_common_timeout(h->base, &h->watch_tv_plain);
+  if (!h->watch_tv) h->watch_tv = &h->watch_tv_plain;
   if (o->request_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
-    h->req_tv_plain.tv_sec = (time_t)(o->request_timeout_ms / 1000);
-    h->req_tv_plain.tv_usec = (suseconds_t)((o->request_timeout_ms % 1000) * 1000);
-    h->req_tv = event_base_init_common_timeout(h->base, &h->req_tv_plain);
-    if (!h->req_tv) h->req_tv = &h->req_tv_plain;
+    uint64_t ms = o->request_timeout_ms > EVX__HTTP_WATCH_DELAY_MS
+                      ? o->request_timeout_ms - EVX__HTTP_WATCH_DELAY_MS
+                      : 0;
+    h->rest_tv_plain.tv_sec = (time_t)(ms / 1000);
+    h->rest_tv_plain.tv_usec = (suseconds_t)((ms % 1000) * 1000);
+    h->rest_tv = event_base_init_common_timeout(h->base, &h->rest_tv_plain);
+    if (!h->rest_tv) h->rest_tv = &h->rest_tv_plain;
   }
   if (o->idle_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
     struct timeval tv = {.tv_sec = (time_t)(o->idle_timeout_ms / 1000),

@@ -37,8 +37,9 @@ void evx__loop_defer(evx_loop *loop, evx__cbnode *node);
  * or this is the thread running it. */
 int evx__loop_thread_ok(evx_loop *loop);
 
-/* 1 only when the calling thread is inside evx_loop_run(loop) right now
- * (a thread-local check: cheap, and never true on another thread). */
+/* 1 only when the calling thread is inside evx_loop_run(loop) right now: a
+ * callback posted now runs once the caller returns to the loop. A
+ * thread-local check: cheap, and never true on another thread. */
 int evx__loop_running_here(evx_loop *loop);
 
 /* Executors register so that evx_loop_free can free those left behind.

@@ -475,6 +475,94 @@ START_TEST(test_long_poll_wake_and_cancel) {
 }
 END_TEST
 
+/* ---- the watch starts after a short delay; pipelined input is capped ---- */
+
+static int quick_watching = -1, slow_watching = -1, cap_watching = -1;
+static size_t cap_buffered;
+
+static void finish_quick(void *arg) {
+  evx_request *r = arg;
+  quick_watching = r->watching; /* answered within the watch delay: never armed */
+  evx_request_finish(r, 200, NULL, "quick", 5);
+}
+
+static void h_quick(evx_request *req, void *arg) {
+  (void)arg;
+  evx_call_later(F.loop, 0, finish_quick, req);
+}
+
+static void read_slow(void *arg) {
+  (void)arg;
+  slow_watching = held_req[0]->watching;
+}
+
+static void read_cap(void *arg) {
+  (void)arg;
+  evx_request *r = held_req[0];
+  cap_watching = r->watching;
+  cap_buffered = evbuffer_get_length(bufferevent_get_input(evhttp_connection_get_bufferevent(r->evcon)));
+}
+
+static tc_resp wd_resp[2];
+static int wd_eof;
+
+static void *watch_client(void *arg) {
+  (void)arg;
+  tc_get(F.port, "/quick", &wd_resp[0]);
+  int fd = tc_connect(F.port);
+  tc_send(fd, "GET /hold?quiet=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+  tc_sem_wait(&held_sem);
+  for (int i = 0; i < 500 && slow_watching != 1; i++) {
+    tc_sleep_ms(2);
+    tc_on_loop(F.loop, read_slow, NULL);
+  }
+  /* a client that pipelines far more than the cap while its request is held */
+  static char junk[EVX__HTTP_PIPELINE_CAP + 65536];
+  memset(junk, 'x', sizeof junk);
+  struct timeval tv = {0, 200000};
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  size_t sent = 0;
+  while (sent < sizeof junk) { /* stops when flow control holds the rest back */
+    ssize_t w = send(fd, junk + sent, sizeof junk - sent, MSG_NOSIGNAL);
+    if (w <= 0) break;
+    sent += (size_t)w;
+  }
+  for (int i = 0; i < 500 && cap_watching != 0; i++) {
+    tc_on_loop(F.loop, read_cap, NULL);
+    if (cap_watching != 0) tc_sleep_ms(2);
+  }
+  tc_on_loop(F.loop, finish_first, NULL);
+  tc_conn c;
+  tc_conn_init(&c, fd);
+  tc_read_resp(&c, &wd_resp[1], 0); /* "late"; then evhttp rejects the junk */
+  wd_eof = tc_wait_eof(&c);
+  close(fd);
+  evx_loop_stop(F.loop);
+  return NULL;
+}
+
+START_TEST(test_watch_delay_and_pipeline_cap) {
+  sems_init();
+  tc_fixture_init(&F, NULL);
+  evx_http_route(F.http, "GET", "/quick", 0, h_quick, NULL);
+  evx_http_route(F.http, "GET", "/hold", 0, h_hold, NULL);
+  tc_fixture_bind(&F);
+  tc_fixture_run(&F, watch_client, NULL);
+  ck_assert_int_eq(wd_resp[0].status, 200);
+  ck_assert_int_eq(quick_watching, 0);
+  ck_assert_int_eq(slow_watching, 1); /* held longer than the delay: watched */
+  ck_assert_int_eq(cap_watching, 0);  /* stopped at the cap */
+  ck_assert_uint_ge(cap_buffered, EVX__HTTP_PIPELINE_CAP);
+  ck_assert_uint_le(cap_buffered, EVX__HTTP_PIPELINE_CAP + 4096);
+  ck_assert_int_eq(leave_rc, EVX_OK);
+  ck_assert_int_eq(wd_resp[1].status, 200);
+  ck_assert_str_eq(wd_resp[1].body, "late");
+  ck_assert(wd_eof);
+  for (int i = 0; i < 2; i++) tc_resp_free(&wd_resp[i]);
+  tc_fixture_done(&F);
+}
+END_TEST
+
 static Suite *close_suite(void) {
   Suite *s = suite_create("http_close");
   TCase *tc = tcase_create("close");
@@ -485,6 +573,7 @@ static Suite *close_suite(void) {
   tcase_add_test(tc, test_pipelined_then_leave);
   tcase_add_test(tc, test_on_close_after_gone);
   tcase_add_test(tc, test_long_poll_wake_and_cancel);
+  tcase_add_test(tc, test_watch_delay_and_pipeline_cap);
   suite_add_tcase(s, tc);
   return s;
 }

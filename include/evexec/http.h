@@ -21,7 +21,9 @@
  *
  * Clients that leave: evhttp stops reading a connection while a request on it
  * is unanswered, so on its own it never notices a client that hangs up. While
- * a request is held, evexec watches the socket: pipelined bytes are moved into
+ * a request is held, evexec watches the socket (from 5 ms after the handler
+ * returned on: requests answered sooner never pay for the watch, and a leave
+ * is noticed at most that much later): pipelined bytes are moved into
  * evhttp's input buffer untouched (keep-alive and pipelining keep working),
  * and an EOF or a reset marks the request gone, closes the connection and
  * calls the evx_request_on_close() callback so the handler can cancel its job
@@ -110,6 +112,8 @@ typedef struct evx_http_opts {
 
 /**
  * Create a server on `loop`. Loop thread only. It serves once bound.
+ * Writing to a client that left raises SIGPIPE; when the program left
+ * SIGPIPE at its default action (terminate), this sets it to SIG_IGN.
  * @param opts options or NULL for the defaults; copied.
  * @return the server, owned by the caller (evx_http_free before the loop is
  *         freed), or NULL (NULL loop, wrong thread, out of memory).
@@ -135,8 +139,9 @@ EVX_API int evx_http_port(evx_http *http);
 /**
  * Add a route. Routes are matched on the decoded path: an exact route beats
  * any prefix route, a longer prefix beats a shorter one, and among equals the
- * first added wins. A path that matches routes but none for its method gets
- * 405 with an Allow header; a path that matches nothing gets 404.
+ * first added wins. HEAD also matches GET routes (evhttp drops the body).
+ * A path that matches routes but none for its method gets 405 with an
+ * Allow header; a path that matches nothing gets 404.
  * @param method "GET", "POST", ... (copied; compared exactly), or NULL for any.
  * @param path starts with '/'; copied.
  * @param flags 0 or EVX_ROUTE_PREFIX.

@@ -1,0 +1,224 @@
+/* examples/hello end to end: the real binary, real sockets. Routes, the
+ * access log on stderr, the options, and a clean stop on SIGTERM with a job
+ * running and a long poll held (the job's answer still arrives, the long
+ * poll gets 503, exit status 0). */
+#include "test_http_util.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#ifndef EVX_HELLO_BIN
+#error "EVX_HELLO_BIN must name the evx_hello binary (set by tests/CMakeLists.txt)"
+#endif
+
+extern char **environ;
+
+typedef struct server {
+  pid_t pid;
+  int err_fd; /* the server's stderr */
+  int port;
+  char log[65536];
+  size_t log_len;
+} server;
+
+/* Read what the server wrote to stderr so far (waiting up to ms for more). */
+static void srv_read_log(server *s, int ms) {
+  struct pollfd p = {.fd = s->err_fd, .events = POLLIN};
+  while (poll(&p, 1, ms) > 0) {
+    ssize_t n = read(s->err_fd, s->log + s->log_len, sizeof s->log - 1 - s->log_len);
+    if (n <= 0) break;
+    s->log_len += (size_t)n;
+    s->log[s->log_len] = '\0';
+    ms = 50;
+  }
+}
+
+/* Wait until the log contains `what` (up to 5 s). */
+static int srv_wait_log(server *s, const char *what) {
+  for (int i = 0; i < 100 && !strstr(s->log, what); i++) srv_read_log(s, 50);
+  return strstr(s->log, what) != NULL;
+}
+
+static int srv_start(server *s, char *const argv[]) {
+  memset(s, 0, sizeof *s);
+  int pipefd[2];
+  if (pipe(pipefd) != 0) return -1;
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
+  posix_spawn_file_actions_addclose(&fa, pipefd[0]);
+  int rc = posix_spawn(&s->pid, EVX_HELLO_BIN, &fa, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(pipefd[1]);
+  s->err_fd = pipefd[0];
+  if (rc != 0) return -1;
+  if (!srv_wait_log(s, "listening on http://")) return -1;
+  const char *p = strstr(s->log, "http://127.0.0.1:");
+  s->port = p ? atoi(p + strlen("http://127.0.0.1:")) : 0;
+  return s->port > 0 ? 0 : -1;
+}
+
+/* Wait for the server to exit (up to 5 s, then kill it). Its exit status, or -1. */
+static int srv_wait(server *s) {
+  for (int i = 0; i < 500; i++) {
+    int st;
+    pid_t w = waitpid(s->pid, &st, WNOHANG);
+    if (w == s->pid) {
+      srv_read_log(s, 0);
+      close(s->err_fd);
+      return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    }
+    tc_sleep_ms(10);
+  }
+  kill(s->pid, SIGKILL);
+  waitpid(s->pid, NULL, 0);
+  close(s->err_fd);
+  return -1;
+}
+
+static server S;
+
+START_TEST(test_routes_and_log) {
+  char *argv[] = {"evx_hello", "--port", "0", "--threads", "2", NULL};
+  ck_assert_int_eq(srv_start(&S, argv), 0);
+  tc_resp r;
+  ck_assert_int_eq(tc_get(S.port, "/hello", &r), 0);
+  ck_assert_int_eq(r.status, 200);
+  ck_assert_str_eq(r.body, "hello\n");
+  tc_resp_free(&r);
+  ck_assert_int_eq(tc_get(S.port, "/work?ms=30", &r), 0);
+  ck_assert_int_eq(r.status, 200);
+  ck_assert_str_eq(r.body, "slept 30 ms\n");
+  tc_resp_free(&r);
+  ck_assert_int_eq(tc_get(S.port, "/work?ms=-1", &r), 0);
+  ck_assert_int_eq(r.status, 400);
+  tc_resp_free(&r);
+  ck_assert_int_eq(tc_get(S.port, "/nowhere", &r), 0);
+  ck_assert_int_eq(r.status, 404);
+  tc_resp_free(&r);
+
+  /* a long poll woken by /notify */
+  int fd = tc_connect(S.port);
+  tc_send(fd, "GET /wait HTTP/1.1\r\nHost: t\r\n\r\n");
+  tc_resp n;
+  int woke = 0;
+  for (int i = 0; i < 100 && !woke; i++) { /* until the waiter is registered */
+    ck_assert_int_eq(tc_get(S.port, "/notify", &n), 0);
+    woke = strcmp(n.body, "woke 1\n") == 0;
+    tc_resp_free(&n);
+    if (!woke) tc_sleep_ms(10);
+  }
+  ck_assert(woke);
+  tc_conn c;
+  tc_conn_init(&c, fd);
+  ck_assert_int_eq(tc_read_resp(&c, &r, 0), 0);
+  ck_assert_str_eq(r.body, "notified\n");
+  tc_resp_free(&r);
+  close(fd);
+
+  /* a client that leaves during its job shows as 499 in the access log */
+  fd = tc_connect(S.port);
+  tc_send(fd, "GET /work?ms=200 HTTP/1.1\r\nHost: t\r\n\r\n");
+  tc_sleep_ms(50);
+  close(fd);
+  ck_assert(srv_wait_log(&S, "GET /work 499"));
+  ck_assert(strstr(S.log, "GET /hello 200 6B"));
+  ck_assert(strstr(S.log, "GET /work 200 12B"));
+  ck_assert(strstr(S.log, "GET /nowhere 404"));
+
+  kill(S.pid, SIGINT);
+  ck_assert_int_eq(srv_wait(&S), 0);
+  ck_assert(strstr(S.log, "evx_hello: stopped"));
+}
+END_TEST
+
+static tc_resp stop_work, stop_wait;
+static int stop_port;
+
+static void *stop_client_work(void *arg) {
+  (void)arg;
+  tc_get(stop_port, "/work?ms=300", &stop_work);
+  return NULL;
+}
+static void *stop_client_wait(void *arg) {
+  (void)arg;
+  tc_get(stop_port, "/wait", &stop_wait);
+  return NULL;
+}
+
+START_TEST(test_clean_stop) {
+  char *argv[] = {"evx_hello", "--port", "0", NULL};
+  ck_assert_int_eq(srv_start(&S, argv), 0);
+  stop_port = S.port;
+  pthread_t t1, t2;
+  pthread_create(&t1, NULL, stop_client_work, NULL);
+  pthread_create(&t2, NULL, stop_client_wait, NULL);
+  tc_sleep_ms(100); /* both requests are in (time is the subject: a signal mid-request) */
+  kill(S.pid, SIGTERM);
+  pthread_join(t1, NULL);
+  pthread_join(t2, NULL);
+  ck_assert_int_eq(srv_wait(&S), 0);
+  ck_assert_int_eq(stop_work.status, 200); /* the running job finished and answered */
+  ck_assert_str_eq(stop_work.body, "slept 300 ms\n");
+  ck_assert_int_eq(stop_wait.status, 503); /* the long poll was ended */
+  tc_resp_free(&stop_work);
+  tc_resp_free(&stop_wait);
+  ck_assert(strstr(S.log, "signal 15"));
+  ck_assert(strstr(S.log, "evx_hello: stopped"));
+  /* nothing listens any more */
+  ck_assert_int_lt(tc_connect(S.port), 0);
+}
+END_TEST
+
+static int run_status(char *const argv[], char *out, size_t cap) {
+  server s;
+  memset(&s, 0, sizeof s);
+  int pipefd[2];
+  ck_assert_int_eq(pipe(pipefd), 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
+  posix_spawn_file_actions_addclose(&fa, pipefd[0]);
+  ck_assert_int_eq(posix_spawn(&s.pid, EVX_HELLO_BIN, &fa, NULL, argv, environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  close(pipefd[1]);
+  s.err_fd = pipefd[0];
+  int st = srv_wait(&s);
+  snprintf(out, cap, "%s", s.log);
+  return st;
+}
+
+START_TEST(test_options) {
+  char out[65536];
+  char *help[] = {"evx_hello", "--help", NULL};
+  ck_assert_int_eq(run_status(help, out, sizeof out), 0);
+  ck_assert(strstr(out, "--port N"));
+  ck_assert(strstr(out, "--threads N"));
+  char *badport[] = {"evx_hello", "--port", "70000", NULL};
+  ck_assert_int_eq(run_status(badport, out, sizeof out), 2);
+  char *badthreads[] = {"evx_hello", "--threads", "0", NULL};
+  ck_assert_int_eq(run_status(badthreads, out, sizeof out), 2);
+  char *unknown[] = {"evx_hello", "--bogus", NULL};
+  ck_assert_int_eq(run_status(unknown, out, sizeof out), 2);
+}
+END_TEST
+
+static Suite *hello_suite(void) {
+  Suite *s = suite_create("http_hello");
+  TCase *tc = tcase_create("hello");
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, test_routes_and_log);
+  tcase_add_test(tc, test_clean_stop);
+  tcase_add_test(tc, test_options);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  signal(SIGPIPE, SIG_IGN);
+  return evx_test_main(hello_suite());
+}
