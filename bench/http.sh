@@ -1,6 +1,8 @@
 #!/bin/sh
-# HTTP benchmark: examples/hello (evexec) and, when Debian's python3-tornado is
-# installed, its Tornado twin (bench/tornado_server.py), under the same wrk load.
+# HTTP benchmark: examples/hello (evexec), a plain evhttp server answering
+# /hello with no evexec (bench/evhttp_plain.c, the reference), and, when Debian's
+# python3-tornado is installed, hello's Tornado twin (bench/tornado_server.py),
+# all under the same wrk load.
 #
 #   sh bench/http.sh [BUILD_DIR]          (default build-bench)
 #
@@ -28,6 +30,7 @@ CONNS_WORK10=${CONNS_WORK10:-$((THREADS * 4))}
 WRK_THREADS=${WRK_THREADS:-1}
 PORT=${PORT:-18080}
 TORNADO_PORT=${TORNADO_PORT:-18081}
+PLAIN_PORT=${PLAIN_PORT:-18082}
 LONGPOLL_CONNS=${LONGPOLL_CONNS:-10000}
 PYTHON=${PYTHON:-/usr/bin/python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -49,6 +52,8 @@ if ! command -v wrk >/dev/null 2>&1; then
   echo "http skipped reason=no-wrk (apt-get install wrk)"
   exit 0
 fi
+PLAIN=""
+if [ -x "$BUILD/bench/evhttp-plain" ]; then PLAIN=$BUILD/bench/evhttp-plain; fi
 HAVE_TORNADO=0
 if "$PYTHON" -c 'import tornado' >/dev/null 2>&1; then HAVE_TORNADO=1; fi
 
@@ -130,19 +135,30 @@ else
   echo "# http: python3-tornado not installed for $PYTHON; Tornado cases skipped"
 fi
 
-# Alternate the servers route by route, so both see the same machine state.
+if [ -n "$PLAIN" ]; then
+  start evhttp "$PLAIN_PORT" "$PLAIN" --port "$PLAIN_PORT" --host "$HOST"
+  PLAIN_PID=$SERVER_PID
+fi
+
+# Alternate the servers route by route, so all see the same machine state.
 for case in hello:/hello work0:/work?ms=0 work10:/work?ms=10; do
   key=${case%%:*} route=${case#*:} c=$CONNS
   if [ "$key" = work10 ]; then c=$CONNS_WORK10; fi
   measure evexec "$PORT" "$route" "$key" "$c"
+  if [ "$key" = hello ] && [ -n "$PLAIN" ]; then measure evhttp "$PLAIN_PORT" "$route" "$key" "$c"; fi
   if [ $HAVE_TORNADO = 1 ]; then measure tornado "$TORNADO_PORT" "$route" "$key" "$c"; fi
 done
 stop "$EVX_PID"
+if [ -n "$PLAIN" ]; then stop "$PLAIN_PID"; fi
 if [ $HAVE_TORNADO = 1 ]; then stop "$TOR_PID"; fi
 
 ceiling=$((THREADS * 100))
 echo "ratio http work0_vs_hello impl=evexec rps=$(div "$rps_evexec_work0" "$rps_evexec_hello")"
 echo "ratio http work10_vs_ceiling impl=evexec rps=$(div "$rps_evexec_work10" "$ceiling") ceiling_rps=$ceiling"
+if [ -n "$PLAIN" ]; then
+  echo "ratio http hello_vs_plain_evhttp impl=evexec rps=$(div "$rps_evexec_hello" "$rps_evhttp_hello")"
+  echo "ratio http work0_vs_plain_evhttp_hello impl=evexec rps=$(div "$rps_evexec_work0" "$rps_evhttp_hello")"
+fi
 if [ $HAVE_TORNADO = 1 ]; then
   echo "ratio http work0_vs_hello impl=tornado rps=$(div "$rps_tornado_work0" "$rps_tornado_hello")"
   echo "ratio http work10_vs_ceiling impl=tornado rps=$(div "$rps_tornado_work10" "$ceiling") ceiling_rps=$ceiling"
