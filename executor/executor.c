@@ -51,7 +51,8 @@
  *   evx_loop_run returns, if a stop cut the iteration short). A burst of
  *   requests handled in one iteration then costs a wakeup or two instead of
  *   one per job; busy workers take the jobs at once regardless, since they
- *   are on ex->queue.
+ *   are on ex->queue. Every payment is capped by the jobs still queued:
+ *   awake workers may have taken the jobs that owed it meanwhile.
  * - Optional bounded spin (opts.spin_us): a worker that finds the queue
  *   empty first polls ex->queue_gen without the lock for up to spin_us, then
  *   sleeps on work_cv as before. At most one worker spins (ex->nspinning,
