@@ -13,7 +13,8 @@
 # fresh server of each kind (bench/longpoll.py):
 #   longpoll impl=evexec conns=10000 held=.. answered=.. rss_base_kb=.. rss_held_kb=.. bytes_per_conn=..
 #
-# Environment: THREADS (workers, default 2), DURATION (seconds per run, 5),
+# Environment: THREADS (workers, default 2), SPIN_US (evx_hello --spin-us:
+# an idle worker polls this long before it sleeps; default 0), DURATION (seconds per run, 5),
 # CONNS (wrk connections, 64), CONNS_WORK10 (wrk connections for /work?ms=10,
 # default 4 x THREADS: enough to keep every worker busy, few enough that the
 # warm-up's queue drains in 40 ms instead of eating into the measured run),
@@ -24,6 +25,7 @@ set -euf  # -f: routes like /work?ms=0 must never glob
 
 BUILD=${1:-build-bench}
 THREADS=${THREADS:-2}
+SPIN_US=${SPIN_US:-0}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-64}
 CONNS_WORK10=${CONNS_WORK10:-$((THREADS * 4))}
@@ -48,6 +50,8 @@ if [ -z "$HELLO" ]; then
 fi
 QUIET=""
 if "$HELLO" --help 2>&1 | grep -q -- --quiet; then QUIET=--quiet; fi
+SPIN=""
+if [ "$SPIN_US" != 0 ]; then SPIN="--spin-us $SPIN_US"; fi
 if ! command -v wrk >/dev/null 2>&1; then
   echo "http skipped reason=no-wrk (apt-get install wrk)"
   exit 0
@@ -124,8 +128,8 @@ measure() {
 
 div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
 
-echo "# http: $HELLO --threads $THREADS $QUIET vs tornado_server.py --threads $THREADS; wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
-start evexec "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS" $QUIET
+echo "# http: $HELLO --threads $THREADS $SPIN $QUIET vs tornado_server.py --threads $THREADS; wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
+start evexec "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS" $SPIN $QUIET
 EVX_PID=$SERVER_PID
 if [ $HAVE_TORNADO = 1 ]; then
   start tornado "$TORNADO_PORT" "$PYTHON" "$HERE/tornado_server.py" --port "$TORNADO_PORT" \
@@ -170,7 +174,7 @@ if [ $HAVE_TORNADO = 1 ]; then
 fi
 
 if [ "$LONGPOLL_CONNS" -gt 0 ]; then
-  start evexec-lp "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS" $QUIET
+  start evexec-lp "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS" $SPIN $QUIET
   "$PYTHON" "$HERE/longpoll.py" --pid "$SERVER_PID" --port "$PORT" --conns "$LONGPOLL_CONNS" \
     --impl evexec || echo "http: long-poll run on evexec incomplete (see above)" >&2
   stop "$SERVER_PID"

@@ -51,7 +51,8 @@
  *   evx_loop_run returns, if a stop cut the iteration short). A burst of
  *   requests handled in one iteration then costs a wakeup or two instead of
  *   one per job; busy workers take the jobs at once regardless, since they
- *   are on ex->queue.
+ *   are on ex->queue. Every payment is capped by the jobs still queued:
+ *   awake workers may have taken the jobs that owed it meanwhile.
  * - Optional bounded spin (opts.spin_us): a worker that finds the queue
  *   empty first polls ex->queue_gen without the lock for up to spin_us, then
  *   sleeps on work_cv as before. At most one worker spins (ex->nspinning,
@@ -209,14 +210,23 @@ static int evx__claim_spinner_locked(evx_executor *ex) {
   return 1;
 }
 
-/* ex->lock held. Wake the workers owed by deferred submits. */
+/* ex->lock held. Wake the workers owed by deferred submits - no more than
+ * there are jobs still queued: by the time a wake is paid, awake workers may
+ * have taken the jobs that owed it (with short jobs they usually have), and
+ * a worker woken to an empty queue only costs two context switches. nqueued
+ * also counts jobs waiting on strands, so it is an upper bound on ex->queue:
+ * every job on ex->queue still gets a worker (an awake one takes it before
+ * it sleeps, or a woken one does). */
 static void evx__pay_wakes_locked(evx_executor *ex) {
-  if (ex->wakes_owed >= ex->nidle) {
+  unsigned owed = ex->wakes_owed;
+  ex->wakes_owed = 0;
+  if (evx__list_empty(&ex->queue)) return;
+  if (owed > ex->nqueued) owed = (unsigned)ex->nqueued;
+  if (owed >= ex->nidle) {
     if (ex->nidle) pthread_cond_broadcast(&ex->work_cv);
   } else {
-    for (unsigned i = 0; i < ex->wakes_owed; i++) pthread_cond_signal(&ex->work_cv);
+    for (unsigned i = 0; i < owed; i++) pthread_cond_signal(&ex->work_cv);
   }
-  ex->wakes_owed = 0;
 }
 
 /* ex->lock held. Put a job on the run queue and wake a worker - or leave it

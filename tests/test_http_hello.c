@@ -82,7 +82,8 @@ static int srv_wait(server *s) {
 static server S;
 
 START_TEST(test_routes_and_log) {
-  char *argv[] = {"evx_hello", "--port", "0", "--threads", "2", NULL};
+  /* --spin-us: /work must answer the same with a spinning worker */
+  char *argv[] = {"evx_hello", "--port", "0", "--threads", "2", "--spin-us", "20", NULL};
   ck_assert_int_eq(srv_start(&S, argv), 0);
   tc_resp r;
   ck_assert_int_eq(tc_get(S.port, "/hello", &r), 0);
@@ -198,10 +199,15 @@ START_TEST(test_options) {
   ck_assert_int_eq(run_status(help, out, sizeof out), 0);
   ck_assert(strstr(out, "--port N"));
   ck_assert(strstr(out, "--threads N"));
+  ck_assert(strstr(out, "--spin-us N"));
   char *badport[] = {"evx_hello", "--port", "70000", NULL};
   ck_assert_int_eq(run_status(badport, out, sizeof out), 2);
   char *badthreads[] = {"evx_hello", "--threads", "0", NULL};
   ck_assert_int_eq(run_status(badthreads, out, sizeof out), 2);
+  char *badspin[] = {"evx_hello", "--spin-us", "-1", NULL};
+  ck_assert_int_eq(run_status(badspin, out, sizeof out), 2);
+  char *badspin2[] = {"evx_hello", "--spin-us", "1000001", NULL};
+  ck_assert_int_eq(run_status(badspin2, out, sizeof out), 2);
   char *unknown[] = {"evx_hello", "--bogus", NULL};
   ck_assert_int_eq(run_status(unknown, out, sizeof out), 2);
 }

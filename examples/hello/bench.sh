@@ -5,13 +5,14 @@
 # ratio work/hello. Needs wrk and a Release build:
 #   cmake -S . -B build-rel -DCMAKE_BUILD_TYPE=Release && cmake --build build-rel -j2
 #   sh examples/hello/bench.sh build-rel/examples/hello/evx_hello [threads] [rounds] [duration]
+# SPIN_US=N passes --spin-us N to the server.
 set -e
 BIN=${1:-build-rel/examples/hello/evx_hello}
 THREADS=${2:-4}
 ROUNDS=${3:-5}
 DUR=${4:-5s}
 LOG=$(mktemp)
-"$BIN" --port 0 --quiet --threads "$THREADS" 2>"$LOG" &
+"$BIN" --port 0 --quiet --threads "$THREADS" --spin-us "${SPIN_US:-0}" 2>"$LOG" &
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null; rm -f "$LOG"' EXIT
 for i in 1 2 3 4 5 6 7 8 9 10; do
@@ -25,6 +26,6 @@ i=1
 while [ "$i" -le "$ROUNDS" ]; do
   h=$(rps "http://127.0.0.1:$PORT/hello")
   w=$(rps "http://127.0.0.1:$PORT/work?ms=0")
-  echo "hello_work impl=evexec threads=$THREADS hello_rps=$h work_rps=$w ratio=$(awk "BEGIN{printf \"%.2f\", $w/$h}")"
+  echo "hello_work impl=evexec threads=$THREADS spin_us=${SPIN_US:-0} hello_rps=$h work_rps=$w ratio=$(awk "BEGIN{printf \"%.2f\", $w/$h}")"
   i=$((i + 1))
 done

@@ -10,7 +10,7 @@
  *                   "timeout" after ?timeout=MS (default 30000)
  *   /notify         wakes every /wait
  *
- * Usage: evx_hello [--host ADDR] [--port N] [--threads N] [--quiet]
+ * Usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--quiet]
  * SIGINT/SIGTERM: stop accepting, let running work finish, exit 0.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -189,26 +189,29 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: evx_hello [--host ADDR] [--port N] [--threads N] [--quiet] [--help]\n"
+  fprintf(f, "usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--quiet] [--help]\n"
              "  --host ADDR   address to listen on (default 127.0.0.1)\n"
              "  --port N      port (default 8080; 0 picks a free one)\n"
              "  --threads N   worker threads for /work (default 4)\n"
+             "  --spin-us N   an idle worker polls for new jobs for N us before it sleeps\n"
+             "                (the executor's spin_us; default 0: sleep at once)\n"
              "  --quiet       no access log\n"
              "routes: /hello  /work?ms=N  /wait[?timeout=MS]  /notify\n");
 }
 
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
-  long port = 8080, threads = 4;
+  long port = 8080, threads = 4, spin_us = 0;
   int quiet = 0;
   static const struct option opts[] = {{"host", required_argument, 0, 'H'},
                                        {"port", required_argument, 0, 'p'},
                                        {"threads", required_argument, 0, 't'},
+                                       {"spin-us", required_argument, 0, 's'},
                                        {"quiet", no_argument, 0, 'q'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int c;
-  while ((c = getopt_long(argc, argv, "H:p:t:qh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "H:p:t:s:qh", opts, NULL)) != -1) {
     char *end;
     switch (c) {
     case 'H': host = optarg; break;
@@ -226,6 +229,13 @@ int main(int argc, char **argv) {
         return 2;
       }
       break;
+    case 's':
+      spin_us = strtol(optarg, &end, 10);
+      if (*end || spin_us < 0 || spin_us > 1000000) {
+        fprintf(stderr, "evx_hello: bad --spin-us %s\n", optarg);
+        return 2;
+      }
+      break;
     case 'q': quiet = 1; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
@@ -234,7 +244,9 @@ int main(int argc, char **argv) {
 
   loop = evx_loop_new(NULL);
   if (!loop) return 1;
-  pool = evx_executor_new(loop, &(evx_executor_opts){.threads = (unsigned)threads, .name = "work"});
+  pool = evx_executor_new(loop, &(evx_executor_opts){.threads = (unsigned)threads,
+                                                      .spin_us = (unsigned)spin_us,
+                                                      .name = "work"});
   cond = evx_condition_new(loop);
   http = evx_http_new(loop, &(evx_http_opts){.log = quiet ? NULL : evx_http_log_stderr});
   if (!pool || !cond || !http) return 1;
