@@ -330,6 +330,17 @@ static int evx__refill(evx_executor *ex, size_t want) {
   return rc;
 }
 
+/* A newly accepted job: QUEUED, on no list yet; the caller queues it. */
+static void evx__job_fill(evx_job *job, evx_executor *ex, evx_strand *s, evx_work_fn work,
+                          evx_done_fn done, void *arg) {
+  job->work = work;
+  job->done = done;
+  job->arg = arg;
+  job->ex = ex;
+  job->strand = s;
+  job->state = JOB_QUEUED;
+}
+
 /* evx_submit from one of ex's own done() callbacks: no lock (see DESIGN). */
 static int evx__submit_deferred(evx_executor *ex, evx_work_fn work, evx_done_fn done, void *arg,
                                 evx_job **handle) {
@@ -347,12 +358,7 @@ static int evx__submit_deferred(evx_executor *ex, evx_work_fn work, evx_done_fn 
     job = evx_malloc(sizeof *job);
     if (!job) return EVX_ENOMEM; /* the slot stays unused; the next splice returns it */
   }
-  job->work = work;
-  job->done = done;
-  job->arg = arg;
-  job->ex = ex;
-  job->strand = NULL;
-  job->state = JOB_QUEUED;
+  evx__job_fill(job, ex, NULL, work, done, arg);
   evx__list_insert_tail(&ex->deferred, &job->link);
   ex->slots--;
   ex->ndeferred++;
@@ -630,12 +636,7 @@ static int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_do
   int post = own_drain ? evx__splice_locked(ex, now) : 0;
   int rc = evx__job_new_locked(ex, &job);
   if (rc == EVX_OK) {
-    job->work = work;
-    job->done = done;
-    job->arg = arg;
-    job->ex = ex;
-    job->strand = s;
-    job->state = JOB_QUEUED;
+    evx__job_fill(job, ex, s, work, done, arg);
     job->t_queued = now;
     ex->nqueued++;
     ex->stats.submitted++;
