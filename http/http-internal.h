@@ -1,6 +1,6 @@
 /* PRIVATE to evexec: never installed, never included by users.
- * Shared between core/http.c (server, routing, dispatch) and
- * core/http-request.c (request life cycle: hold, zombie, finish, chunked). */
+ * Shared between http/http.c (server, routing, dispatch) and
+ * http/http-request.c (request life cycle: hold, zombie, finish, chunked). */
 #ifndef EVX_HTTP_INTERNAL_H
 #define EVX_HTTP_INTERNAL_H
 
@@ -109,7 +109,7 @@ struct evx_request {
   struct event notify_ev; /* runs on_close in a later callback */
 };
 
-/* core/http-request.c */
+/* http/http-request.c */
 evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t0);
 /* After the handler returned: release a finished request, or hold it. */
 void evx__request_after_handler(evx_request *r);
@@ -120,7 +120,7 @@ void evx__request_reply_builtin(evx_request *r, int status, const char *extra_na
                                 const char *extra_value, const char *body);
 const char *evx__http_reason(int status);
 
-/* core/http.c */
+/* http/http.c */
 void evx__http_log(evx_http *h, evx_request *r, int status);
 void evx__http_schedule_release(evx_http *h, evx_request *r);
 void evx__http_release(evx_request *r);
