@@ -22,6 +22,9 @@
  * at most this much later. */
 #define EVX__HTTP_WATCH_DELAY_MS 5
 
+/* One accepted connection (http-conn.c). */
+typedef struct evx__conn evx__conn;
+
 typedef struct evx__route {
   evx__list link; /* in evx_http.routes, in the order added */
   char *method;   /* NULL: any */
@@ -47,6 +50,15 @@ struct evx_http {
   evx__list routes;
   evx__list held; /* evx_request.held_link: held requests with state 0 */
   struct evbuffer *scratch; /* for chunks; always empty between calls */
+  struct evbuffer *edit_buf; /* for the framing scanner's edits; empty between calls */
+  /* Connections (http-conn.c): bound ones by activity (least recent first),
+   * ones created by evhttp_set_bevcb but not bound yet, and a pointer hash
+   * from evhttp connection to tracker. */
+  evx__list conns, pending_conns;
+  evx__conn **conn_tab;
+  size_t conn_tab_cap, conn_tab_n;
+  const struct timeval *header_tv, *body_tv; /* NULL: no deadline */
+  struct timeval header_tv_plain, body_tv_plain;
   struct evhttp_bound_socket **bound;
   size_t nbound;
   evx_http_stats st;
@@ -103,6 +115,8 @@ struct evx_request {
   uint64_t bytes;
   char peer[64];
   evx__list held_link;
+  evx__conn *conn;     /* its connection's tracker while live and not finished, or NULL */
+  evx__list conn_link; /* in the tracker's list of requests */
   evx_request *reap_next;
   struct event watch_ev;  /* the client socket, while held (after the watch delay) */
   struct event timer_ev;  /* the watch delay, then request_timeout_ms (not while streaming) */
@@ -119,6 +133,19 @@ void evx__request_zombify(evx_request *r, int state, int close_conn);
 void evx__request_reply_builtin(evx_request *r, int status, const char *extra_name,
                                 const char *extra_value, const char *body);
 const char *evx__http_reason(int status);
+
+/* The connection of a held request is being freed by evhttp. */
+void evx__request_conn_closed(evx_request *r, struct evhttp_connection *evcon);
+/* Forget r's tracker (finish, zombie, release, or the connection went away). */
+void evx__request_detach_conn(evx_request *r);
+
+/* http/http-conn.c */
+struct bufferevent *evx__conn_bevcb(struct event_base *base, void *arg);
+evx__conn *evx__conn_find(evx_http *h, struct evhttp_connection *evcon);
+void evx__conn_touch(evx__conn *c);
+void evx__conn_set_held(evx__conn *c, evx_request *r);
+evx__list *evx__conn_reqs(evx__conn *c);
+void evx__conn_drop_pending(evx_http *h);
 
 /* http/http.c */
 void evx__http_log(evx_http *h, evx_request *r, int status);

@@ -37,6 +37,8 @@
 #define EVX__DEF_REQ_TIMEOUT_MS 60000
 #define EVX__DEF_IDLE_TIMEOUT_MS 60000
 #define EVX__DEF_MAX_HELD 10000
+#define EVX__DEF_HEADER_TIMEOUT_MS 60000
+#define EVX__DEF_BODY_TIMEOUT_MS 60000
 
 static _Atomic uint64_t evx__live_requests;
 
@@ -67,6 +69,7 @@ void evx__http_log(evx_http *h, evx_request *r, int status) {
 
 void evx__http_release(evx_request *r) {
   evx_http *h = r->http;
+  evx__request_detach_conn(r);
   if (r->notify_set) event_del(&r->notify_ev);
   if (r->ev_owned) evhttp_request_free(r->ev);
   evx_free(r->path_buf);
@@ -79,6 +82,8 @@ void evx__http_release(evx_request *r) {
 
 static void evx__http_free_struct(evx_http *h) {
   evbuffer_free(h->scratch);
+  evbuffer_free(h->edit_buf);
+  evx_free(h->conn_tab);
   evx_free(h->bound);
   evx_free(h);
 }
@@ -121,6 +126,21 @@ static void evx__http_apply_opts(evx_http *h) {
   if (!o->idle_timeout_ms) o->idle_timeout_ms = EVX__DEF_IDLE_TIMEOUT_MS;
   if (!o->max_held) o->max_held = EVX__DEF_MAX_HELD;
   if (!o->busy_retry_after_s) o->busy_retry_after_s = 1;
+  if (!o->header_timeout_ms) o->header_timeout_ms = EVX__DEF_HEADER_TIMEOUT_MS;
+  if (!o->body_timeout_ms) o->body_timeout_ms = EVX__DEF_BODY_TIMEOUT_MS;
+  if (!o->max_connections) o->max_connections = EVX_HTTP_UNLIMITED;
+  if (o->header_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
+    h->header_tv_plain.tv_sec = (time_t)(o->header_timeout_ms / 1000);
+    h->header_tv_plain.tv_usec = (suseconds_t)((o->header_timeout_ms % 1000) * 1000);
+    h->header_tv = event_base_init_common_timeout(h->base, &h->header_tv_plain);
+    if (!h->header_tv) h->header_tv = &h->header_tv_plain;
+  }
+  if (o->body_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
+    h->body_tv_plain.tv_sec = (time_t)(o->body_timeout_ms / 1000);
+    h->body_tv_plain.tv_usec = (suseconds_t)((o->body_timeout_ms % 1000) * 1000);
+    h->body_tv = event_base_init_common_timeout(h->base, &h->body_tv_plain);
+    if (!h->body_tv) h->body_tv = &h->body_tv_plain;
+  }
 
   /* evhttp cuts header blocks off at twice our limit (it answers 400 and
    * closes); between the two, evexec answers 431 itself (see dispatch). */
@@ -167,19 +187,24 @@ evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
   if (opts) h->opts = *opts;
   evx__list_init(&h->routes);
   evx__list_init(&h->held);
+  evx__list_init(&h->conns);
+  evx__list_init(&h->pending_conns);
   h->reap_node.fn = evx__http_reap;
   h->reap_node.arg = h;
   h->reap_node.owned = 1;
   h->evh = evhttp_new(h->base);
   h->scratch = evbuffer_new();
-  if (!h->evh || !h->scratch) {
+  h->edit_buf = evbuffer_new();
+  if (!h->evh || !h->scratch || !h->edit_buf) {
     if (h->evh) evhttp_free(h->evh);
     if (h->scratch) evbuffer_free(h->scratch);
+    if (h->edit_buf) evbuffer_free(h->edit_buf);
     evx_free(h);
     return NULL;
   }
   evx__http_apply_opts(h);
   evhttp_set_gencb(h->evh, evx__on_request, h);
+  evhttp_set_bevcb(h->evh, evx__conn_bevcb, h);
   /* A client that leaves while evhttp writes to it would raise SIGPIPE and
    * kill the process; ignore it unless the program chose a disposition. */
   struct sigaction sa;
@@ -257,8 +282,9 @@ static void evx__http_do_free(evx_http *h) {
     evx_request *r = EVX__CONTAINER_OF(h->held.next, evx_request, held_link);
     evx__request_zombify(r, EVX_ECLOSED, 0);
   }
-  evhttp_free(h->evh);
+  evhttp_free(h->evh); /* the trackers go with their connections */
   h->evh = NULL;
+  evx__conn_drop_pending(h);
   h->nbound = 0;
   evx__list *l;
   while ((l = evx__list_pop_head(&h->routes)) != NULL) {

@@ -108,6 +108,17 @@ typedef struct evx_http_opts {
   /** Access log; NULL (default) logs nothing. See evx_http_log_stderr. */
   evx_http_log_fn log;
   void *log_arg;
+  /** The whole request head (request line and header fields) must arrive
+   *  within this long of its first byte, else 408 and the connection is
+   *  closed (nginx's client_header_timeout). Default 60000 ms. */
+  uint64_t header_timeout_ms;
+  /** The whole body must arrive within this long of the end of the head,
+   *  else 408 and close. Default 60000 ms. */
+  uint64_t body_timeout_ms;
+  /** Most open connections. Above it the connection idle the longest (no
+   *  request in progress, nothing being written) is closed; when none is
+   *  idle, the new one. Default EVX_HTTP_UNLIMITED. */
+  size_t max_connections;
 } evx_http_opts;
 
 /**
@@ -182,6 +193,11 @@ typedef struct evx_http_stats {
   uint64_t rejected_busy; /**< 503 because max_held was reached */
   uint64_t bytes_out;     /**< body bytes sent */
   uint64_t status[6];     /**< by class: [1] 1xx ... [5] 5xx; [0] no status (client left) */
+  uint64_t connections;   /**< connections open now */
+  uint64_t bad_requests;  /**< connections closed for bad framing (400, 501, 505; see RELIABILITY.md) */
+  uint64_t header_timeouts; /**< 408: the head did not arrive within header_timeout_ms */
+  uint64_t body_timeouts; /**< 408: the body did not arrive within body_timeout_ms */
+  uint64_t shed;          /**< connections closed by max_connections */
 } evx_http_stats;
 
 /** Copy the server's counters. @return EVX_OK or EVX_EINVAL (NULL). */
