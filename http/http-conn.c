@@ -62,7 +62,7 @@ enum {
   S_DEAD, /* poisoned: everything is dropped */
 };
 
-enum { L_RL, L_HDR, L_HEAD_END, L_CHUNK, L_DATA_END }; /* what the current line is */
+enum { L_EMPTY, L_RL, L_HDR, L_HEAD_END, L_CHUNK, L_DATA_END }; /* what the current line is */
 enum { F_NONE, F_CL, F_TE, F_HOST };                  /* framing header being read */
 
 struct evx__conn {
@@ -334,6 +334,7 @@ static void evx__conn_try_fail(evx__conn *c) {
 static void evx__conn_poison(evx__conn *c, int status) {
   evx_http *h = c->http;
   c->bad = status;
+  h->last_bad_status = status;
   c->st = S_DEAD;
   c->keep_until = c->msg_start;
   if (status == 408) {
@@ -469,6 +470,7 @@ static int evx__head_end(evx__conn *c) {
 /* The end of a line (its CRLF or LF consumed): 0 or an error status. */
 static int evx__line_end(evx__conn *c) {
   switch (c->line) {
+  case L_EMPTY: c->st = S_START; return 0;
   case L_RL: c->st = S_HDR_START; c->line = L_HDR; return 0;
   case L_HDR:
     if (c->st == S_HDR_VALUE || c->st == S_CR) {
@@ -522,7 +524,12 @@ static size_t evx__scan(evx__conn *c, const unsigned char *p, size_t n, int *act
     unsigned char ch = p[i];
     switch (c->st) {
     case S_START:
-      if (ch == '\r' || ch == '\n') break; /* empty lines before a request */
+      if (ch == '\n') break; /* empty lines before a request */
+      if (ch == '\r') {
+        c->line = L_EMPTY;
+        c->st = S_CR;
+        break;
+      }
       c->msg_start = c->pos + i;
       evx__msg_begin(c);
       c->line = L_RL;
@@ -610,7 +617,7 @@ static size_t evx__scan(evx__conn *c, const unsigned char *p, size_t n, int *act
       if (c->cur_field != F_NONE) {
         if (c->val_len == 0 && (ch == ' ' || ch == '\t')) break; /* leading OWS */
         if (c->val_len < (int)sizeof c->val - 1) c->val[c->val_len++] = (char)ch;
-        else c->val_over = 1;
+        else if (ch != ' ' && ch != '\t') c->val_over = 1; /* trailing OWS is trimmed anyway */
       }
       break;
     case S_CR: {
@@ -653,6 +660,7 @@ static size_t evx__scan(evx__conn *c, const unsigned char *p, size_t n, int *act
       FAIL(400);
     }
     case S_CHUNK_EXT:
+      if (ch != '\r' && ch != '\n' && c->pos + i - c->ext_start >= 4097) FAIL(400);
       if (ch == '\r' || ch == '\n') {
         if (c->val_len < 0) FAIL(400); /* whitespace without an extension */
         if (c->ext_start < c->pos + i) {
@@ -674,7 +682,6 @@ static size_t evx__scan(evx__conn *c, const unsigned char *p, size_t n, int *act
         break;
       }
       if ((ch < 0x20 && ch != '\t') || ch == 0x7f) FAIL(400);
-      if (c->pos + i - c->ext_start > 4096) FAIL(400);
       break;
     case S_CHUNK_DATA: {
       size_t take = n - i < c->left ? n - i : (size_t)c->left;

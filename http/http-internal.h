@@ -58,6 +58,7 @@ struct evx_http {
   evx__conn **conn_tab;
   size_t conn_tab_cap, conn_tab_n;
   const struct timeval *header_tv, *body_tv; /* NULL: no deadline */
+  int last_bad_status; /* the scanner's last rejection (for fuzz_http's oracle) */
   struct timeval header_tv_plain, body_tv_plain;
   struct evhttp_bound_socket **bound;
   size_t nbound;
