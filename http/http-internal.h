@@ -11,16 +11,8 @@
 #include <event2/http.h>
 
 #include "common-internal.h"
+#include "http-test.h"
 #include "loop-internal.h"
-
-/* Bytes of pipelined input evexec moves into evhttp's input buffer while a
- * request is held, before it stops watching that connection. */
-#define EVX__HTTP_PIPELINE_CAP (256 * 1024)
-/* A held request's socket is watched from this long after it was held on:
- * requests answered sooner (most offloaded ones) never pay for arming and
- * disarming the watch (an epoll_ctl each); a client that leaves is noticed
- * at most this much later. */
-#define EVX__HTTP_WATCH_DELAY_MS 5
 
 /* Most {name} segments in one route pattern. */
 #define EVX__ROUTE_MAX_PARAMS 16
@@ -144,7 +136,6 @@ void evx__request_zombify(evx_request *r, int state, int close_conn);
 /* Answer a request that no handler will see (404, 405, 431, 503) and release it. */
 void evx__request_reply_builtin(evx_request *r, int status, const char *extra_name,
                                 const char *extra_value, const char *body);
-const char *evx__http_reason(int status);
 
 /* http/http.c */
 void evx__http_log(evx_http *h, evx_request *r, int status);

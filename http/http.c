@@ -20,6 +20,7 @@
  * shared state is the process-wide live-request counter (an atomic).
  */
 #include "http-internal.h"
+#include "http-test.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
@@ -556,3 +557,5 @@ static void evx__on_request(struct evhttp_request *ev, void *arg) {
     evx__loop_defer(h->loop, &h->free_node);
   }
 }
+
+struct evhttp *evx__http_evhttp(evx_http *h) { return h ? h->evh : NULL; }
