@@ -14,14 +14,30 @@
 #include "http-test.h"
 #include "loop-internal.h"
 
-typedef struct evx__route {
+/* Most {name} segments in one route pattern. */
+#define EVX__ROUTE_MAX_PARAMS 16
+
+/* A route (public handle: evx_route). Owned by its server, freed with it. */
+typedef struct evx_route {
   evx__list link; /* in evx_http.routes, in the order added */
+  evx_http *http;
   char *method;   /* NULL: any */
-  char *path;
+  char *path;     /* the pattern as given ("/users/{id}") */
   size_t plen;
   int flags;
+  size_t nparams; /* {name} segments in path; 0 for a literal path */
+  size_t literal; /* characters outside {name} segments (ranks pattern routes) */
   evx_handler_fn fn;
   void *arg;
+  /* Per-route options (evx_route_set_*). One block that later options join:
+   * each field's zero value means "the server's setting". */
+  struct {
+    uint64_t timeout_ms; /* 0: server's request_timeout_ms */
+  } opt;
+  /* Derived from opt.timeout_ms: the timer's second leg for this route
+   * (see evx_http.rest_tv). Valid while the route exists. */
+  const struct timeval *rest_tv;
+  struct timeval rest_tv_plain;
 } evx__route;
 
 struct evx_http {
@@ -40,6 +56,8 @@ struct evx_http {
   evx__list routes;
   evx__list held; /* evx_request.held_link: held requests with state 0 */
   struct evbuffer *scratch; /* for chunks; always empty between calls */
+  evx_handler_fn before; /* evx_http_set_before: runs ahead of every handler */
+  void *before_arg;
   struct evhttp_bound_socket **bound;
   size_t nbound;
   evx_http_stats st;
@@ -88,6 +106,14 @@ struct evx_request {
   char *query_buf;
   const char **params; /* key, value, key, value ... into query_buf */
   size_t nparams;
+  /* Route parameters ({name} segments): name, value, name, value ... in one
+   * allocation (the strings follow the pointers), owned by the request, so
+   * they outlive the route (a zombie may outlive its server's routes). */
+  const char **rparams;
+  size_t nrparams;
+  /* The second leg of timer_ev (request timeout) for this request's route;
+   * NULL: no timeout. Only read while held, when the route is alive. */
+  const struct timeval *rest_tv;
   const char *body;
   size_t body_len;
   evx_request_cb on_close;

@@ -234,7 +234,7 @@ static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
   r->timing = 0;
   if (!r->armed) { /* the watch delay is over */
     evx__arm_watch(r);
-    if (r->http->rest_tv && !r->streaming && evtimer_add(&r->timer_ev, r->http->rest_tv) == 0)
+    if (r->rest_tv && !r->streaming && evtimer_add(&r->timer_ev, r->rest_tv) == 0)
       r->timing = 1;
     return;
   }
@@ -247,7 +247,13 @@ static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
   evutil_socket_t sfd = bufferevent_getfd(bev);
   if (sfd >= 0 && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
     ssize_t w = send(sfd, resp, sizeof resp - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    (void)w; /* a full socket buffer: the client is not reading anyway */
+    /* the access log and bytes_out count the body bytes that left, as for
+     * every other reply (a full socket buffer: the client is not reading) */
+    size_t head = sizeof resp - 1 - (sizeof "request timeout\n" - 1);
+    if (w > 0 && (size_t)w > head) {
+      r->bytes = (size_t)w - head;
+      r->http->st.bytes_out += r->bytes;
+    }
   }
   evx__request_zombify(r, EVX_ETIMEDOUT, 1);
 }
@@ -402,6 +408,10 @@ int evx_request_finish(evx_request *r, int status, const char *ctype, const void
   int src = evx__send(r, status, ctype, body, len);
   evx__finished(r);
   return rc != EVX_OK ? rc : src;
+}
+
+int evx_request_finish_str(evx_request *r, int status, const char *ctype, const char *body) {
+  return evx_request_finish(r, status, ctype, body, body ? strlen(body) : 0);
 }
 
 int evx_request_finishf(evx_request *r, int status, const char *ctype, const char *fmt, ...) {
