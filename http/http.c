@@ -167,6 +167,11 @@ static void evx__http_apply_opts(evx_http *h) {
 
 static void evx__on_request(struct evhttp_request *ev, void *arg);
 
+/* evx_loop_free closes a server left open (see evx-private.h). */
+static void evx__http_on_free(evx__loop_member *m) {
+  evx_http_free(EVX__CONTAINER_OF(m, evx_http, member));
+}
+
 evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
   if (!loop || !evx__loop_thread_ok(loop)) return NULL;
   evx_http *h = evx_calloc(1, sizeof *h);
@@ -193,6 +198,7 @@ evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
    * kill the process; ignore it unless the program chose a disposition. */
   struct sigaction sa;
   if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
+  evx__loop_member_add(loop, &h->member, NULL, evx__http_on_free);
   return h;
 }
 
@@ -395,6 +401,7 @@ static void evx__http_do_free(evx_http *h) {
             (unsigned long long)(h->st.held + h->st.zombies), (unsigned long long)h->st.held,
             (unsigned long long)h->st.zombies);
   h->freed = 1;
+  evx__loop_member_remove(&h->member);
   /* Held requests become zombies first, owning their evhttp requests, so
    * that evhttp_free below frees their connections but not them. */
   while (!evx__list_empty(&h->held)) {

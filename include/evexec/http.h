@@ -213,7 +213,8 @@ EVX_API int evx_http_stop_accepting(evx_http *http);
  * with EVX_ECLOSED: their on_close callbacks run in a later loop iteration,
  * their handlers must still finish them (finish returns EVX_ECLOSED and
  * releases them); the server's memory goes with the last one. No log
- * callback runs after this call. Call it before evx_loop_free. NULL accepted.
+ * callback runs after this call. A server still open at evx_loop_free is
+ * freed by it (see the ownership rule there). NULL accepted.
  */
 EVX_API void evx_http_free(evx_http *http);
 
