@@ -36,6 +36,7 @@
  * Loop thread only, like all of http/.
  */
 #include "http-internal.h"
+#include "http-util.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
