@@ -472,7 +472,16 @@ static int evx__head_end(evx__conn *c) {
 static int evx__line_end(evx__conn *c) {
   switch (c->line) {
   case L_EMPTY: c->st = S_START; return 0;
-  case L_RL: c->st = S_HDR_START; c->line = L_HDR; return 0;
+  case L_RL:
+    /* exactly HTTP/D.D; a well-formed major other than 1 is 505 */
+    if (c->ver_len != 8 || memcmp(c->ver, "HTTP/", 5) != 0 || c->ver[6] != '.' ||
+        c->ver[5] < '0' || c->ver[5] > '9' || c->ver[7] < '0' || c->ver[7] > '9')
+      return 400;
+    if (c->ver[5] != '1') return 505;
+    c->http_minor = c->ver[7] - '0';
+    c->st = S_HDR_START;
+    c->line = L_HDR;
+    return 0;
   case L_HDR:
     if (c->st == S_HDR_VALUE || c->st == S_CR) {
       int e = evx__field_end(c);
@@ -559,17 +568,11 @@ static size_t evx__scan(evx__conn *c, const unsigned char *p, size_t n, int *act
       c->val_len = 1;
       break;
     case S_VERSION:
-      if (ch == '\r' || ch == '\n') {
-        /* exactly HTTP/D.D; a well-formed major other than 1 is 505 */
-        if (c->ver_len != 8 || memcmp(c->ver, "HTTP/", 5) != 0 || c->ver[6] != '.' ||
-            c->ver[5] < '0' || c->ver[5] > '9' || c->ver[7] < '0' || c->ver[7] > '9')
-          FAIL(400);
-        if (c->ver[5] != '1') FAIL(505);
-        c->http_minor = c->ver[7] - '0';
-        if (ch == '\r') {
-          c->st = S_CR;
-          break;
-        }
+      if (ch == '\r') {
+        c->st = S_CR;
+        break;
+      }
+      if (ch == '\n') {
         int e = evx__line_end(c);
         if (e) FAIL(e);
         break;
