@@ -39,6 +39,9 @@
 #include "http-util.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <unistd.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/listener.h>
@@ -767,4 +770,107 @@ static void evx__conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info 
     }
   }
   c->busy = 0;
+}
+
+/* ---- running out of descriptors ------------------------------------------ */
+
+/* accept() failed with EMFILE/ENFILE (or no buffers): libevent would call
+ * again at once - the socket stays readable - and warn each time (millions
+ * of lines a second). Instead: pause every listener for
+ * EVX__HTTP_ACCEPT_BACKOFF_MS, spend the reserve descriptor to accept and
+ * close what waits in the backlog (those clients get a clean close, not a
+ * hang), log once per second with a count. Listening resumes by itself. */
+#define EVX__HTTP_ACCEPT_BACKOFF_MS 100
+
+static void evx__accept_resume(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  evx_http *h = arg;
+  h->accept_paused = 0;
+  if (h->freed) return;
+  for (size_t i = 0; i < h->nbound; i++)
+    evconnlistener_enable(evhttp_bound_socket_get_listener(h->bound[i]));
+}
+
+/* The listener's callback argument is evhttp's struct, not ours: servers
+ * with listeners are found through this registry (any thread may own a
+ * server, hence the lock; only this rare path reads it). */
+static pthread_mutex_t evx__reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static evx_http *evx__reg_head;
+
+static evx_http *evx__reg_find(void *evh) {
+  pthread_mutex_lock(&evx__reg_lock);
+  evx_http *h = evx__reg_head;
+  while (h && (void *)h->evh != evh) h = h->reg_next;
+  pthread_mutex_unlock(&evx__reg_lock);
+  return h;
+}
+
+static void evx__accept_error(struct evconnlistener *lev, void *arg) {
+  int err = EVUTIL_SOCKET_ERROR();
+  evx_http *h = evx__reg_find(arg);
+  if (!h) return;
+  h->st.accept_errors++;
+  h->accept_errs_unlogged++;
+  uint64_t now = evx_now_ns();
+  if (h->accept_log_ns == 0 || now - h->accept_log_ns >= 1000000000ull) {
+    fprintf(stderr,
+            "evexec: accept failed: %s (%llu time(s) since the last message); pausing "
+            "accepts for %d ms, refusing waiting clients\n",
+            strerror(err), (unsigned long long)h->accept_errs_unlogged,
+            EVX__HTTP_ACCEPT_BACKOFF_MS);
+    h->accept_log_ns = now;
+    h->accept_errs_unlogged = 0;
+  }
+  if (err == EMFILE || err == ENFILE) {
+    evutil_socket_t lfd = evconnlistener_get_fd(lev);
+    if (h->reserve_fd >= 0) {
+      close(h->reserve_fd);
+      h->reserve_fd = -1;
+      for (int i = 0; i < 64; i++) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0) break;
+        h->st.accept_refused++;
+        close(fd);
+      }
+      h->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+  }
+  if (h->accept_paused) return;
+  h->accept_paused = 1;
+  for (size_t i = 0; i < h->nbound; i++)
+    evconnlistener_disable(evhttp_bound_socket_get_listener(h->bound[i]));
+  static const struct timeval backoff = {0, EVX__HTTP_ACCEPT_BACKOFF_MS * 1000};
+  evtimer_add(&h->accept_ev, &backoff);
+}
+
+void evx__conn_listening(evx_http *h, struct evhttp_bound_socket *b) {
+  if (!h->accept_ev_set) {
+    evtimer_assign(&h->accept_ev, h->base, evx__accept_resume, h);
+    h->accept_ev_set = 1;
+  }
+  if (h->reserve_fd < 0) h->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (!h->registered) {
+    pthread_mutex_lock(&evx__reg_lock);
+    h->reg_next = evx__reg_head;
+    evx__reg_head = h;
+    pthread_mutex_unlock(&evx__reg_lock);
+    h->registered = 1;
+  }
+  evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(b), evx__accept_error);
+}
+
+void evx__conn_stop_listening(evx_http *h) {
+  if (h->registered) {
+    pthread_mutex_lock(&evx__reg_lock);
+    evx_http **pp = &evx__reg_head;
+    while (*pp && *pp != h) pp = &(*pp)->reg_next;
+    if (*pp) *pp = h->reg_next;
+    pthread_mutex_unlock(&evx__reg_lock);
+    h->registered = 0;
+  }
+  if (h->accept_ev_set) event_del(&h->accept_ev);
+  h->accept_paused = 0;
+  if (h->reserve_fd >= 0) close(h->reserve_fd);
+  h->reserve_fd = -1;
 }

@@ -36,11 +36,13 @@ typedef struct evx_route {
    * each field's zero value means "the server's setting". */
   struct {
     uint64_t timeout_ms; /* 0: server's request_timeout_ms */
+    size_t max_held;     /* 0: only the server's max_held */
   } opt;
   /* Derived from opt.timeout_ms: the timer's second leg for this route
    * (see evx_http.rest_tv). Valid while the route exists. */
   const struct timeval *rest_tv;
   struct timeval rest_tv_plain;
+  size_t held; /* its requests held now (counted while held, so never after the route is freed) */
 } evx__route;
 
 struct evx_http {
@@ -68,6 +70,13 @@ struct evx_http {
   size_t conn_tab_cap, conn_tab_n;
   const struct timeval *header_tv, *body_tv; /* NULL: no deadline */
   int last_bad_status; /* the scanner's last rejection (for fuzz_http's oracle) */
+  /* Out of descriptors (http-conn.c): a spare descriptor to accept-and-close
+   * with, the backoff timer, and the rate-limited log's state. */
+  int reserve_fd;
+  int accept_paused, accept_ev_set, registered;
+  evx_http *reg_next; /* in http-conn.c's registry while listening */
+  struct event accept_ev;
+  uint64_t accept_errs_unlogged, accept_log_ns;
   struct timeval header_tv_plain, body_tv_plain;
   evx_handler_fn before; /* evx_http_set_before: runs ahead of every handler */
   void *before_arg;
@@ -127,6 +136,7 @@ struct evx_request {
   /* The second leg of timer_ev (request timeout) for this request's route;
    * NULL: no timeout. Only read while held, when the route is alive. */
   const struct timeval *rest_tv;
+  evx__route *route; /* set at dispatch; followed only while held (routes outlive held requests) */
   const char *body;
   size_t body_len;
   evx_request_cb on_close;
@@ -165,6 +175,9 @@ void evx__conn_touch(evx__conn *c);
 void evx__conn_set_held(evx__conn *c, evx_request *r);
 evx__list *evx__conn_reqs(evx__conn *c);
 void evx__conn_drop_pending(evx_http *h);
+/* A listener was added: handle its accept errors. / Stop that (free, stop_accepting). */
+void evx__conn_listening(evx_http *h, struct evhttp_bound_socket *b);
+void evx__conn_stop_listening(evx_http *h);
 
 /* http/http.c */
 void evx__http_log(evx_http *h, evx_request *r, int status);

@@ -142,6 +142,7 @@ static void evx__unhold(evx_request *r) {
   else if (r->evcon) evhttp_connection_set_closecb(r->evcon, NULL, NULL);
   evx__list_remove(&r->held_link);
   r->http->st.held--;
+  if (r->route) r->route->held--;
 }
 
 static void evx__arm_watch(evx_request *r) {
@@ -159,6 +160,7 @@ static void evx__hold(evx_request *r) {
   r->held = 1;
   evx__list_insert_tail(&h->held, &r->held_link);
   h->st.held++;
+  if (r->route) r->route->held++;
   /* the tracker owns the close callback and forwards it (http-conn.c) */
   if (r->conn) evx__conn_set_held(r->conn, r);
   else evhttp_connection_set_closecb(r->evcon, evx__on_conn_close, r);

@@ -202,6 +202,7 @@ evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
   evx__list_init(&h->routes);
   evx__list_init(&h->held);
   evx__list_init(&h->conns);
+  h->reserve_fd = -1;
   evx__list_init(&h->pending_conns);
   h->reap_node.fn = evx__http_reap;
   h->reap_node.arg = h;
@@ -272,6 +273,7 @@ int evx_http_bind(evx_http *h, const char *host, uint16_t port) {
       continue;
     }
     h->bound[h->nbound++] = b;
+    evx__conn_listening(h, b);
     rc = EVX_OK;
     break;
   }
@@ -294,6 +296,7 @@ int evx_http_stop_accepting(evx_http *h) {
   if (!h || !evx__loop_thread_ok(h->loop)) return EVX_EINVAL;
   for (size_t i = 0; i < h->nbound; i++) evhttp_del_accept_socket(h->evh, h->bound[i]);
   h->nbound = 0;
+  evx__conn_stop_listening(h);
   return EVX_OK;
 }
 
@@ -408,6 +411,12 @@ int evx_route_set_timeout(evx_route *rt, uint64_t ms) {
   return EVX_OK;
 }
 
+int evx_route_set_max_held(evx_route *rt, size_t max) {
+  if (!rt || !evx__loop_thread_ok(rt->http->loop)) return EVX_EINVAL;
+  rt->opt.max_held = max == EVX_HTTP_UNLIMITED ? 0 : max;
+  return EVX_OK;
+}
+
 int evx_http_set_before(evx_http *h, evx_handler_fn fn, void *arg) {
   if (!h || h->freed || !evx__loop_thread_ok(h->loop)) return EVX_EINVAL;
   h->before = fn;
@@ -433,6 +442,7 @@ static void evx__http_do_free(evx_http *h) {
     evx_request *r = EVX__CONTAINER_OF(h->held.next, evx_request, held_link);
     evx__request_zombify(r, EVX_ECLOSED, 0);
   }
+  evx__conn_stop_listening(h);
   evhttp_free(h->evh); /* the trackers go with their connections */
   h->evh = NULL;
   evx__conn_drop_pending(h);
@@ -605,7 +615,12 @@ static void evx__on_request(struct evhttp_request *ev, void *arg) {
       evx__request_reply_builtin(r, 405, "Allow", allow, "method not allowed\n");
     } else if (!rt) {
       evx__request_reply_builtin(r, 404, NULL, NULL, "not found\n");
-    } else if (h->opts.max_held != EVX_HTTP_UNLIMITED && h->st.held >= h->opts.max_held) {
+    } else if ((rt->opt.max_held && rt->held >= rt->opt.max_held) ||
+               (h->opts.max_held != EVX_HTTP_UNLIMITED && h->st.held >= h->opts.max_held &&
+                rt->held > 0)) {
+      /* The server's cap refuses only routes that hold requests now: one that
+       * answers inline (/hello) costs nothing to run, and a flood of long
+       * polls must not shut it out. Each route may exceed the cap by one. */
       char ra[16];
       snprintf(ra, sizeof ra, "%u", h->opts.busy_retry_after_s);
       h->st.rejected_busy++;
@@ -614,6 +629,7 @@ static void evx__on_request(struct evhttp_request *ev, void *arg) {
       evx__request_reply_builtin(r, 500, NULL, NULL, "out of memory\n");
     } else {
       r->rest_tv = rt->rest_tv;
+      r->route = rt;
       r->in_dispatch = 1;
       if (h->before) h->before(r, h->before_arg);
       /* a hook that finished the request answered it: the handler is skipped */
