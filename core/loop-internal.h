@@ -52,4 +52,11 @@ void evx__executor_free_from_loop(evx__list *node);
  * to later in the loop iteration (the iteration may have ended early). */
 void evx__executor_loop_exit(evx__list *node);
 
+/* The coroutines' per-loop state (core/coro.c owns it; NULL until the first
+ * evx_go). evx_loop_free calls evx__coro_loop_close before freeing anything
+ * else and evx__coro_loop_free last (see coro-internal.h). */
+void **evx__loop_coro_slot(evx_loop *loop);
+void evx__coro_loop_close(evx_loop *loop);
+void evx__coro_loop_free(evx_loop *loop);
+
 #endif

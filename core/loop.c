@@ -72,6 +72,7 @@ struct evx_loop {
   evx__cbnode *defer_head, *defer_tail;
   evx__list timers;
   evx__list executors;
+  void *coro; /* core/coro.c's per-loop state */
 };
 
 static void evx__loop_wake(evx_loop *loop) {
@@ -333,6 +334,8 @@ void evx__loop_defer(evx_loop *loop, evx__cbnode *node) {
   loop->defer_tail = node;
 }
 
+void **evx__loop_coro_slot(evx_loop *loop) { return &loop->coro; }
+
 void evx__loop_add_executor(evx_loop *loop, evx__list *node) {
   evx__list_insert_tail(&loop->executors, node);
 }
@@ -348,6 +351,7 @@ void evx_loop_free(evx_loop *loop) {
     fprintf(stderr, "evexec: evx_loop_free called while the loop runs; ignored\n");
     return;
   }
+  evx__coro_loop_close(loop); /* first: coroutines' cleanup may still use executors */
   while (!evx__list_empty(&loop->executors)) evx__executor_free_from_loop(loop->executors.next);
 
   /* Run what is queued, and what that queues, until the queue stays empty;
@@ -384,6 +388,7 @@ void evx_loop_free(evx_loop *loop) {
     next = n->next;
     evx_free(n);
   }
+  evx__coro_loop_free(loop);
   event_del(&loop->wake_ev);
   event_del(&loop->defer_ev);
   close(loop->wake_fd);

@@ -1,0 +1,28 @@
+/* PRIVATE to evexec: never installed, never included by users.
+ * Coroutine internals shared with the loop (teardown) and the HTTP layer
+ * (interrupting a handler whose client left). */
+#ifndef EVX_CORO_INTERNAL_H
+#define EVX_CORO_INTERNAL_H
+
+#include <evexec/coro.h>
+
+typedef struct evx__coro evx__coro;
+
+/* The coroutine running on this thread, or NULL outside coroutines. */
+evx__coro *evx__coro_current(void);
+
+/* Interrupt co (loop thread): its pending await and every later one return
+ * err (EVX_ECANCELED, EVX_EGONE, EVX_ECLOSED); the first reason sticks. A
+ * suspended co is resumed later in this loop iteration, never inside this
+ * call. co must not have returned yet (the caller tracks that). */
+void evx__coro_interrupt(evx__coro *co, int err);
+
+/* Loop teardown hooks, called by evx_loop_free: _close first (before any
+ * other loop member is freed) interrupts every suspended coroutine with
+ * EVX_ECLOSED and resumes it until it returns or waits for a job that runs;
+ * evx_go refuses from then on. _free last (after the loop's callbacks were
+ * drained, which resumes the ones that waited for jobs) releases the stacks. */
+void evx__coro_loop_close(evx_loop *loop);
+void evx__coro_loop_free(evx_loop *loop);
+
+#endif
