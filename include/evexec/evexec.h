@@ -3,7 +3,7 @@
  * Umbrella header: Tornado's offload model for libevent programs.
  * A loop thread that never blocks (loop.h), fixed worker pools for blocking
  * calls (executor.h), futures (future.h), long-poll conditions (condition.h)
- * coroutines (coro.h) and asynchronous HTTP handlers (http.h).
+ * coroutines (coro.h), locks and queues (sync.h) and asynchronous HTTP handlers (http.h).
  */
 #ifndef EVEXEC_EVEXEC_H
 #define EVEXEC_EVEXEC_H
@@ -15,5 +15,6 @@
 #include <evexec/future.h>
 #include <evexec/http.h>
 #include <evexec/loop.h>
+#include <evexec/sync.h>
 
 #endif /* EVEXEC_EVEXEC_H */
