@@ -17,12 +17,4 @@ evx__coro *evx__coro_current(void);
  * call. co must not have returned yet (the caller tracks that). */
 void evx__coro_interrupt(evx__coro *co, int err);
 
-/* Loop teardown hooks, called by evx_loop_free: _close first (before any
- * other loop member is freed) interrupts every suspended coroutine with
- * EVX_ECLOSED and resumes it until it returns or waits for a job that runs;
- * evx_go refuses from then on. _free last (after the loop's callbacks were
- * drained, which resumes the ones that waited for jobs) releases the stacks. */
-void evx__coro_loop_close(evx_loop *loop);
-void evx__coro_loop_free(evx_loop *loop);
-
 #endif

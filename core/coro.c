@@ -117,11 +117,17 @@ struct evx__coro {
 #endif
 };
 
+/* Per-loop state: a loop member (the ownership rule, evx-private.h) moved to
+ * the newest place at every evx_go, so evx_loop_free closes coroutines
+ * before the executors and servers they use. It outlives its on_free while
+ * coroutines still wait for running jobs: the last one to end frees it. */
 typedef struct evx__coro_loop {
+  evx__loop_member member;
   evx__list live;   /* coroutines whose fn has not returned */
   evx__coro *pool;  /* finished ones kept with their stacks */
   size_t npool;
   int closing;      /* evx_loop_free started: interrupt, refuse evx_go */
+  int in_close;     /* evx__coro_loop_close is iterating: it frees cl itself */
 } evx__coro_loop;
 
 static _Thread_local evx__coro *evx__cur;
@@ -255,15 +261,29 @@ static void evx__coro_unmap(evx__coro *co) {
   evx_free(co);
 }
 
+static void evx__coro_loop_close(evx__loop_member *m);
+
 static evx__coro_loop *evx__coro_loop_get(evx_loop *loop) {
-  void **slot = evx__loop_coro_slot(loop);
-  if (!*slot) {
-    evx__coro_loop *cl = evx_calloc(1, sizeof *cl);
+  evx__loop_member *m = evx__loop_member_find(loop, evx__coro_loop_close);
+  evx__coro_loop *cl = m ? EVX__CONTAINER_OF(m, evx__coro_loop, member) : NULL;
+  if (!cl) {
+    cl = evx_calloc(1, sizeof *cl);
     if (!cl) return NULL;
     evx__list_init(&cl->live);
-    *slot = cl;
+  } else {
+    evx__loop_member_remove(&cl->member); /* re-added as the newest below */
   }
-  return *slot;
+  evx__loop_member_add(loop, &cl->member, NULL, evx__coro_loop_close);
+  return cl;
+}
+
+static void evx__coro_loop_release(evx__coro_loop *cl) {
+  while (cl->pool) {
+    evx__coro *co = cl->pool;
+    cl->pool = co->next;
+    evx__coro_unmap(co);
+  }
+  evx_free(cl);
 }
 
 /* ---- switching ---------------------------------------------------------- */
@@ -346,6 +366,8 @@ static void evx__coro_reap(evx__coro *co) {
   } else {
     evx__coro_unmap(co);
   }
+  if (cl->closing && !cl->in_close && evx__list_empty(&cl->live))
+    evx__coro_loop_release(cl); /* the last one out */
 }
 
 static void evx__coro_wake_node(void *arg) {
@@ -382,14 +404,14 @@ static void evx__coro_cancel_hook(evx_future *f, void *ctx) {
 /* ---- public API --------------------------------------------------------- */
 
 evx_future *evx_go(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_coro_opts *opts) {
-  if (!loop || !fn || !evx__loop_thread_ok(loop)) return NULL;
+  if (!loop || !fn || !evx__loop_thread_ok(loop) || evx__loop_freeing(loop)) return NULL;
   size_t size = opts && opts->stack_size ? opts->stack_size : EVX_CORO_STACK_DEFAULT;
   if (size > EVX__CORO_STACK_MAX) return NULL;
   if (size < EVX_CORO_STACK_MIN) size = EVX_CORO_STACK_MIN;
   size_t page = evx__page_size();
   size = (size + page - 1) / page * page;
   evx__coro_loop *cl = evx__coro_loop_get(loop);
-  if (!cl || cl->closing) return NULL;
+  if (!cl) return NULL;
   evx_future *f = evx_future_new(loop);
   if (!f) return NULL;
 
@@ -529,36 +551,22 @@ int evx_await_job(evx_executor *ex, evx_work_fn work, void *arg) {
 
 /* ---- loop teardown ------------------------------------------------------ */
 
-void evx__coro_loop_close(evx_loop *loop) {
-  evx__coro_loop *cl = *evx__loop_coro_slot(loop);
-  if (!cl) return;
+/* on_free of the loop member: evx_loop_free interrupts every coroutine with
+ * EVX_ECLOSED and resumes it until it returns or parks for a running job
+ * (whose done arrives when its executor is freed, later in evx_loop_free;
+ * the last coroutine to end then frees cl). evx_go refuses from now on. */
+static void evx__coro_loop_close(evx__loop_member *m) {
+  evx__coro_loop *cl = EVX__CONTAINER_OF(m, evx__coro_loop, member);
   cl->closing = 1;
-  /* Resume each in creation order until it returns or parks for a running
-   * job (whose done arrives when the executors are freed). Resuming co can
-   * only unlink co itself: everything it wakes is deferred and evx_go
-   * refuses, so `next` stays valid. */
+  cl->in_close = 1;
+  /* In creation order. Resuming co can only unlink co itself: everything it
+   * wakes is deferred and evx_go refuses, so `next` stays valid. */
   for (evx__list *l = cl->live.next, *next; l != &cl->live; l = next) {
     next = l->next;
     evx__coro *co = EVX__CONTAINER_OF(l, evx__coro, link);
     if (!co->err) co->err = EVX_ECLOSED;
     if (co->state == EVX__CO_SUSPENDED && !co->wake_queued) evx__coro_resume(co);
   }
-}
-
-void evx__coro_loop_free(evx_loop *loop) {
-  void **slot = evx__loop_coro_slot(loop);
-  evx__coro_loop *cl = *slot;
-  if (!cl) return;
-  size_t left = 0;
-  for (evx__list *l = cl->live.next; l != &cl->live; l = l->next) left++;
-  if (left)
-    fprintf(stderr, "evexec: %zu coroutine(s) still suspended after evx_loop_free resumed them "
-                    "with EVX_ECLOSED; their stacks are leaked\n", left);
-  while (cl->pool) {
-    evx__coro *co = cl->pool;
-    cl->pool = co->next;
-    evx__coro_unmap(co);
-  }
-  evx_free(cl);
-  *slot = NULL;
+  cl->in_close = 0;
+  if (evx__list_empty(&cl->live)) evx__coro_loop_release(cl);
 }
