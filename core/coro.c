@@ -87,7 +87,7 @@ struct evx__coro {
   evx__ctx ctx;     /* this coroutine's saved context while it does not run */
   evx__ctx *caller; /* where it yields to: set by every resume */
   evx_loop *loop;
-  struct evx__coro_loop *cl;
+  struct evx__coro_home *cl;
   evx_coro_fn fn;
   void *arg;
   evx_free_fn result_free;
@@ -121,14 +121,14 @@ struct evx__coro {
  * the newest place at every evx_go, so evx_loop_free closes coroutines
  * before the executors and servers they use. It outlives its on_free while
  * coroutines still wait for running jobs: the last one to end frees it. */
-typedef struct evx__coro_loop {
+typedef struct evx__coro_home {
   evx__loop_member member;
   evx__list live;   /* coroutines whose fn has not returned */
   evx__coro *pool;  /* finished ones kept with their stacks */
   size_t npool;
   int closing;      /* evx_loop_free started: interrupt, refuse evx_go */
   int in_close;     /* evx__coro_loop_close is iterating: it frees cl itself */
-} evx__coro_loop;
+} evx__coro_home;
 
 static _Thread_local evx__coro *evx__cur;
 static _Thread_local evx__ctx evx__main_ctx;
@@ -263,9 +263,9 @@ static void evx__coro_unmap(evx__coro *co) {
 
 static void evx__coro_loop_close(evx__loop_member *m);
 
-static evx__coro_loop *evx__coro_loop_get(evx_loop *loop) {
+static evx__coro_home *evx__coro_loop_get(evx_loop *loop) {
   evx__loop_member *m = evx__loop_member_find(loop, evx__coro_loop_close);
-  evx__coro_loop *cl = m ? EVX__CONTAINER_OF(m, evx__coro_loop, member) : NULL;
+  evx__coro_home *cl = m ? EVX__CONTAINER_OF(m, evx__coro_home, member) : NULL;
   if (!cl) {
     cl = evx_calloc(1, sizeof *cl);
     if (!cl) return NULL;
@@ -277,7 +277,7 @@ static evx__coro_loop *evx__coro_loop_get(evx_loop *loop) {
   return cl;
 }
 
-static void evx__coro_loop_release(evx__coro_loop *cl) {
+static void evx__coro_loop_release(evx__coro_home *cl) {
   while (cl->pool) {
     evx__coro *co = cl->pool;
     cl->pool = co->next;
@@ -315,7 +315,7 @@ static void evx__coro_resume(evx__coro *co) {
 }
 
 /* Park the running coroutine until something resumes it. */
-static void evx__coro_yield(evx__coro *co) {
+void evx__coro_yield(evx__coro *co) {
   co->state = EVX__CO_SUSPENDED;
 #ifdef EVX__ASAN
   __sanitizer_start_switch_fiber(&co->asan_fake, co->caller_bottom, co->caller_size);
@@ -352,7 +352,7 @@ static void evx__coro_entry(void *p) {
 
 /* fn returned and we are back on the resumer's stack: recycle co. */
 static void evx__coro_reap(evx__coro *co) {
-  evx__coro_loop *cl = co->cl;
+  evx__coro_home *cl = co->cl;
   evx_future_release(co->f);
   co->f = NULL;
 #ifdef EVX__TSAN
@@ -378,7 +378,7 @@ static void evx__coro_wake_node(void *arg) {
 
 /* Resume a suspended co: at once when `direct` and called from a loop
  * callback in main context, else later in this iteration. */
-static void evx__coro_wake(evx__coro *co, int direct) {
+void evx__coro_wake(evx__coro *co, int direct) {
   if (co->state != EVX__CO_SUSPENDED || co->wake_queued) return;
   if (direct && !evx__cur) {
     evx__coro_resume(co);
@@ -389,6 +389,8 @@ static void evx__coro_wake(evx__coro *co, int direct) {
 }
 
 evx__coro *evx__coro_current(void) { return evx__cur; }
+int evx__coro_err(const evx__coro *co) { return co->err; }
+evx_loop *evx__coro_loop(const evx__coro *co) { return co->loop; }
 
 void evx__coro_interrupt(evx__coro *co, int err) {
   if (!co || co->state == EVX__CO_DONE) return;
@@ -410,7 +412,7 @@ evx_future *evx_go(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_coro_opt
   if (size < EVX_CORO_STACK_MIN) size = EVX_CORO_STACK_MIN;
   size_t page = evx__page_size();
   size = (size + page - 1) / page * page;
-  evx__coro_loop *cl = evx__coro_loop_get(loop);
+  evx__coro_home *cl = evx__coro_loop_get(loop);
   if (!cl) return NULL;
   evx_future *f = evx_future_new(loop);
   if (!f) return NULL;
@@ -506,49 +508,6 @@ int evx_sleep(uint64_t ms) {
   return co->err ? co->err : EVX_OK;
 }
 
-/* evx_await_job's wait lives on the coroutine's stack: the coroutine does not
- * return from evx_await_job before `done` ran, so it outlives the job. */
-typedef struct evx__jobwait {
-  evx__coro *co;
-  evx_work_fn work;
-  void *arg;
-  evx_job *job;
-  int done;
-  int status;
-} evx__jobwait;
-
-static void evx__jobwait_work(void *arg) {
-  evx__jobwait *w = arg; /* the worker reads only work and arg */
-  w->work(w->arg);
-}
-
-static void evx__jobwait_done(void *arg, int status) {
-  evx__jobwait *w = arg;
-  w->done = 1;
-  w->status = status;
-  evx__coro_wake(w->co, 1);
-}
-
-int evx_await_job(evx_executor *ex, evx_work_fn work, void *arg) {
-  evx__coro *co = evx__cur;
-  if (!co || !ex || !work || evx_executor_loop(ex) != co->loop) return EVX_EINVAL;
-  if (co->err) return co->err;
-  evx__jobwait w = {.co = co, .work = work, .arg = arg};
-  int rc = evx_submit_job(ex, evx__jobwait_work, evx__jobwait_done, &w, &w.job);
-  if (rc != EVX_OK) return rc;
-  int cancelled = 0;
-  while (!w.done) {
-    if (co->err && !cancelled) {
-      cancelled = 1;
-      (void)evx_job_cancel(w.job); /* EVX_EBUSY when it runs: wait for it */
-      continue;
-    }
-    evx__coro_yield(co);
-  }
-  if (co->err) return co->err;
-  return w.status;
-}
-
 /* ---- loop teardown ------------------------------------------------------ */
 
 /* on_free of the loop member: evx_loop_free interrupts every coroutine with
@@ -556,7 +515,7 @@ int evx_await_job(evx_executor *ex, evx_work_fn work, void *arg) {
  * (whose done arrives when its executor is freed, later in evx_loop_free;
  * the last coroutine to end then frees cl). evx_go refuses from now on. */
 static void evx__coro_loop_close(evx__loop_member *m) {
-  evx__coro_loop *cl = EVX__CONTAINER_OF(m, evx__coro_loop, member);
+  evx__coro_home *cl = EVX__CONTAINER_OF(m, evx__coro_home, member);
   cl->closing = 1;
   cl->in_close = 1;
   /* In creation order. Resuming co can only unlink co itself: everything it
