@@ -399,7 +399,9 @@ EVX_API int evx_request_write_str(evx_request *req, const char *s);
  *  - Finishing is optional (Tornado's auto-finish): a handler that returns
  *    without finishing is finished with what it set through the buffered
  *    calls above (default 200 with an empty body).
- *  - The request stays valid until the handler returns, also after finish.
+ *  - The request handle stays valid until the handler returns (a second
+ *    finish answers EVX_EINVAL); after finish, read the request's data
+ *    (path, headers, body) only before the handler's next await.
  *  - The client leaving while the handler awaits makes that await return
  *    EVX_EGONE (a job that has not started is cancelled; a running one is
  *    waited for), and every later await in the handler return EVX_EGONE at
