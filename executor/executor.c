@@ -1,5 +1,6 @@
 /*
- * evx_executor: fixed worker pool, bounded job queue, strands, stats.
+ * evx_executor: fixed worker pool, bounded job queue, the drain of
+ * completions. Strands are in strand.c, histograms in stats.c.
  *
  * DESIGN
  * - One mutex (ex->lock) guards the whole executor: the run queue, strand
@@ -63,121 +64,20 @@
  *   sleeping workers as usual. The spinner re-checks the queue under the
  *   lock before it sleeps, so a job that arrives as the spin ends is not
  *   missed.
- * - Strands: a strand has at most one job "active" (on ex->queue or
- *   running); the rest wait on the strand's own list. The worker that
- *   finishes the active job, under the lock, moves the next waiting one onto
- *   ex->queue. max_queue counts waiting strand jobs too.
+ * - Strands (strand.c) keep one job active on ex->queue; the rest wait on
+ *   the strand, and the worker finishing the active one queues the next.
  * - Shutdown never blocks. evx_executor_free joins the workers, so it is the
  *   only call that waits, and it is loop-thread only.
  */
-#include <evexec/executor.h>
+#include "executor-internal.h"
 
 #include <errno.h>
-#include <event2/event.h>
-#include <event2/event_struct.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "loop-internal.h"
-
-#define EVX__DEFAULT_THREADS 4
-#define EVX__DEFAULT_MAX_QUEUE 4096
-#define EVX__MAX_THREADS 1024
-#define EVX__JOB_CACHE_MAX 4096
-#define EVX__WAKE_BATCH 32 /* jobs submitted inside a drain per splice and wakeup */
-#define EVX__MAX_SPIN_US 1000000
-
-enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
-
-struct evx_job {
-  evx__list link; /* ex->queue, strand->waiting, or nowhere while running */
-  struct evx_job *next_done; /* ex->completed chain, and the free list */
-  evx_work_fn work;
-  evx_done_fn done;
-  void *arg;
-  evx_executor *ex;
-  evx_strand *strand; /* NULL once the strand is freed */
-  uint64_t t_queued;
-  int state;
-};
-
-struct evx_strand {
-  evx__list link;    /* ex->strands */
-  evx__list waiting; /* jobs behind the active one */
-  evx_job *active;   /* queued on ex->queue or running; NULL when idle */
-  evx_executor *ex;
-};
-
-struct evx_executor {
-  evx_loop *loop;
-  evx__list loop_link; /* loop->executors; loop thread only */
-  char *name;
-  unsigned nthreads;
-  size_t max_queue;
-  pthread_t *threads;
-  unsigned started;
-
-  pthread_mutex_t lock; /* guards everything below */
-  pthread_cond_t work_cv;
-  evx__list queue;
-  evx__list strands;
-  size_t nqueued; /* on ex->queue plus waiting on strands */
-  size_t nrunning;
-  unsigned nidle;
-  unsigned nspinning;  /* 0 or 1: a worker polls queue_gen instead of sleeping */
-  int spin_claimed;    /* a job was left to the spinning worker (no signal sent for it) */
-  unsigned wakes_owed; /* signals skipped by submits inside our own drain (see DESIGN) */
-  size_t reserved;     /* queue slots handed to the draining thread, not yet spliced */
-  int closed;
-  int cancel_all; /* shutdown(CANCEL) ran: deferred jobs spliced later are cancelled */
-  evx_job *completed, *completed_tail;
-  int posted;      /* post_node is on the loop queue */
-  evx_job *free_jobs;
-  size_t nfree;
-  evx_executor_stats stats;
-
-  evx__cbnode post_node;
-  atomic_int closed_pub; /* closed, readable without the lock (deferred submits) */
-  atomic_uint queue_gen; /* bumped under the lock when jobs arrive while a worker spins */
-  uint64_t spin_ns;      /* opts.spin_us; constant after creation */
-
-  /* Owned by the thread running evx__executor_drain(ex), only while it runs
-   * (see DESIGN): jobs submitted from our done() callbacks, not yet on queue. */
-  evx__list deferred;
-  size_t ndeferred;
-  size_t slots;       /* reserved slots not used yet */
-  evx_job *lfree;     /* nodes whose done() ran in this drain, reused first */
-  size_t drain_submits; /* submits to ex made by this drain so far */
-
-  /* Loop thread only. */
-  struct event wake_ev; /* pays wakes_owed later in this loop iteration (see DESIGN) */
-  int wake_ev_active;   /* wake_ev was made active and has not run yet */
-  int draining;       /* inside evx__executor_drain */
-  int free_requested; /* evx_executor_free called from one of our done callbacks */
-  int freeing;        /* evx_executor_free is tearing down: further free calls are no-ops */
-};
-
-static unsigned evx__bucket(uint64_t ns) {
-  uint64_t us = ns / 1000;
-  unsigned b = 0;
-  while (us && b < EVX_STATS_BUCKETS - 1) {
-    us >>= 1;
-    b++;
-  }
-  return b;
-}
-
-static void evx__record(uint64_t *total, uint64_t *max, uint64_t *hist, uint64_t ns) {
-  *total += ns;
-  if (ns > *max) *max = ns;
-  hist[evx__bucket(ns)]++;
-}
-
 /* ex->lock held. Appends to the completed list; returns 1 when the caller
  * must post ex->post_node to the loop after unlocking. */
-static int evx__complete_locked(evx_executor *ex, evx_job *job, int state) {
+int evx__complete_locked(evx_executor *ex, evx_job *job, int state) {
   job->state = state;
   job->next_done = NULL;
   if (ex->completed_tail) ex->completed_tail->next_done = job;
@@ -188,7 +88,7 @@ static int evx__complete_locked(evx_executor *ex, evx_job *job, int state) {
   return 1;
 }
 
-static void evx__post(evx_executor *ex) {
+void evx__post(evx_executor *ex) {
   /* The loop outlives its executors (evx_loop_free frees them first), so
    * posting cannot meet a closing loop while workers exist. */
   (void)evx__loop_post(ex->loop, &ex->post_node);
@@ -232,7 +132,7 @@ static void evx__pay_wakes_locked(evx_executor *ex) {
 /* ex->lock held. Put a job on the run queue and wake a worker - or leave it
  * to the spinning one, or, when `owe` (the caller is the loop thread, which
  * pays later: see DESIGN), note that a wake is owed. */
-static void evx__enqueue_locked(evx_executor *ex, evx_job *job, int owe) {
+void evx__enqueue_locked(evx_executor *ex, evx_job *job, int owe) {
   evx__list_insert_tail(&ex->queue, &job->link);
   if (evx__claim_spinner_locked(ex)) return;
   if (!ex->nidle) return;
@@ -395,17 +295,8 @@ static void evx__spin_locked(evx_executor *ex) {
   ex->spin_claimed = 0;
 }
 
-/* ex->lock held. The strand's active job left it (finished or cancelled). */
-static void evx__strand_advance_locked(evx_strand *s) {
-  s->active = NULL;
-  evx__list *n = evx__list_pop_head(&s->waiting);
-  if (!n) return;
-  s->active = EVX__CONTAINER_OF(n, evx_job, link);
-  evx__enqueue_locked(s->ex, s->active, 0);
-}
-
 /* ex->lock held. Cancel a QUEUED job wherever it waits. Returns 1 to post. */
-static int evx__cancel_locked(evx_executor *ex, evx_job *job) {
+int evx__cancel_locked(evx_executor *ex, evx_job *job) {
   evx__list_remove(&job->link);
   ex->nqueued--;
   ex->stats.cancelled++;
@@ -618,7 +509,7 @@ static int evx__job_new_locked(evx_executor *ex, evx_job **out) {
   return EVX_OK;
 }
 
-static int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_done_fn done,
+int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_done_fn done,
                        void *arg, evx_job **handle) {
   int own_drain = evx__draining_ex == ex;
   int lead = own_drain && ex->drain_submits++ == 0; /* wakes at once (see DESIGN) */
@@ -795,66 +686,3 @@ int evx_executor_stats_get(evx_executor *ex, evx_executor_stats *out) {
   return EVX_OK;
 }
 
-uint64_t evx_stats_quantile_us(const uint64_t hist[EVX_STATS_BUCKETS], double q) {
-  if (!hist) return 0;
-  uint64_t total = 0;
-  for (unsigned i = 0; i < EVX_STATS_BUCKETS; i++) total += hist[i];
-  if (total == 0) return 0;
-  if (q < 0) q = 0;
-  if (q > 1) q = 1;
-  uint64_t rank = (uint64_t)(q * (double)total);
-  if (rank == 0) rank = 1;
-  uint64_t seen = 0;
-  for (unsigned i = 0; i < EVX_STATS_BUCKETS; i++) {
-    seen += hist[i];
-    if (seen >= rank) return (uint64_t)1 << i;
-  }
-  return (uint64_t)1 << (EVX_STATS_BUCKETS - 1);
-}
-
-evx_strand *evx_strand_new(evx_executor *ex) {
-  if (!ex || !evx__loop_thread_ok(ex->loop)) return NULL;
-  evx_strand *s = evx_calloc(1, sizeof *s);
-  if (!s) return NULL;
-  s->ex = ex;
-  evx__list_init(&s->waiting);
-  pthread_mutex_lock(&ex->lock);
-  evx__list_insert_tail(&ex->strands, &s->link);
-  pthread_mutex_unlock(&ex->lock);
-  return s;
-}
-
-int evx_strand_submit(evx_strand *s, evx_work_fn work, evx_done_fn done, void *arg) {
-  if (!s || !work) return EVX_EINVAL;
-  return evx__submit(s->ex, s, work, done, arg, NULL);
-}
-
-int evx_strand_submit_job(evx_strand *s, evx_work_fn work, evx_done_fn done, void *arg,
-                          evx_job **job) {
-  if (!s || !work || !job) return EVX_EINVAL;
-  return evx__submit(s->ex, s, work, done, arg, job);
-}
-
-void evx_strand_free(evx_strand *s) {
-  if (!s) return;
-  evx_executor *ex = s->ex;
-  int post = 0;
-  pthread_mutex_lock(&ex->lock);
-  evx__list *n;
-  while ((n = evx__list_pop_head(&s->waiting)) != NULL) {
-    evx_job *job = EVX__CONTAINER_OF(n, evx_job, link);
-    ex->nqueued--;
-    ex->stats.cancelled++;
-    post |= evx__complete_locked(ex, job, JOB_CANCELLED);
-  }
-  /* The active job: cancelled too when it has not started (it sits on
-   * ex->queue); a running one finishes as a plain job. */
-  if (s->active && s->active->state == JOB_QUEUED)
-    post |= evx__cancel_locked(ex, s->active); /* advances s: nothing waits any more */
-  else if (s->active)
-    s->active->strand = NULL;
-  evx__list_remove(&s->link);
-  pthread_mutex_unlock(&ex->lock);
-  if (post) evx__post(ex);
-  evx_free(s);
-}

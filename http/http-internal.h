@@ -11,25 +11,33 @@
 #include <event2/http.h>
 
 #include "common-internal.h"
+#include "http-test.h"
 #include "loop-internal.h"
 
-/* Bytes of pipelined input evexec moves into evhttp's input buffer while a
- * request is held, before it stops watching that connection. */
-#define EVX__HTTP_PIPELINE_CAP (256 * 1024)
-/* A held request's socket is watched from this long after it was held on:
- * requests answered sooner (most offloaded ones) never pay for arming and
- * disarming the watch (an epoll_ctl each); a client that leaves is noticed
- * at most this much later. */
-#define EVX__HTTP_WATCH_DELAY_MS 5
+/* Most {name} segments in one route pattern. */
+#define EVX__ROUTE_MAX_PARAMS 16
 
-typedef struct evx__route {
+/* A route (public handle: evx_route). Owned by its server, freed with it. */
+typedef struct evx_route {
   evx__list link; /* in evx_http.routes, in the order added */
+  evx_http *http;
   char *method;   /* NULL: any */
-  char *path;
+  char *path;     /* the pattern as given ("/users/{id}") */
   size_t plen;
   int flags;
+  size_t nparams; /* {name} segments in path; 0 for a literal path */
+  size_t literal; /* characters outside {name} segments (ranks pattern routes) */
   evx_handler_fn fn;
   void *arg;
+  /* Per-route options (evx_route_set_*). One block that later options join:
+   * each field's zero value means "the server's setting". */
+  struct {
+    uint64_t timeout_ms; /* 0: server's request_timeout_ms */
+  } opt;
+  /* Derived from opt.timeout_ms: the timer's second leg for this route
+   * (see evx_http.rest_tv). Valid while the route exists. */
+  const struct timeval *rest_tv;
+  struct timeval rest_tv_plain;
 } evx__route;
 
 struct evx_http {
@@ -47,6 +55,8 @@ struct evx_http {
   evx__list routes;
   evx__list held; /* evx_request.held_link: held requests with state 0 */
   struct evbuffer *scratch; /* for chunks; always empty between calls */
+  evx_handler_fn before; /* evx_http_set_before: runs ahead of every handler */
+  void *before_arg;
   struct evhttp_bound_socket **bound;
   size_t nbound;
   evx_http_stats st;
@@ -95,6 +105,14 @@ struct evx_request {
   char *query_buf;
   const char **params; /* key, value, key, value ... into query_buf */
   size_t nparams;
+  /* Route parameters ({name} segments): name, value, name, value ... in one
+   * allocation (the strings follow the pointers), owned by the request, so
+   * they outlive the route (a zombie may outlive its server's routes). */
+  const char **rparams;
+  size_t nrparams;
+  /* The second leg of timer_ev (request timeout) for this request's route;
+   * NULL: no timeout. Only read while held, when the route is alive. */
+  const struct timeval *rest_tv;
   const char *body;
   size_t body_len;
   evx_request_cb on_close;
@@ -118,7 +136,6 @@ void evx__request_zombify(evx_request *r, int state, int close_conn);
 /* Answer a request that no handler will see (404, 405, 431, 503) and release it. */
 void evx__request_reply_builtin(evx_request *r, int status, const char *extra_name,
                                 const char *extra_value, const char *body);
-const char *evx__http_reason(int status);
 
 /* http/http.c */
 void evx__http_log(evx_http *h, evx_request *r, int status);

@@ -136,21 +136,63 @@ EVX_API int evx_http_port(evx_http *http);
 /** evx_http_route flag: `path` is a prefix ("/static/" matches "/static/a.css"). */
 #define EVX_ROUTE_PREFIX 1
 
+/** A route of a server (evx_http_route_find); owned by the server, valid until evx_http_free. */
+typedef struct evx_route evx_route;
+
 /**
  * Add a route. Routes are matched on the decoded path: an exact route beats
- * any prefix route, a longer prefix beats a shorter one, and among equals the
- * first added wins. HEAD also matches GET routes (evhttp drops the body).
- * A path that matches routes but none for its method gets 405 with an
- * Allow header; a path that matches nothing gets 404.
+ * a pattern route, a pattern route beats any prefix route; among pattern
+ * routes the one with more literal characters wins, among prefix routes the
+ * longer prefix; among equals the first added wins. HEAD also matches GET
+ * routes (evhttp drops the body). A path that matches routes but none for
+ * its method gets 405 with an Allow header; a path that matches nothing gets 404.
+ *
+ * Patterns: a segment written `{name}` (name: letters, digits, '_') matches
+ * any one non-empty path segment, and the handler reads it with
+ * evx_request_param(req, "name"): "/users/{id}/posts" matches
+ * "/users/42/posts" with id "42", not "/users//posts" nor "/users/4/2/posts".
+ * Values are taken from the decoded path (so "%2F" counts as a '/').
  * @param method "GET", "POST", ... (copied; compared exactly), or NULL for any.
- * @param path starts with '/'; copied.
- * @param flags 0 or EVX_ROUTE_PREFIX.
+ * @param path starts with '/'; copied. At most 16 `{name}` segments.
+ * @param flags 0 or EVX_ROUTE_PREFIX (not with `{name}` segments).
  * @return EVX_OK; EVX_EINVAL (NULL http/path/fn, path not starting with '/',
- *         unknown flags, the same method+path+flags twice, wrong thread);
- *         EVX_ENOMEM.
+ *         a malformed `{name}` segment, unknown flags, the same
+ *         method+path+flags twice, wrong thread); EVX_ENOMEM.
  */
 EVX_API int evx_http_route(evx_http *http, const char *method, const char *path, int flags,
                            evx_handler_fn fn, void *arg);
+
+/**
+ * The route added with exactly these method, path and flags, to set its
+ * options (evx_route_set_timeout, ...):
+ * `evx_route_set_timeout(evx_http_route_find(http, "GET", "/poll", 0), 30000);`
+ * @return the route (owned by the server, valid until evx_http_free), or NULL
+ *         (no such route, NULL http/path, wrong thread).
+ */
+EVX_API evx_route *evx_http_route_find(evx_http *http, const char *method, const char *path,
+                                       int flags);
+
+/**
+ * This route's request timeout, replacing the server's request_timeout_ms for
+ * requests dispatched to it from now on (a 30 s long poll and a 2 s API call
+ * on one server). Loop thread only.
+ * @param ms milliseconds; 0 goes back to the server's value;
+ *        EVX_HTTP_NO_TIMEOUT: no timeout for this route.
+ * @return EVX_OK or EVX_EINVAL (NULL route, wrong thread).
+ */
+EVX_API int evx_route_set_timeout(evx_route *route, uint64_t ms);
+
+/**
+ * A hook run before the handler of every routed request (not before evexec's
+ * own 404/405/431/503 replies): authentication, CORS headers, request ids.
+ * It runs on the loop thread with the request the handler would get; it may
+ * add response headers (evx_request_set_header), or answer the request
+ * itself with evx_request_finish - then the handler is not called. Anything
+ * else it leaves to the handler. One hook per server; a second call replaces
+ * it, NULL removes it.
+ * @return EVX_OK or EVX_EINVAL (NULL http, wrong thread).
+ */
+EVX_API int evx_http_set_before(evx_http *http, evx_handler_fn fn, void *arg);
 
 /**
  * Stop listening: new connections are refused, connections already open are
@@ -212,6 +254,13 @@ EVX_API const char *evx_request_uri(evx_request *req);
  */
 EVX_API const char *evx_request_query(evx_request *req, const char *name);
 
+/**
+ * A route parameter: the path segment matched by `{name}` in the route's
+ * pattern (see evx_http_route), or NULL when the route has no such segment
+ * (or for NULL arguments). Borrowed from the request; valid as long as it.
+ */
+EVX_API const char *evx_request_param(evx_request *req, const char *name);
+
 /** A request header (case-insensitive name), or NULL. Borrowed. */
 EVX_API const char *evx_request_header(evx_request *req, const char *name);
 
@@ -255,6 +304,14 @@ EVX_API int evx_request_set_header(evx_request *req, const char *name, const cha
  */
 EVX_API int evx_request_finish(evx_request *req, int status, const char *content_type,
                                const void *body, size_t len);
+
+/**
+ * evx_request_finish with a NUL-terminated body: its length is strlen(body)
+ * (`evx_request_finish_str(req, 200, NULL, "hello\n")`). NULL body sends an
+ * empty one. Same return values as evx_request_finish.
+ */
+EVX_API int evx_request_finish_str(evx_request *req, int status, const char *content_type,
+                                   const char *body);
 
 /** evx_request_finish with a printf-formatted text body (content type as given, NULL for text/plain). */
 EVX_API int evx_request_finishf(evx_request *req, int status, const char *content_type,
