@@ -22,6 +22,8 @@ const char *evx_strerror(int err) {
     return msg;
     EVX_ERRNO_MAP(EVX__ERR_STR)
 #undef EVX__ERR_STR
+  case 1: /* EVX_PENDING (future.h): a status users print too */
+    return "pending";
   default:
     return "unknown error";
   }
@@ -34,6 +36,8 @@ const char *evx_err_name(int err) {
     return "EVX_" #name;
     EVX_ERRNO_MAP(EVX__ERR_NAME)
 #undef EVX__ERR_NAME
+  case 1:
+    return "EVX_PENDING";
   default:
     return "EVX_UNKNOWN";
   }

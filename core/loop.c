@@ -14,7 +14,7 @@
  * - FIFO per producer follows from appending at the tail under one lock and
  *   running batches in order.
  * - Nodes for evx_add_callback come from a free list (no malloc in steady
- *   state); embedded nodes (owned == 1) belong to executors and are never
+ *   state); embedded nodes (owned == 1) belong to the objects embedding them, never
  *   recycled here.
  * - The deferred list is loop-thread only (no lock); it is drained by a
  *   libevent event made active when the list becomes non-empty.
@@ -83,7 +83,7 @@ struct evx_loop {
   evx__cbnode *batch; /* remaining nodes of the batch being run */
   evx__cbnode *defer_head, *defer_tail;
   evx__list timers;
-  evx__list executors;
+  evx__list members; /* evx__loop_member.link, oldest first (see evx-private.h) */
 };
 
 static void evx__loop_wake(evx_loop *loop) {
@@ -198,7 +198,7 @@ evx_loop *evx_loop_new(struct event_base *base) {
   atomic_init(&loop->running, 0);
   atomic_init(&loop->owner, evx__thread_me());
   evx__list_init(&loop->timers);
-  evx__list_init(&loop->executors);
+  evx__list_init(&loop->members);
   evx__alloc_hold();
   return loop;
 
@@ -226,10 +226,12 @@ int evx_loop_run(evx_loop *loop) {
   evx__running_loop = loop;
   int rc = event_base_loop(loop->base, 0);
   evx__running_loop = outer;
-  /* Executors may have left worker wakeups to later in the last iteration,
-   * which a stop can cut short: pay them now. */
-  for (evx__list *l = loop->executors.next; l != &loop->executors; l = l->next)
-    evx__executor_loop_exit(l);
+  /* Members may have left work to later in the last iteration (executors:
+   * worker wakeups), which a stop can cut short: let them finish it now. */
+  for (evx__list *l = loop->members.next; l != &loop->members; l = l->next) {
+    evx__loop_member *m = EVX__CONTAINER_OF(l, evx__loop_member, link);
+    if (m->on_run_exit) m->on_run_exit(m);
+  }
   atomic_store(&loop->running, 0);
   return rc < 0 ? EVX_EIO : EVX_OK;
 }
@@ -347,13 +349,15 @@ void evx__loop_defer(evx_loop *loop, evx__cbnode *node) {
   loop->defer_tail = node;
 }
 
-void evx__loop_add_executor(evx_loop *loop, evx__list *node) {
-  evx__list_insert_tail(&loop->executors, node);
+void evx__loop_member_add(evx_loop *loop, evx__loop_member *m, evx__member_fn on_run_exit,
+                          evx__member_fn on_free) {
+  m->on_run_exit = on_run_exit;
+  m->on_free = on_free;
+  evx__list_insert_tail(&loop->members, &m->link);
 }
 
-void evx__loop_remove_executor(evx_loop *loop, evx__list *node) {
-  (void)loop;
-  if (evx__list_linked(node)) evx__list_remove(node);
+void evx__loop_member_remove(evx__loop_member *m) {
+  if (evx__list_linked(&m->link)) evx__list_remove(&m->link);
 }
 
 void evx_loop_free(evx_loop *loop) {
@@ -363,9 +367,15 @@ void evx_loop_free(evx_loop *loop) {
     return;
   }
   /* The freeing thread is the loop thread from here on: the teardown below
-   * makes loop-thread calls (executor free, callbacks). */
+   * makes loop-thread calls (members' free functions, callbacks). */
   atomic_store(&loop->owner, evx__thread_me());
-  while (!evx__list_empty(&loop->executors)) evx__executor_free_from_loop(loop->executors.next);
+  /* The ownership rule (evx-private.h): close every member, newest first.
+   * Unlinked before on_free, which may close other members too. */
+  while (!evx__list_empty(&loop->members)) {
+    evx__loop_member *m = EVX__CONTAINER_OF(loop->members.prev, evx__loop_member, link);
+    evx__list_remove(&m->link);
+    m->on_free(m);
+  }
 
   /* Run what is queued, and what that queues, until the queue stays empty;
    * then close it in the same critical section so nothing slips in between. */

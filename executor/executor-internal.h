@@ -45,7 +45,7 @@ struct evx_strand {
 
 struct evx_executor {
   evx_loop *loop;
-  evx__list loop_link; /* loop->executors; loop thread only */
+  evx__loop_member member; /* the loop closes a leftover executor (evx-private.h) */
   char *name;
   unsigned nthreads;
   size_t max_queue;

@@ -417,6 +417,19 @@ static void evx__executor_drain(void *arg) {
   if (ex->free_requested && !ex->freeing) evx_executor_free(ex);
 }
 
+/* Loop member hooks (see evx-private.h). */
+/* evx_loop_run is returning: pay the worker wakeups this iteration still owed. */
+static void evx__executor_on_run_exit(evx__loop_member *m) {
+  evx_executor *ex = EVX__CONTAINER_OF(m, evx_executor, member);
+  if (!ex->wake_ev_active) return;
+  event_del(&ex->wake_ev);
+  evx__on_wake_ev(-1, 0, ex);
+}
+
+static void evx__executor_on_free(evx__loop_member *m) {
+  evx_executor_free(EVX__CONTAINER_OF(m, evx_executor, member));
+}
+
 evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
   if (!loop || !evx__loop_thread_ok(loop)) return NULL;
   evx_executor_opts o = {0};
@@ -480,7 +493,7 @@ evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
     pthread_setname_np(ex->threads[i], tname);
     ex->started++;
   }
-  evx__loop_add_executor(loop, &ex->loop_link);
+  evx__loop_member_add(loop, &ex->member, evx__executor_on_run_exit, evx__executor_on_free);
   return ex;
 
 fail_mem:
@@ -648,23 +661,12 @@ void evx_executor_free(evx_executor *ex) {
     evx_free(ex->free_jobs);
     ex->free_jobs = next;
   }
-  evx__loop_remove_executor(ex->loop, &ex->loop_link);
+  evx__loop_member_remove(&ex->member);
   pthread_cond_destroy(&ex->work_cv);
   pthread_mutex_destroy(&ex->lock);
   evx_free(ex->threads);
   evx_free(ex->name);
   evx_free(ex);
-}
-
-void evx__executor_loop_exit(evx__list *node) {
-  evx_executor *ex = EVX__CONTAINER_OF(node, evx_executor, loop_link);
-  if (!ex->wake_ev_active) return;
-  event_del(&ex->wake_ev);
-  evx__on_wake_ev(-1, 0, ex);
-}
-
-void evx__executor_free_from_loop(evx__list *node) {
-  evx_executor_free(EVX__CONTAINER_OF(node, evx_executor, loop_link));
 }
 
 evx_loop *evx_executor_loop(evx_executor *ex) { return ex ? ex->loop : NULL; }

@@ -42,6 +42,7 @@ typedef struct evx_route {
 
 struct evx_http {
   evx_loop *loop;
+  evx__loop_member member; /* until evx_http_free: the loop closes a server left open */
   struct event_base *base;
   struct evhttp *evh; /* NULL once freed (the struct may outlive it, see `freed`) */
   evx_http_opts opts;

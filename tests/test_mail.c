@@ -351,6 +351,34 @@ END_TEST
 
 /* The spool folder turns into a file: every attempt fails, retries back off
  * on loop timers, then the failure is logged with the reason. */
+/* A mailer left open at evx_loop_free is freed by it (the ownership rule):
+ * a mail waiting for its retry timer ends with EVX_ECANCELED. Were only the
+ * loop's timers dropped, its done would never run. */
+START_TEST(test_left_open_freed_by_loop_free) {
+  memset(&R, 0, sizeof R);
+  evx_mailer_opts o = {.spool_dir = spool, .max_attempts = 3, .backoff_ms = 60000,
+                       .log = rec_log, .log_arg = &R};
+  evx_mailer *m = evx_mailer_new(loop, &o);
+  ck_assert_ptr_nonnull(m);
+  ck_assert_int_eq(rmdir(spool), 0);
+  FILE *f = fopen(spool, "w"); /* every attempt fails */
+  ck_assert_ptr_nonnull(f);
+  fclose(f);
+  evx_mail_msg msg = {.to = "a@example.org", .subject = "s"};
+  ck_assert_int_eq(evx_mail_send(m, &msg, rec_done, NULL, NULL), EVX_OK);
+  stop_on_log = 1; /* the first attempt's failure: the retry now waits 60 s */
+  run_loop();
+  ck_assert_int_eq(R.ndone, 0);
+  ck_assert_uint_eq(evx_mailer_pending(m), 1);
+  evx_loop_free(loop);
+  loop = evx_loop_new(NULL); /* for the teardown */
+  ck_assert_ptr_nonnull(loop);
+  ck_assert_int_eq(R.ndone, 1);
+  ck_assert_int_eq(R.status[0], EVX_ECANCELED);
+  unlink(spool);
+}
+END_TEST
+
 START_TEST(test_spool_failure_retries) {
   memset(&R, 0, sizeof R);
   evx_mailer_opts o = {.spool_dir = spool, .max_attempts = 3, .backoff_ms = 30,
@@ -609,6 +637,7 @@ Suite *suite(void) {
   tcase_add_test(tc, test_format_subject_crlf);
   tcase_add_test(tc, test_spool);
   tcase_add_test(tc, test_spool_failure_retries);
+  tcase_add_test(tc, test_left_open_freed_by_loop_free);
   tcase_add_test(tc, test_mailer_new_errors);
   tcase_add_test(tc, test_smtp_delivers);
   tcase_add_test(tc, test_smtp_retry_then_success);

@@ -720,6 +720,31 @@ START_TEST(test_busy_timeout) {
 }
 END_TEST
 
+/* A handle left open at evx_loop_free is closed by it (the ownership rule:
+ * newest first, so before its own executors): DRAIN, every write runs. Were
+ * the executors freed first they would cancel the writes not started. */
+START_TEST(test_left_open_closed_by_loop_free) {
+  evx_sqlite *db = open_db(2, 0);
+  ok_cbs = cancelled_cbs = 0;
+  for (int i = 0; i < 50; i++) {
+    evx_sql_value v = evx_sql_int(i);
+    ck_assert_int_eq(
+        evx_sqlite_query(db, EVX_SQL_WRITE, "INSERT INTO t (i) VALUES (?)", &v, 1, count_cb, NULL),
+        EVX_OK);
+  }
+  evx_loop_free(loop);
+  loop = evx_loop_new(NULL); /* for the check below and the teardown */
+  ck_assert_ptr_nonnull(loop);
+  ck_assert_int_eq(ok_cbs, 50);
+  ck_assert_int_eq(cancelled_cbs, 0);
+  db = open_db(1, 0);
+  evx_sql_result *r = query(db, EVX_SQL_READ, "SELECT count(*) FROM t", NULL, 0);
+  ck_assert_int_eq(evx_sql_get_int(r, 0, 0), 50);
+  evx_sql_result_free(r);
+  evx_sqlite_close(db);
+}
+END_TEST
+
 Suite *suite(void);
 Suite *suite(void) {
   Suite *s = suite_create("sqlite");
@@ -739,6 +764,7 @@ Suite *suite(void) {
   tcase_add_test(tc, test_backpressure_and_shutdown);
   tcase_add_test(tc, test_close_drains);
   tcase_add_test(tc, test_busy_timeout);
+  tcase_add_test(tc, test_left_open_closed_by_loop_free);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -31,6 +31,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "evx-private.h"
+
 #define SQL_CACHE_SIZE 32
 #define SQL_MAX_READERS 256
 
@@ -50,6 +52,7 @@ typedef struct sql_conn {
 
 struct evx_sqlite {
   evx_loop *loop;
+  evx__loop_member member; /* registered after the executors: closed before them */
   char *path;
   unsigned busy_timeout_ms;
   int synchronous_full;
@@ -585,7 +588,7 @@ static int query_call(void *arg, void **result) {
 evx_future *evx_sqlite_query_future(evx_sqlite *db, evx_sql_mode mode, const char *sql,
                                     const evx_sql_value *params, size_t nparams) {
   if (check_query_args(db, mode, sql, params, nparams)) return NULL;
-  if (!evx_loop_in_thread(db->loop)) return NULL;
+  if (!evx__loop_thread_ok(db->loop)) return NULL;
   sql_job *job = job_new(db, mode, sql, params, nparams);
   if (!job) return NULL;
   /* On submit failure evx_run_on_executor calls job_free itself (arg_free);
@@ -633,6 +636,11 @@ static void set_err(char **errmsg, const char *msg) {
   if (errmsg && !*errmsg) *errmsg = evx_strdup(msg);
 }
 
+/* evx_loop_free closes a handle left open (see evx-private.h). */
+static void sqlite_on_free(evx__loop_member *m) {
+  evx_sqlite_close(EVX__CONTAINER_OF(m, evx_sqlite, member));
+}
+
 int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opts,
                     evx_sqlite **out, char **errmsg) {
   if (errmsg) *errmsg = NULL;
@@ -642,7 +650,7 @@ int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opt
     set_err(errmsg, "an in-memory database cannot be shared by the worker threads; give a file");
     return EVX_EINVAL;
   }
-  if (!evx_loop_in_thread(loop)) return EVX_EINVAL;
+  if (!evx__loop_thread_ok(loop)) return EVX_EINVAL;
   evx_sqlite_opts o;
   memset(&o, 0, sizeof o);
   if (opts) o = *opts;
@@ -717,6 +725,7 @@ int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opt
     evx_executor_free(db->readers);
     goto oom_key;
   }
+  evx__loop_member_add(loop, &db->member, NULL, sqlite_on_free);
   *out = db;
   return EVX_OK;
 oom_key:
@@ -745,6 +754,7 @@ int evx_sqlite_shutdown(evx_sqlite *db, int how) {
 
 void evx_sqlite_close(evx_sqlite *db) {
   if (!db) return;
+  evx__loop_member_remove(&db->member);
   if (!db->shut) evx_sqlite_shutdown(db, EVX_SHUTDOWN_DRAIN);
   /* Joins the workers: their key destructors close every connection. */
   evx_executor_free(db->readers);

@@ -75,8 +75,16 @@ EVX_API int evx_loop_stop(evx_loop *loop);
 /**
  * Free the loop. Must not be called while evx_loop_run() is executing.
  * Order of teardown:
- *  1. every executor still bound to the loop is freed (evx_executor_free:
- *     shutdown with CANCEL, wait for running jobs, every `done` is called);
+ *  1. The ownership rule for loop-bound objects: every object still bound
+ *     to the loop - executors, HTTP servers, SQLite handles, mailers, any
+ *     object evexec binds to a loop - is closed by its own free function,
+ *     newest first (reverse order of creation): evx_executor_free (shutdown
+ *     with CANCEL, wait for running jobs, every `done` is called),
+ *     evx_http_free (held requests become EVX_ECLOSED zombies),
+ *     evx_sqlite_close, evx_mailer_free. So a server is closed before the
+ *     executor created before it, whose `done` callbacks then find its
+ *     requests closed. Freeing them yourself first, in any order, is always
+ *     allowed; after evx_loop_free every handle to them is dangling;
  *  2. queued callbacks run on the calling thread, and so do callbacks added
  *     meanwhile (by them or by other threads), until the queue is empty;
  *     in the same step the queue closes: from then on evx_add_callback()

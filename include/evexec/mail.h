@@ -101,8 +101,8 @@ typedef struct evx_mailer evx_mailer;
  * Create a mailer bound to `loop` and start its delivery threads.
  * Loop thread only. Creates the spool folder when the spool transport is
  * used (blocking, once, at start-up).
- * @return the mailer, owned by the caller (evx_mailer_free before
- *         evx_loop_free), or NULL (NULL loop, wrong thread, threads > 2,
+ * @return the mailer, owned by the caller (evx_mailer_free; evx_loop_free
+ *         frees one left open), or NULL (NULL loop, wrong thread, threads > 2,
  *         a spool folder that cannot be created, out of memory).
  */
 EVX_API evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts);
@@ -156,8 +156,8 @@ EVX_API evx_executor *evx_mailer_executor(evx_mailer *m);
  * Free the mailer: implies evx_mailer_shutdown(m, EVX_SHUTDOWN_CANCEL), waits
  * for a running attempt, and calls every `done` still owed (with
  * EVX_ECANCELED unless its attempt just succeeded or failed for good).
- * Loop thread only, or after the loop stopped; before evx_loop_free; not
- * from inside one of m's own `done` or log callbacks (defer it with
+ * Loop thread only, or after the loop stopped (evx_loop_free calls it for
+ * a mailer left open); not from inside one of m's own `done` or log callbacks (defer it with
  * evx_add_callback). NULL accepted.
  */
 EVX_API void evx_mailer_free(evx_mailer *m);

@@ -220,8 +220,8 @@ EVX_API int evx_sqlite_shutdown(evx_sqlite *db, int how);
  * Close: shuts down (DRAIN unless evx_sqlite_shutdown chose otherwise), waits
  * for the worker threads (which close their connections as they exit), runs
  * every callback still owed, and frees db. Loop thread only, or after the
- * loop stopped; must be called before evx_loop_free (which would free the
- * executors under it). Not from inside one of db's own callbacks (its
+ * loop stopped (evx_loop_free calls it for a handle left open, before it
+ * frees the handle's executors). Not from inside one of db's own callbacks (its
  * executors cannot be joined from there): defer it with evx_add_callback.
  * NULL accepted.
  */
