@@ -30,6 +30,7 @@
 #include <event2/event_struct.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -51,6 +52,15 @@ typedef struct evx__timer {
   void *arg;
   evx__hid id;
 } evx__timer;
+
+/* One evx_loop_on_signal registration. */
+typedef struct evx__signal {
+  evx__list link; /* in loop->signals */
+  struct event ev;
+  int signum;
+  evx_signal_fn fn;
+  void *arg;
+} evx__signal;
 
 struct evx_loop {
   struct event_base *base;
@@ -83,6 +93,7 @@ struct evx_loop {
   evx__cbnode *batch; /* remaining nodes of the batch being run */
   evx__cbnode *defer_head, *defer_tail;
   evx__list timers;
+  evx__list signals; /* evx__signal.link */
   evx__list members; /* evx__loop_member.link, oldest first (see evx-private.h) */
 };
 
@@ -198,6 +209,7 @@ evx_loop *evx_loop_new(struct event_base *base) {
   atomic_init(&loop->running, 0);
   atomic_init(&loop->owner, evx__thread_me());
   evx__list_init(&loop->timers);
+  evx__list_init(&loop->signals);
   evx__list_init(&loop->members);
   evx__alloc_hold();
   return loop;
@@ -408,6 +420,11 @@ void evx_loop_free(evx_loop *loop) {
     evx__handle_drop(t->id);
     evx_free(t);
   }
+  while ((l = evx__list_pop_head(&loop->signals)) != NULL) {
+    evx__signal *sg = EVX__CONTAINER_OF(l, evx__signal, link);
+    event_del(&sg->ev);
+    evx_free(sg);
+  }
   for (evx__cbnode *n = loop->free_nodes, *next; n; n = next) {
     next = n->next;
     evx_free(n);
@@ -463,5 +480,46 @@ int evx_timer_cancel(evx_timer *handle) {
   event_del(&t->ev);
   evx__list_remove(&t->link);
   evx_free(t);
+  return EVX_OK;
+}
+
+/* ---- signals ---------------------------------------------------------- */
+
+static void evx__on_signal(evutil_socket_t sig, short what, void *arg) {
+  (void)sig;
+  (void)what;
+  evx__signal *sg = arg;
+  sg->fn(sg->signum, sg->arg);
+}
+
+int evx_loop_on_signal(evx_loop *loop, int signum, evx_signal_fn fn, void *arg) {
+  if (!loop || signum <= 0 || signum >= NSIG || signum == SIGKILL || signum == SIGSTOP ||
+      !evx__loop_thread_ok(loop))
+    return EVX_EINVAL;
+  for (evx__list *l = loop->signals.next; l != &loop->signals; l = l->next) {
+    evx__signal *sg = EVX__CONTAINER_OF(l, evx__signal, link);
+    if (sg->signum != signum) continue;
+    if (fn) { /* replace: the event stays, only the callback changes */
+      sg->fn = fn;
+      sg->arg = arg;
+    } else {
+      event_del(&sg->ev);
+      evx__list_remove(&sg->link);
+      evx_free(sg);
+    }
+    return EVX_OK;
+  }
+  if (!fn) return EVX_OK;
+  evx__signal *sg = evx_calloc(1, sizeof *sg);
+  if (!sg) return EVX_ENOMEM;
+  sg->signum = signum;
+  sg->fn = fn;
+  sg->arg = arg;
+  if (evsignal_assign(&sg->ev, loop->base, signum, evx__on_signal, sg) != 0 ||
+      evsignal_add(&sg->ev, NULL) != 0) {
+    evx_free(sg);
+    return EVX_EIO;
+  }
+  evx__list_insert_tail(&loop->signals, &sg->link);
   return EVX_OK;
 }

@@ -143,6 +143,24 @@ EVX_API evx_timer *evx_call_later(evx_loop *loop, uint64_t ms, evx_cb fn, void *
  */
 EVX_API int evx_timer_cancel(evx_timer *timer);
 
+/** A signal callback (evx_loop_on_signal): the signal number and the registered arg. Loop thread. */
+typedef void (*evx_signal_fn)(int signum, void *arg);
+
+/**
+ * Call fn(signum, arg) on the loop thread, as a normal loop callback, each time
+ * `signum` arrives while the loop runs (libevent's signal events: the C
+ * handler only wakes the loop, so fn may call anything, e.g. stop
+ * accepting, drain executors and evx_loop_stop for a graceful exit on
+ * SIGINT/SIGTERM). A second call for the same signal replaces fn and arg;
+ * fn NULL removes it (the signal's disposition goes back to what it was).
+ * Registrations end at evx_loop_free. Loop thread only. One loop per
+ * process should watch a given signal (libevent delivers it to one base).
+ * @return EVX_OK; EVX_EINVAL (NULL loop, bad signal number, SIGKILL or
+ *         SIGSTOP, wrong thread); EVX_ENOMEM; EVX_EIO (libevent could not
+ *         install the handler).
+ */
+EVX_API int evx_loop_on_signal(evx_loop *loop, int signum, evx_signal_fn fn, void *arg);
+
 #ifdef __cplusplus
 }
 #endif
