@@ -7,8 +7,12 @@ PREFIX   ?= $(CURDIR)/$(BUILD)/stage
 
 # Runtime + test dependencies (Debian package names).
 DEPS      = build-essential cmake pkg-config libevent-dev check libsqlite3-dev \
-            libcurl4-openssl-dev libjansson-dev libuv1-dev curl python3 python3-aiosmtpd
-BENCH_DEPS = wrk python3-tornado
+            libcurl4-openssl-dev libjansson-dev libuv1-dev curl python3 python3-aiosmtpd \
+            redis-server libhiredis-dev
+# The Redis suites start their own redis-server; ext/tasks' Redis backend
+# needs hiredis (with its libevent adapter). Celery and RQ are the task-queue
+# references of bench/tasks_redis.sh.
+BENCH_DEPS = wrk python3-tornado python3-celery python3-rq
 # make docs (and make install-check, which checks the installed man pages).
 DOCS_DEPS = doxygen man-db
 # Reliability runs (make test-valgrind, make fuzz-smoke).

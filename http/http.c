@@ -23,6 +23,8 @@
 #include "http-test.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
@@ -32,6 +34,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #define EVX__DEF_MAX_HEADER 8192
 #define EVX__DEF_MAX_BODY (1024 * 1024)
@@ -199,15 +202,56 @@ evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
   return h;
 }
 
+/* errno of a failed socket/bind/listen -> the error the caller can act on. */
+static int evx__bind_err(int e) {
+  if (e == EADDRINUSE) return EVX_EADDRINUSE;
+  if (e == EACCES || e == EPERM) return EVX_EACCES;
+  if (e == ENOMEM || e == ENOBUFS) return EVX_ENOMEM;
+  return EVX_EIO;
+}
+
+/* The listening socket is made here, not by evhttp_bind_socket, so that the
+ * caller learns why a bind failed (libevent only says NULL, and prints a
+ * [warn] line to stderr). */
 int evx_http_bind(evx_http *h, const char *host, uint16_t port) {
   if (!h || h->freed || !evx__loop_thread_ok(h->loop)) return EVX_EINVAL;
   struct evhttp_bound_socket **nb = evx_realloc(h->bound, (h->nbound + 1) * sizeof *nb);
   if (!nb) return EVX_ENOMEM;
   h->bound = nb;
-  struct evhttp_bound_socket *b = evhttp_bind_socket_with_handle(h->evh, host ? host : "0.0.0.0", port);
-  if (!b) return EVX_EIO;
-  h->bound[h->nbound++] = b;
-  return EVX_OK;
+  char portstr[8];
+  snprintf(portstr, sizeof portstr, "%u", (unsigned)port);
+  struct addrinfo hints = {0}, *ai = NULL;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  int gai = getaddrinfo(host ? host : "0.0.0.0", portstr, &hints, &ai);
+  if (gai != 0) return gai == EAI_MEMORY ? EVX_ENOMEM : gai == EAI_SYSTEM ? EVX_EIO : EVX_ENOTFOUND;
+  int rc = EVX_EIO;
+  for (struct addrinfo *a = ai; a; a = a->ai_next) {
+    int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      rc = evx__bind_err(errno);
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+      rc = evx__bind_err(errno);
+      close(fd);
+      continue;
+    }
+    struct evhttp_bound_socket *b = evhttp_accept_socket_with_handle(h->evh, fd);
+    if (!b) { /* evhttp did not take the socket */
+      close(fd);
+      rc = EVX_ENOMEM;
+      continue;
+    }
+    h->bound[h->nbound++] = b;
+    rc = EVX_OK;
+    break;
+  }
+  freeaddrinfo(ai);
+  return rc;
 }
 
 int evx_http_port(evx_http *h) {

@@ -125,8 +125,12 @@ EVX_API evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts);
  * @param host a numeric address or name ("127.0.0.1", "::1", "0.0.0.0");
  *        NULL means "0.0.0.0".
  * @param port the TCP port; 0 picks a free one (see evx_http_port).
- * @return EVX_OK; EVX_EINVAL (NULL http, wrong thread); EVX_EIO (bind or
- *         listen failed, e.g. the port is in use).
+ * Nothing is printed: the result says why a bind failed.
+ * @return EVX_OK; EVX_EINVAL (NULL http, wrong thread); EVX_EADDRINUSE (the
+ *         port is taken); EVX_EACCES (a privileged port without the right);
+ *         EVX_ENOTFOUND (the host name does not resolve); EVX_EIO (another
+ *         socket/bind/listen failure, e.g. an address not on this machine);
+ *         EVX_ENOMEM.
  */
 EVX_API int evx_http_bind(evx_http *http, const char *host, uint16_t port);
 
