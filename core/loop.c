@@ -23,6 +23,8 @@
  */
 #include "loop-internal.h"
 
+#include "handle-internal.h"
+
 #include <errno.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
@@ -37,14 +39,19 @@
 #define EVX__NODE_CACHE_MAX 4096
 #define EVX__FREE_DRAIN_ROUNDS 1000
 
-struct evx_timer {
+/* A pending timer. The public evx_timer * is not its address but its
+ * handle (handle-internal.h), live exactly while the timer is pending: from
+ * evx_call_later until it fires (dropped before fn runs) or is cancelled.
+ * A handle kept past that names nothing, so evx_timer_cancel on it answers
+ * EVX_EINVAL instead of freeing memory twice or cancelling a later timer. */
+typedef struct evx__timer {
   evx__list link; /* in loop->timers while pending */
   struct event ev;
   evx_loop *loop;
   evx_cb fn;
   void *arg;
-  int firing;
-};
+  evx__hid id;
+} evx__timer;
 
 /* One evx_loop_on_signal registration. */
 typedef struct evx__signal {
@@ -72,10 +79,15 @@ struct evx_loop {
 
   atomic_int stop_requested;
   atomic_int running;
-  /* Written under lock before running is set. Read either after running was
-   * seen set (lock-free), or under lock (evx_loop_in_thread, which may run on
-   * any thread at any time, also while evx_loop_run starts). */
-  pthread_t thread;
+  /* The loop thread, as the address of that thread's evx__thread_token (a
+   * thread-local, so each live thread has its own): set by evx_loop_new,
+   * evx_loop_run and evx_loop_free. An atomic pointer, so any thread may
+   * compare itself against it at any time without a lock. */
+  _Atomic(const void *) owner;
+  /* The base was adopted: the caller may run it with event_base_dispatch(),
+   * which evexec cannot see, so the thread checks hold whether or not
+   * evx_loop_run is running (see evx__loop_thread_ok). Constant. */
+  int adopted;
 
   /* Loop thread only. */
   evx__cbnode *batch; /* remaining nodes of the batch being run */
@@ -171,6 +183,7 @@ evx_loop *evx_loop_new(struct event_base *base) {
   }
   if (base) {
     loop->base = base;
+    loop->adopted = 1;
   } else {
     /* PRECISE_TIMER: libevent's default monotonic clock is the coarse one
      * (one tick is 1-10 ms), which lets timers fire up to a tick early. */
@@ -194,10 +207,11 @@ evx_loop *evx_loop_new(struct event_base *base) {
   }
   atomic_init(&loop->stop_requested, 0);
   atomic_init(&loop->running, 0);
-  loop->thread = pthread_self();
+  atomic_init(&loop->owner, evx__thread_me());
   evx__list_init(&loop->timers);
   evx__list_init(&loop->signals);
   evx__list_init(&loop->members);
+  evx__alloc_hold();
   return loop;
 
 fail:
@@ -218,9 +232,7 @@ int evx_loop_run(evx_loop *loop) {
    * readers treat 2 like 0 until the thread is recorded and 1 is stored. */
   int idle = 0;
   if (!atomic_compare_exchange_strong(&loop->running, &idle, 2)) return EVX_EINVAL;
-  pthread_mutex_lock(&loop->lock);
-  loop->thread = pthread_self();
-  pthread_mutex_unlock(&loop->lock);
+  atomic_store(&loop->owner, evx__thread_me());
   atomic_store(&loop->running, 1);
   evx_loop *outer = evx__running_loop;
   evx__running_loop = loop;
@@ -240,7 +252,7 @@ int evx__loop_running_here(evx_loop *loop) { return evx__running_loop == loop; }
 
 int evx_loop_stop(evx_loop *loop) {
   if (!loop) return EVX_EINVAL;
-  if (atomic_load(&loop->running) == 1 && pthread_equal(pthread_self(), loop->thread)) {
+  if (atomic_load(&loop->running) == 1 && atomic_load(&loop->owner) == evx__thread_me()) {
     event_base_loopbreak(loop->base);
     return EVX_OK;
   }
@@ -251,14 +263,16 @@ int evx_loop_stop(evx_loop *loop) {
 
 int evx_loop_in_thread(evx_loop *loop) {
   if (!loop) return 0;
-  pthread_mutex_lock(&loop->lock);
-  int in = pthread_equal(pthread_self(), loop->thread) != 0;
-  pthread_mutex_unlock(&loop->lock);
-  return in;
+  return atomic_load(&loop->owner) == evx__thread_me();
 }
 
+/* The loop thread always passes. Another thread passes only while an owned
+ * base is not running (set-up and teardown around evx_loop_run): an adopted
+ * base may be inside event_base_dispatch() on its thread at any moment, which
+ * `running` cannot tell, so for it the check never relaxes. */
 int evx__loop_thread_ok(evx_loop *loop) {
-  return atomic_load(&loop->running) != 1 || pthread_equal(pthread_self(), loop->thread);
+  if (atomic_load(&loop->owner) == evx__thread_me()) return 1;
+  return !loop->adopted && atomic_load(&loop->running) != 1;
 }
 
 struct event_base *evx_loop_base(evx_loop *loop) { return loop ? loop->base : NULL; }
@@ -376,6 +390,9 @@ void evx_loop_free(evx_loop *loop) {
     fprintf(stderr, "evexec: evx_loop_free called while the loop runs; ignored\n");
     return;
   }
+  /* The freeing thread is the loop thread from here on: the teardown below
+   * makes loop-thread calls (members' free functions, callbacks). */
+  atomic_store(&loop->owner, evx__thread_me());
   /* The ownership rule (evx-private.h): close every member, newest first.
    * Unlinked before on_free, which may close other members too. */
   while (!evx__list_empty(&loop->members)) {
@@ -410,8 +427,9 @@ void evx_loop_free(evx_loop *loop) {
 
   evx__list *l;
   while ((l = evx__list_pop_head(&loop->timers)) != NULL) {
-    evx_timer *t = EVX__CONTAINER_OF(l, evx_timer, link);
+    evx__timer *t = EVX__CONTAINER_OF(l, evx__timer, link);
     event_del(&t->ev);
+    evx__handle_drop(t->id);
     evx_free(t);
   }
   while ((l = evx__list_pop_head(&loop->signals)) != NULL) {
@@ -429,37 +447,48 @@ void evx_loop_free(evx_loop *loop) {
   if (loop->owns_base) event_base_free(loop->base);
   pthread_mutex_destroy(&loop->lock);
   evx_free(loop);
+  evx__alloc_release();
 }
 
 static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
-  evx_timer *t = arg;
+  evx__timer *t = arg;
   evx__list_remove(&t->link);
-  t->firing = 1;
+  evx__handle_drop(t->id); /* from here on a cancel of this timer is EVX_EINVAL */
   t->fn(t->arg);
   evx_free(t);
 }
 
 evx_timer *evx_call_later(evx_loop *loop, uint64_t ms, evx_cb fn, void *arg) {
   if (!loop || !fn || !evx__loop_thread_ok(loop)) return NULL;
-  evx_timer *t = evx_calloc(1, sizeof *t);
+  evx__timer *t = evx_calloc(1, sizeof *t);
   if (!t) return NULL;
   t->loop = loop;
   t->fn = fn;
   t->arg = arg;
   struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)((ms % 1000) * 1000)};
+  if (evx__handle_new(t, &t->id) != EVX_OK) {
+    evx_free(t);
+    return NULL;
+  }
   if (event_assign(&t->ev, loop->base, -1, 0, evx__on_timer, t) != 0 ||
       event_add(&t->ev, &tv) != 0) {
+    evx__handle_drop(t->id);
     evx_free(t);
     return NULL;
   }
   evx__list_insert_tail(&loop->timers, &t->link);
-  return t;
+  return (evx_timer *)t->id;
 }
 
-int evx_timer_cancel(evx_timer *t) {
-  if (!t || t->firing || !evx__loop_thread_ok(t->loop)) return EVX_EINVAL;
+/* Under the handle table's lock: only the timer's loop thread may take it. */
+static int evx__timer_take_ok(void *obj) { return evx__loop_thread_ok(((evx__timer *)obj)->loop); }
+
+int evx_timer_cancel(evx_timer *handle) {
+  if (!handle) return EVX_EINVAL;
+  evx__timer *t = evx__handle_take((evx__hid)handle, evx__timer_take_ok);
+  if (!t) return EVX_EINVAL; /* fired, cancelled, never issued, or not our thread */
   event_del(&t->ev);
   evx__list_remove(&t->link);
   evx_free(t);

@@ -1,6 +1,6 @@
 /*
- * Executor statistics: log2-microsecond histograms and their quantiles.
- * The counters themselves live in evx_executor (under ex->lock).
+ * Executor statistics: the snapshot, log2-microsecond histograms and their
+ * quantiles. The counters live in evx_executor, under ex->lock.
  */
 #include "executor-internal.h"
 
@@ -39,6 +39,18 @@ uint64_t evx_stats_quantile_us(const uint64_t hist[EVX_STATS_BUCKETS], double q)
     if (seen >= rank) return (uint64_t)1 << i;
   }
   return (uint64_t)1 << (EVX_STATS_BUCKETS - 1);
+}
+
+int evx_executor_stats_get(evx_executor *ex, evx_executor_stats *out) {
+  if (!ex || !out) return EVX_EINVAL;
+  /* From our own done(): splice first, so the deferred jobs are counted. */
+  int post = evx__lock_seeing_deferred(ex);
+  *out = ex->stats;
+  out->queued = ex->nqueued;
+  out->running = ex->nrunning;
+  pthread_mutex_unlock(&ex->lock);
+  if (post) evx__post(ex);
+  return EVX_OK;
 }
 
 void evx__executor_metrics(evx__loop_member *m, struct evx_metrics *out) {
