@@ -138,6 +138,9 @@ int evx__strand_cancel_waiting_locked(evx_strand *s);
 
 /* stats.c */
 /* Add one duration to a total, a max and a log2-microsecond histogram. */
+/* stats.c: the executor's samples for evx_loop_metrics_text (its loop member's on_metrics). */
+struct evx_metrics;
+void evx__executor_metrics(evx__loop_member *m, struct evx_metrics *out);
 void evx__record(uint64_t *total, uint64_t *max, uint64_t *hist, uint64_t ns);
 
 #endif

@@ -522,6 +522,7 @@ evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
     ex->started++;
   }
   evx__loop_member_add(loop, &ex->member, evx__executor_on_run_exit, evx__executor_on_free);
+  evx__loop_member_set_metrics(&ex->member, evx__executor_metrics);
   return ex;
 
 fail_mem:
