@@ -365,7 +365,19 @@ void evx__loop_member_add(evx_loop *loop, evx__loop_member *m, evx__member_fn on
                           evx__member_fn on_free) {
   m->on_run_exit = on_run_exit;
   m->on_free = on_free;
+  m->on_metrics = NULL;
   evx__list_insert_tail(&loop->members, &m->link);
+}
+
+void evx__loop_member_set_metrics(evx__loop_member *m,
+                                  void (*fn)(evx__loop_member *m, struct evx_metrics *out)) {
+  m->on_metrics = fn;
+}
+
+void evx__loop_member_foreach(evx_loop *loop, void (*fn)(evx__loop_member *m, void *arg),
+                              void *arg) {
+  for (evx__list *l = loop->members.next; l != &loop->members; l = l->next)
+    fn(EVX__CONTAINER_OF(l, evx__loop_member, link), arg);
 }
 
 void evx__loop_member_remove(evx__loop_member *m) {

@@ -14,6 +14,12 @@
 #include "http-test.h"
 #include "loop-internal.h"
 
+/* Methods counted apart in the metrics (GET POST HEAD PUT DELETE OPTIONS
+ * PATCH, then everything else), and the buckets of the duration histogram
+ * (the layout of evx_executor_stats' histograms). */
+#define EVX__HTTP_NMETHODS 8
+#define EVX__HTTP_HIST_BUCKETS 32
+
 /* Most {name} segments in one route pattern. */
 #define EVX__ROUTE_MAX_PARAMS 16
 
@@ -43,6 +49,12 @@ typedef struct evx_route {
 struct evx_http {
   evx_loop *loop;
   evx__loop_member member; /* until evx_http_free: the loop closes a server left open */
+  /* For evx_loop_metrics_text (http-metrics.c): responses by method
+   * (EVX__HTTP_NMETHODS, the last one "other") and status class (as
+   * st.status), and the request durations in log2-microsecond buckets. */
+  uint64_t resp[EVX__HTTP_NMETHODS][6];
+  uint64_t dur_hist[EVX__HTTP_HIST_BUCKETS];
+  uint64_t dur_sum_ns;
   struct event_base *base;
   struct evhttp *evh; /* NULL once freed (the struct may outlive it, see `freed`) */
   evx_http_opts opts;
@@ -137,6 +149,13 @@ void evx__request_zombify(evx_request *r, int state, int close_conn);
 /* Answer a request that no handler will see (404, 405, 431, 503) and release it. */
 void evx__request_reply_builtin(evx_request *r, int status, const char *extra_name,
                                 const char *extra_value, const char *body);
+
+/* http/http-metrics.c */
+/* Count one response (status 499: the client left) that took dur_ns. */
+void evx__http_metrics_record(evx_http *h, const char *method, int status, uint64_t dur_ns);
+/* The server's loop-member on_metrics. */
+struct evx_metrics;
+void evx__http_metrics(evx__loop_member *m, struct evx_metrics *out);
 
 /* http/http.c */
 void evx__http_log(evx_http *h, evx_request *r, int status);

@@ -704,8 +704,8 @@ START_TEST(test_backpressure_and_shutdown) {
 }
 END_TEST
 
-START_TEST(test_close_drains) {
-  evx_sqlite *db = open_db(2, 0);
+/* Queue 50 inserts on db, counted by count_cb. */
+static void queue_50_writes(evx_sqlite *db) {
   ok_cbs = cancelled_cbs = 0;
   for (int i = 0; i < 50; i++) {
     evx_sql_value v = evx_sql_int(i);
@@ -713,13 +713,24 @@ START_TEST(test_close_drains) {
         evx_sqlite_query(db, EVX_SQL_WRITE, "INSERT INTO t (i) VALUES (?)", &v, 1, count_cb, NULL),
         EVX_OK);
   }
-  evx_sqlite_close(db); /* DRAIN: every accepted write runs */
+}
+
+/* Every one of them ran and is in the table. */
+static void assert_50_written(void) {
   ck_assert_int_eq(ok_cbs, 50);
-  db = open_db(1, 0);
+  ck_assert_int_eq(cancelled_cbs, 0);
+  evx_sqlite *db = open_db(1, 0);
   evx_sql_result *r = query(db, EVX_SQL_READ, "SELECT count(*) FROM t", NULL, 0);
   ck_assert_int_eq(evx_sql_get_int(r, 0, 0), 50);
   evx_sql_result_free(r);
   evx_sqlite_close(db);
+}
+
+START_TEST(test_close_drains) {
+  evx_sqlite *db = open_db(2, 0);
+  queue_50_writes(db);
+  evx_sqlite_close(db); /* DRAIN: every accepted write runs */
+  assert_50_written();
 }
 END_TEST
 
@@ -768,24 +779,11 @@ END_TEST
  * newest first, so before its own executors): DRAIN, every write runs. Were
  * the executors freed first they would cancel the writes not started. */
 START_TEST(test_left_open_closed_by_loop_free) {
-  evx_sqlite *db = open_db(2, 0);
-  ok_cbs = cancelled_cbs = 0;
-  for (int i = 0; i < 50; i++) {
-    evx_sql_value v = evx_sql_int(i);
-    ck_assert_int_eq(
-        evx_sqlite_query(db, EVX_SQL_WRITE, "INSERT INTO t (i) VALUES (?)", &v, 1, count_cb, NULL),
-        EVX_OK);
-  }
+  queue_50_writes(open_db(2, 0));
   evx_loop_free(loop);
   loop = evx_loop_new(NULL); /* for the check below and the teardown */
   ck_assert_ptr_nonnull(loop);
-  ck_assert_int_eq(ok_cbs, 50);
-  ck_assert_int_eq(cancelled_cbs, 0);
-  db = open_db(1, 0);
-  evx_sql_result *r = query(db, EVX_SQL_READ, "SELECT count(*) FROM t", NULL, 0);
-  ck_assert_int_eq(evx_sql_get_int(r, 0, 0), 50);
-  evx_sql_result_free(r);
-  evx_sqlite_close(db);
+  assert_50_written();
 }
 END_TEST
 

@@ -140,6 +140,10 @@ START_TEST(test_adopted_checked_when_idle) {
 }
 END_TEST
 
+static void submit_misuse(void *arg) {
+  ck_assert_int_eq(evx_submit(g_ex, misuse_work, stop_done, arg), EVX_OK);
+}
+
 /* An owned base keeps its set-up/teardown freedom while it does not run, and
  * is checked while evx_loop_run runs (the rule that already held). */
 START_TEST(test_owned_checked_while_running) {
@@ -147,7 +151,9 @@ START_TEST(test_owned_checked_while_running) {
   evx_executor_opts eo = {.threads = 1};
   g_ex = evx_executor_new(loop, &eo);
   worker_seen w = {.loop = loop, .done_status = 99};
-  ck_assert_int_eq(evx_submit(g_ex, misuse_work, stop_done, &w), EVX_OK);
+  /* Submitted from a loop callback: the worker must see the loop running
+   * (submitted before evx_loop_run, it could run before the loop starts). */
+  ck_assert_int_eq(evx_add_callback(loop, submit_misuse, &w), EVX_OK);
   evx_test_run(loop, 5000);
   ck_assert_int_eq(w.done_status, EVX_OK);
   ck_assert_int_eq(atomic_load(&w.future_ok), 0);
@@ -189,6 +195,10 @@ static void on_wait(evx_future *f, void *arg) {
   cc->settled = 1;
 }
 
+static void submit_free_cond(void *arg) {
+  ck_assert_int_eq(evx_submit(g_ex, free_cond_work, free_cond_done, arg), EVX_OK);
+}
+
 START_TEST(test_condition_free_from_worker_refused) {
   evx_loop *loop = evx_loop_new(NULL);
   evx_executor_opts eo = {.threads = 1};
@@ -198,7 +208,8 @@ START_TEST(test_condition_free_from_worker_refused) {
   evx_future *f = evx_condition_wait(cc.c, 0);
   ck_assert_ptr_nonnull(f);
   ck_assert_int_eq(evx_future_on_done(f, on_wait, &cc), EVX_OK);
-  ck_assert_int_eq(evx_submit(ex, free_cond_work, free_cond_done, &cc), EVX_OK);
+  g_ex = ex;
+  ck_assert_int_eq(evx_add_callback(loop, submit_free_cond, &cc), EVX_OK); /* see submit_misuse */
   evx_test_run(loop, 5000);
   ck_assert_uint_eq(cc.waiters_after, 1); /* the worker's free did nothing */
   evx_test_run_once(loop);                /* future callbacks run in a later iteration */

@@ -3,7 +3,7 @@
  * Umbrella header: Tornado's offload model for libevent programs.
  * A loop thread that never blocks (loop.h), fixed worker pools for blocking
  * calls (executor.h), futures (future.h), long-poll conditions (condition.h)
- * and asynchronous HTTP handlers (http.h).
+ * asynchronous HTTP handlers (http.h) and Prometheus metrics (metrics.h).
  */
 #ifndef EVEXEC_EVEXEC_H
 #define EVEXEC_EVEXEC_H
@@ -14,5 +14,6 @@
 #include <evexec/future.h>
 #include <evexec/http.h>
 #include <evexec/loop.h>
+#include <evexec/metrics.h>
 
 #endif /* EVEXEC_EVEXEC_H */

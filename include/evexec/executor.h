@@ -42,7 +42,13 @@ typedef struct evx_strand evx_strand;
 /** Executor options. Zero fields take the defaults. */
 typedef struct evx_executor_opts {
   unsigned threads;  /**< worker threads; default 4 */
-  size_t max_queue;  /**< jobs waiting (not running) before EVX_EBUSY; default 4096 */
+  /**
+   * Jobs waiting (not running) before EVX_EBUSY; default 4096. Exact, except
+   * that while the loop thread runs this executor's `done` callbacks it
+   * holds up to 31 slots in advance for the jobs they submit: a submit from
+   * another thread meanwhile may see EVX_EBUSY that many jobs early.
+   */
+  size_t max_queue;
   const char *name;  /**< for logs, metrics and thread names; copied; default "evx" */
   /**
    * Latency for CPU: a worker that runs out of jobs first polls for new ones

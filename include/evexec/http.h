@@ -199,6 +199,16 @@ EVX_API int evx_route_set_timeout(evx_route *route, uint64_t ms);
 EVX_API int evx_http_set_before(evx_http *http, evx_handler_fn fn, void *arg);
 
 /**
+ * Serve the Prometheus metrics of everything on this server's loop at `path`
+ * (GET and HEAD): every executor, every HTTP server, task queues and the
+ * application's evx_metrics_source - see metrics.h for the names. Content
+ * type `text/plain; version=0.0.4`. An ordinary route otherwise (the before
+ * hook runs; evx_http_route_find(http, "GET", path, 0) finds it).
+ * @return as evx_http_route.
+ */
+EVX_API int evx_http_route_metrics(evx_http *http, const char *path);
+
+/**
  * Stop listening: new connections are refused, connections already open are
  * served until they close. For a clean shutdown call this, drain the
  * executors (their `done` callbacks finish the held requests), then free.
