@@ -57,13 +57,15 @@ void evx_http_log_stderr(void *arg, const evx_http_log_entry *e) {
 void evx__http_log(evx_http *h, evx_request *r, int status) {
   int cls = status / 100;
   h->st.status[(status != 499 && cls >= 1 && cls <= 5) ? cls : 0]++;
+  uint64_t dur_ns = evx_now_ns() - r->t0_ns;
+  evx__http_metrics_record(h, r->method, status, dur_ns);
   if (h->freed || !h->opts.log) return;
   evx_http_log_entry e = {
       .method = r->method,
       .path = r->path ? r->path : "-",
       .status = status,
       .bytes = r->bytes,
-      .duration_us = (evx_now_ns() - r->t0_ns) / 1000,
+      .duration_us = dur_ns / 1000,
       .peer = r->peer[0] ? r->peer : "-",
   };
   h->opts.log(h->opts.log_arg, &e);
@@ -225,6 +227,7 @@ evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
   struct sigaction sa;
   if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
   evx__loop_member_add(loop, &h->member, NULL, evx__http_on_free);
+  evx__loop_member_set_metrics(&h->member, evx__http_metrics);
   return h;
 }
 

@@ -295,6 +295,19 @@ int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done,
     if (!job->to) err = EVX_ENOMEM;
   }
   if (err) {
+    /* A message that cannot be built is lost to the caller's code path: say
+     * so here, once per mail, so no mail disappears without a visible error
+     * (EBUSY and ECLOSED are load and life-cycle answers the caller handles). */
+    char to[201] = "(none)";
+    if (full.to) {
+      size_t i = 0; /* control bytes shown as '?': one log line stays one line */
+      for (; full.to[i] && i < sizeof to - 1; i++)
+        to[i] = (unsigned char)full.to[i] < 0x20 ? '?' : full.to[i];
+      to[i] = '\0';
+    }
+    mail_log(m, EVX_MAIL_ERROR, "mail to %s refused: %s (%s)", to,
+             err == EVX_EINVAL ? "bad sender or recipient address" : "out of memory",
+             evx_err_name(err));
     job_free(job);
     return err;
   }

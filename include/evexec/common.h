@@ -74,9 +74,15 @@ typedef void (*evx_free_fn)(void *p);
 
 /**
  * Replace the allocator used by every evexec allocation (like uv_replace_allocator).
- * Call before any other evexec call, while no evexec object exists.
- * All four functions must be given, or all NULL to restore the C library's.
- * @return EVX_OK, or EVX_EINVAL if only some are given.
+ * Call before any other evexec call, while no evexec object exists; memory
+ * that evx_malloc & co. handed out must have been freed too (evexec cannot
+ * see it). All four functions must be given, or all NULL to restore the C
+ * library's. Not thread-safe against other evexec calls.
+ * @return EVX_OK (also when the set is the one in use: a no-op); EVX_EINVAL
+ *         if only some are given; EVX_EBUSY while any evx_loop exists (every
+ *         evexec object belongs to a loop, and its memory came from the
+ *         allocator in use: freeing it through another would crash). The
+ *         allocator is then unchanged.
  */
 EVX_API int evx_set_allocator(void *(*malloc_fn)(size_t),
                               void *(*realloc_fn)(void *, size_t),
