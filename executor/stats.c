@@ -73,6 +73,12 @@ void evx__executor_metrics(evx__loop_member *m, struct evx_metrics *out) {
                       (double)st.rejected);
   evx_metrics_counter(out, "evx_executor_cancelled_total", "Jobs cancelled before they started.",
                       labels, (double)st.cancelled);
+  evx_metrics_counter(out, "evx_executor_shed_total",
+                      "Of rejected: submits refused by the target queue wait.", labels,
+                      (double)st.shed);
+  evx_metrics_counter(out, "evx_executor_expired_total",
+                      "Of cancelled: jobs that waited past the target queue wait, never run.",
+                      labels, (double)st.expired);
   evx_metrics_histogram_log2us(out, "evx_executor_wait_seconds", "Time jobs waited in the queue.",
                                labels, st.wait_hist, EVX_STATS_BUCKETS, st.wait_ns_total);
   evx_metrics_histogram_log2us(out, "evx_executor_run_seconds", "Time jobs ran on a worker.",
