@@ -7,14 +7,22 @@ PREFIX   ?= $(CURDIR)/$(BUILD)/stage
 
 # Runtime + test dependencies (Debian package names).
 DEPS      = build-essential cmake pkg-config libevent-dev check libsqlite3-dev \
-            libcurl4-openssl-dev libjansson-dev libuv1-dev curl python3 python3-aiosmtpd
-BENCH_DEPS = wrk python3-tornado
+            libcurl4-openssl-dev libjansson-dev libuv1-dev curl python3 python3-aiosmtpd \
+            python3-prometheus-client \
+            redis-server libhiredis-dev
+# The Redis suites start their own redis-server; ext/tasks' Redis backend
+# needs hiredis (with its libevent adapter). Celery and RQ are the task-queue
+# references of bench/tasks_redis.sh.
+BENCH_DEPS = wrk python3-tornado python3-celery python3-rq
+# make docs (and make install-check, which checks the installed man pages).
+DOCS_DEPS = doxygen man-db
 # Reliability runs (make test-valgrind, make fuzz-smoke).
 VALGRIND_DEPS = valgrind
 FUZZ_DEPS  = clang libclang-rt-14-dev
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build test demo test-asan test-tsan test-valgrind fuzz-smoke install install-check bench clean
+
+.PHONY: all deps build docs test demo test-asan test-tsan test-valgrind fuzz-smoke install install-check bench clean
 
 all: build
 
@@ -49,12 +57,22 @@ fuzz-smoke:
 	$(MAKE) build BUILD=build-fuzz CMAKE_FLAGS="-DCMAKE_C_COMPILER=clang -DEVX_BUILD_FUZZ=ON -DEVX_SANITIZE=address -DEVX_BUILD_TESTS=OFF -DEVX_BUILD_EXAMPLES=OFF -DEVX_BUILD_BENCH=OFF"
 	sh fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
 
+# The API reference from the public headers' comments (Doxygen): HTML in
+# $(BUILD)/docs/html, man pages in $(BUILD)/docs/man/man3 (installed by
+# make install once built). Reconfigures so CMake finds a new doxygen.
+docs: build
+	@sh scripts/deps.sh $(DOCS_DEPS)
+	cmake -S . -B $(BUILD) >/dev/null
+	cmake --build $(BUILD) --target docs
+
 install: build
 	cmake --install $(BUILD) --prefix $(PREFIX)
 
-# Build a program outside the tree against the installed library, with both
-# pkg-config and find_package(evexec).
-install-check: install
+# Build programs outside the tree against the installed libraries, with both
+# pkg-config and find_package(evexec), run them without LD_LIBRARY_PATH, and
+# read an installed man page.
+install-check: docs
+	$(MAKE) install
 	sh scripts/install-check.sh $(PREFIX)
 
 demo: build

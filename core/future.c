@@ -1,5 +1,6 @@
 /*
- * evx_future: loop-thread futures, run_on_executor, all, with_timeout.
+ * evx_future: loop-thread futures, all, with_timeout (run_on_executor is
+ * executor/run.c).
  *
  * DESIGN
  * - Loop thread only, so no locks. Reference counted: every party that may
@@ -162,8 +163,8 @@ int evx_future_on_done(evx_future *f, evx_future_cb cb, void *arg) {
   return EVX_OK;
 }
 
-/* Undo an evx_future_on_done whose callback has not run. */
-static void evx__future_remove_cb(evx_future *f, evx_future_cb cb, void *arg) {
+/* Undo an evx_future_on_done whose callback has not run (a no-op once it ran). */
+void evx__future_remove_cb(evx_future *f, evx_future_cb cb, void *arg) {
   for (size_t i = f->next_cb; i < f->ncbs; i++) {
     if (f->cbs[i].cb == cb && f->cbs[i].arg == arg) {
       memmove(&f->cbs[i], &f->cbs[i + 1], (f->ncbs - i - 1) * sizeof f->cbs[0]);
@@ -171,71 +172,6 @@ static void evx__future_remove_cb(evx_future *f, evx_future_cb cb, void *arg) {
       return;
     }
   }
-}
-
-/* ---- run_on_executor ---------------------------------------------------- */
-
-typedef struct evx__call {
-  evx_future *f;
-  evx_call_fn fn;
-  void *arg;
-  evx_free_fn arg_free;
-  evx_free_fn result_free;
-  void *result; /* written by the worker, read on the loop after done */
-  int rc;
-  evx_job *job;
-} evx__call;
-
-static void evx__call_work(void *p) {
-  evx__call *c = p;
-  c->result = NULL;
-  c->rc = c->fn(c->arg, &c->result);
-}
-
-static void evx__call_done(void *p, int status) {
-  evx__call *c = p;
-  evx_future *f = c->f;
-  if (f->cancel_ctx == c) evx__future_set_cancel_hook(f, NULL, NULL);
-  if (status == EVX_OK && c->rc == EVX_OK) {
-    if (evx_future_resolve(f, c->result, c->result_free) != EVX_OK && c->result && c->result_free)
-      c->result_free(c->result); /* nobody wants it any more */
-  } else {
-    int err = status != EVX_OK ? status : c->rc < 0 ? c->rc : EVX_EIO;
-    (void)evx_future_fail(f, err);
-  }
-  if (c->arg_free) c->arg_free(c->arg);
-  evx_future_release(f);
-  evx_free(c);
-}
-
-static void evx__call_cancel(evx_future *f, void *ctx) {
-  (void)f;
-  evx__call *c = ctx;
-  /* EVX_EBUSY: it runs; evx__call_done frees its result. */
-  (void)evx_job_cancel(c->job);
-}
-
-evx_future *evx_run_on_executor(evx_executor *ex, evx_call_fn fn, void *arg, evx_free_fn arg_free,
-                                evx_free_fn result_free) {
-  if (!ex || !fn) return NULL;
-  evx_future *f = evx_future_new(evx_executor_loop(ex));
-  if (!f) return NULL;
-  evx__call *c = evx_calloc(1, sizeof *c);
-  int rc = EVX_ENOMEM;
-  if (c) {
-    *c = (evx__call){.f = f, .fn = fn, .arg = arg, .arg_free = arg_free, .result_free = result_free};
-    f->refs++; /* the job's reference */
-    rc = evx_submit_job(ex, evx__call_work, evx__call_done, c, &c->job);
-    if (rc == EVX_OK) {
-      evx__future_set_cancel_hook(f, evx__call_cancel, c);
-      return f;
-    }
-    f->refs--;
-    evx_free(c);
-  }
-  (void)evx_future_fail(f, rc);
-  if (arg_free) arg_free(arg);
-  return f;
 }
 
 /* ---- all ---------------------------------------------------------------- */

@@ -1,11 +1,13 @@
 /* PRIVATE to evexec: never installed, never included by users.
- * Loop internals shared with the executor, futures and the HTTP layer. */
+ * Loop internals shared with core/, executor/ and http/. The part ext/ may
+ * use too (loop members, the thread check) is in evx-private.h. */
 #ifndef EVX_LOOP_INTERNAL_H
 #define EVX_LOOP_INTERNAL_H
 
 #include <evexec/loop.h>
 
 #include "common-internal.h"
+#include "evx-private.h"
 
 /* A queued callback. Nodes are either allocated by the loop for
  * evx_add_callback (owned == 0 ... recycled by the loop), or embedded in
@@ -33,23 +35,18 @@ void evx__loop_unpost(evx_loop *loop, evx__cbnode *node);
  * must stay valid until it ran; it must not be on any queue. */
 void evx__loop_defer(evx_loop *loop, evx__cbnode *node);
 
-/* 1 when the caller may use loop-thread-only APIs: the loop is not running,
- * or this is the thread running it. */
-int evx__loop_thread_ok(evx_loop *loop);
-
 /* 1 only when the calling thread is inside evx_loop_run(loop) right now: a
  * callback posted now runs once the caller returns to the loop. A
  * thread-local check: cheap, and never true on another thread. */
 int evx__loop_running_here(evx_loop *loop);
 
-/* Executors register so that evx_loop_free can free those left behind.
+/* The newest registered member closed by on_free, or NULL: for per-loop
+ * state of core/ modules that has no owner object of its own (coroutines).
  * Loop thread only. */
-struct evx_executor;
-void evx__loop_add_executor(evx_loop *loop, evx__list *node);
-void evx__loop_remove_executor(evx_loop *loop, evx__list *node);
-void evx__executor_free_from_loop(evx__list *node);
-/* evx_loop_run is returning: the executor pays any worker wakeup it left
- * to later in the loop iteration (the iteration may have ended early). */
-void evx__executor_loop_exit(evx__list *node);
+evx__loop_member *evx__loop_member_find(evx_loop *loop, evx__member_fn on_free);
+
+/* 1 once evx_loop_free(loop) has started (objects that would register a
+ * new member then refuse). */
+int evx__loop_freeing(evx_loop *loop);
 
 #endif

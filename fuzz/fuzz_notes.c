@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <event2/event.h>
+#include <event2/http.h>
 #include <evexec/evexec.h>
 #include <evexec/http.h>
 #include <fcntl.h>
@@ -31,7 +32,7 @@
 #include <unistd.h>
 
 #include "fuzz.h"
-#include "http-internal.h" /* evx_http.evh: attach a Unix listener */
+#include "http-test.h" /* evx__http_evhttp: attach a Unix listener */
 #include "notes.h"
 
 #define TITLE_MAX 200 /* examples/notes/handlers.c */
@@ -98,7 +99,7 @@ static void setup(void) {
   S.lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   EVX_FUZZ_CHECK(S.lfd >= 0);
   EVX_FUZZ_CHECK(bind(S.lfd, (struct sockaddr *)&S.sa, S.salen) == 0 && listen(S.lfd, 8) == 0);
-  EVX_FUZZ_CHECK(evhttp_accept_socket_with_handle(app->http->evh, S.lfd) != NULL);
+  EVX_FUZZ_CHECK(evhttp_accept_socket_with_handle(evx__http_evhttp(app->http), S.lfd) != NULL);
   S.ready = 1;
   atexit(teardown);
 }

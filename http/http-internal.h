@@ -11,29 +11,54 @@
 #include <event2/http.h>
 
 #include "common-internal.h"
+#include "http-test.h"
 #include "loop-internal.h"
 
-/* Bytes of pipelined input evexec moves into evhttp's input buffer while a
- * request is held, before it stops watching that connection. */
-#define EVX__HTTP_PIPELINE_CAP (256 * 1024)
-/* A held request's socket is watched from this long after it was held on:
- * requests answered sooner (most offloaded ones) never pay for arming and
- * disarming the watch (an epoll_ctl each); a client that leaves is noticed
- * at most this much later. */
-#define EVX__HTTP_WATCH_DELAY_MS 5
+/* Methods counted apart in the metrics (GET POST HEAD PUT DELETE OPTIONS
+ * PATCH, then everything else), and the buckets of the duration histogram
+ * (the layout of evx_executor_stats' histograms). */
+#define EVX__HTTP_NMETHODS 8
+#define EVX__HTTP_HIST_BUCKETS 32
 
-typedef struct evx__route {
+/* Most {name} segments in one route pattern. */
+#define EVX__ROUTE_MAX_PARAMS 16
+
+/* A route (public handle: evx_route). Owned by its server, freed with it. */
+typedef struct evx_route {
   evx__list link; /* in evx_http.routes, in the order added */
+  evx_http *http;
   char *method;   /* NULL: any */
-  char *path;
+  char *path;     /* the pattern as given ("/users/{id}") */
   size_t plen;
   int flags;
+  size_t nparams; /* {name} segments in path; 0 for a literal path */
+  size_t literal; /* characters outside {name} segments (ranks pattern routes) */
   evx_handler_fn fn;
   void *arg;
+  /* evx_http_route_coro: fn is the coroutine dispatcher, arg the route, and
+   * these are the user's handler and argument. */
+  evx_handler_fn coro_fn;
+  void *coro_arg;
+  /* Per-route options (evx_route_set_*). One block that later options join:
+   * each field's zero value means "the server's setting". */
+  struct {
+    uint64_t timeout_ms; /* 0: server's request_timeout_ms */
+  } opt;
+  /* Derived from opt.timeout_ms: the timer's second leg for this route
+   * (see evx_http.rest_tv). Valid while the route exists. */
+  const struct timeval *rest_tv;
+  struct timeval rest_tv_plain;
 } evx__route;
 
 struct evx_http {
   evx_loop *loop;
+  evx__loop_member member; /* until evx_http_free: the loop closes a server left open */
+  /* For evx_loop_metrics_text (http-metrics.c): responses by method
+   * (EVX__HTTP_NMETHODS, the last one "other") and status class (as
+   * st.status), and the request durations in log2-microsecond buckets. */
+  uint64_t resp[EVX__HTTP_NMETHODS][6];
+  uint64_t dur_hist[EVX__HTTP_HIST_BUCKETS];
+  uint64_t dur_sum_ns;
   struct event_base *base;
   struct evhttp *evh; /* NULL once freed (the struct may outlive it, see `freed`) */
   evx_http_opts opts;
@@ -47,6 +72,8 @@ struct evx_http {
   evx__list routes;
   evx__list held; /* evx_request.held_link: held requests with state 0 */
   struct evbuffer *scratch; /* for chunks; always empty between calls */
+  evx_handler_fn before; /* evx_http_set_before: runs ahead of every handler */
+  void *before_arg;
   struct evhttp_bound_socket **bound;
   size_t nbound;
   evx_http_stats st;
@@ -89,16 +116,26 @@ struct evx_request {
   unsigned query_parsed : 1;
   unsigned body_ready : 1;
   unsigned hdr_set : 1; /* a Content-Type was given through set_header */
+  unsigned coro_alive : 1; /* a coroutine handler runs or is suspended: release waits for it */
   const char *method;
   const char *path; /* path_buf or evhttp's own path string */
   char *path_buf;
   char *query_buf;
   const char **params; /* key, value, key, value ... into query_buf */
   size_t nparams;
+  /* Route parameters ({name} segments): name, value, name, value ... in one
+   * allocation (the strings follow the pointers), owned by the request, so
+   * they outlive the route (a zombie may outlive its server's routes). */
+  const char **rparams;
+  size_t nrparams;
+  /* The second leg of timer_ev (request timeout) for this request's route;
+   * NULL: no timeout. Only read while held, when the route is alive. */
+  const struct timeval *rest_tv;
   const char *body;
   size_t body_len;
   evx_request_cb on_close;
   void *on_close_arg;
+  struct evx__coro *coro; /* the coroutine handler while it runs (interrupted when gone) */
   uint64_t t0_ns;
   uint64_t bytes;
   char peer[64];
@@ -115,10 +152,19 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
 void evx__request_after_handler(evx_request *r);
 /* Turn a held request into a zombie: gone/timed out/closed. close_conn: also free its connection. */
 void evx__request_zombify(evx_request *r, int state, int close_conn);
+/* A coroutine handler returned: finish the request with what it set (Tornado's
+ * auto-finish) unless it finished, and release it once nothing holds it. */
+void evx__request_coro_done(evx_request *r);
 /* Answer a request that no handler will see (404, 405, 431, 503) and release it. */
 void evx__request_reply_builtin(evx_request *r, int status, const char *extra_name,
                                 const char *extra_value, const char *body);
-const char *evx__http_reason(int status);
+
+/* http/http-metrics.c */
+/* Count one response (status 499: the client left) that took dur_ns. */
+void evx__http_metrics_record(evx_http *h, const char *method, int status, uint64_t dur_ns);
+/* The server's loop-member on_metrics. */
+struct evx_metrics;
+void evx__http_metrics(evx__loop_member *m, struct evx_metrics *out);
 
 /* http/http.c */
 void evx__http_log(evx_http *h, evx_request *r, int status);

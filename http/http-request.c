@@ -53,6 +53,10 @@
  */
 #include "http-internal.h"
 
+#include "coro-internal.h"
+#include "http-util.h"
+#include "http-test.h"
+
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -61,51 +65,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
-
-const char *evx__http_reason(int status) {
-  switch (status) {
-  case 100: return "Continue";
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 204: return "No Content";
-  case 206: return "Partial Content";
-  case 301: return "Moved Permanently";
-  case 302: return "Found";
-  case 303: return "See Other";
-  case 304: return "Not Modified";
-  case 307: return "Temporary Redirect";
-  case 308: return "Permanent Redirect";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 409: return "Conflict";
-  case 410: return "Gone";
-  case 411: return "Length Required";
-  case 413: return "Payload Too Large";
-  case 414: return "URI Too Long";
-  case 415: return "Unsupported Media Type";
-  case 422: return "Unprocessable Entity";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  default: break;
-  }
-  switch (status / 100) {
-  case 1: return "Informational";
-  case 2: return "Success";
-  case 3: return "Redirection";
-  case 4: return "Client Error";
-  default: return "Server Error";
-  }
-}
 
 static const char *evx__method_name(enum evhttp_cmd_type t) {
   switch (t) {
@@ -120,34 +79,6 @@ static const char *evx__method_name(enum evhttp_cmd_type t) {
   case EVHTTP_REQ_PATCH: return "PATCH";
   default: return "UNKNOWN";
   }
-}
-
-static int evx__hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-/* Percent-decode src[0..n) into dst (which may be src: decoding only
- * shrinks). plus: '+' means a space. Malformed escapes are kept as is.
- * Returns the decoded length, or (size_t)-1 if a NUL byte was decoded. */
-static size_t evx__urldecode(char *dst, const char *src, size_t n, int plus) {
-  size_t j = 0;
-  for (size_t i = 0; i < n; i++) {
-    char c = src[i];
-    if (c == '+' && plus) {
-      c = ' ';
-    } else if (c == '%' && i + 2 < n && evx__hexval(src[i + 1]) >= 0 &&
-               evx__hexval(src[i + 2]) >= 0) {
-      c = (char)(evx__hexval(src[i + 1]) * 16 + evx__hexval(src[i + 2]));
-      if (c == '\0') return (size_t)-1;
-      i += 2;
-    }
-    dst[j++] = c;
-  }
-  dst[j] = '\0';
-  return j;
 }
 
 evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t0) {
@@ -228,7 +159,7 @@ static void evx__hold(evx_request *r) {
 
 void evx__request_after_handler(evx_request *r) {
   if (r->finished) {
-    evx__http_release(r);
+    if (!r->coro_alive) evx__http_release(r); /* else evx__request_coro_done does */
     return;
   }
   if (r->state == 0) evx__hold(r);
@@ -263,6 +194,7 @@ void evx__request_zombify(evx_request *r, int state, int close_conn) {
     if (state == EVX_EGONE) h->st.gone++;
     evx__http_log(h, r, 499);
   }
+  if (r->coro) evx__coro_interrupt(r->coro, state); /* its awaits answer `state` from now on */
   if (r->on_close && event_assign(&r->notify_ev, h->base, -1, 0, evx__on_notify, r) == 0) {
     r->notify_set = 1;
     event_active(&r->notify_ev, EV_TIMEOUT, 1);
@@ -305,7 +237,7 @@ static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
   r->timing = 0;
   if (!r->armed) { /* the watch delay is over */
     evx__arm_watch(r);
-    if (r->http->rest_tv && !r->streaming && evtimer_add(&r->timer_ev, r->http->rest_tv) == 0)
+    if (r->rest_tv && !r->streaming && evtimer_add(&r->timer_ev, r->rest_tv) == 0)
       r->timing = 1;
     return;
   }
@@ -318,7 +250,13 @@ static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
   evutil_socket_t sfd = bufferevent_getfd(bev);
   if (sfd >= 0 && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
     ssize_t w = send(sfd, resp, sizeof resp - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    (void)w; /* a full socket buffer: the client is not reading anyway */
+    /* the access log and bytes_out count the body bytes that left, as for
+     * every other reply (a full socket buffer: the client is not reading) */
+    size_t head = sizeof resp - 1 - (sizeof "request timeout\n" - 1);
+    if (w > 0 && (size_t)w > head) {
+      r->bytes = (size_t)w - head;
+      r->http->st.bytes_out += r->bytes;
+    }
   }
   evx__request_zombify(r, EVX_ETIMEDOUT, 1);
 }
@@ -341,8 +279,7 @@ static int evx__parse_query(evx_request *r) {
   const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(r->ev);
   const char *q = u ? evhttp_uri_get_query(u) : NULL;
   if (!q || !q[0]) return EVX_OK;
-  size_t n = strlen(q), count = 1;
-  for (size_t i = 0; i < n; i++) count += q[i] == '&';
+  size_t n = strlen(q), count = evx__query_count(q);
   r->query_buf = evx_malloc(n + 1);
   r->params = evx_calloc(count * 2, sizeof *r->params);
   if (!r->query_buf || !r->params) {
@@ -353,24 +290,7 @@ static int evx__parse_query(evx_request *r) {
     return EVX_ENOMEM;
   }
   memcpy(r->query_buf, q, n + 1);
-  char *p = r->query_buf;
-  while (p) {
-    char *amp = strchr(p, '&');
-    if (amp) *amp = '\0';
-    if (*p) {
-      char *eq = strchr(p, '=');
-      char *val = eq ? eq + 1 : p + strlen(p);
-      if (eq) *eq = '\0';
-      /* A NUL decoded in a key or value cuts that parameter out. */
-      if (evx__urldecode(p, p, strlen(p), 1) != (size_t)-1 &&
-          evx__urldecode(val, val, strlen(val), 1) != (size_t)-1) {
-        r->params[2 * r->nparams] = p;
-        r->params[2 * r->nparams + 1] = val;
-        r->nparams++;
-      }
-    }
-    p = amp ? amp + 1 : NULL;
-  }
+  r->nparams = evx__query_split(r->query_buf, r->params);
   return EVX_OK;
 }
 
@@ -433,7 +353,7 @@ static void evx__finished(evx_request *r) {
     event_del(&r->notify_ev);
     r->notify_set = 0;
   }
-  if (!r->in_dispatch) evx__http_schedule_release(r->http, r);
+  if (!r->in_dispatch && !r->coro_alive) evx__http_schedule_release(r->http, r);
 }
 
 /* A zombie's finish: nothing to send. */
@@ -462,6 +382,7 @@ static int evx__send(evx_request *r, int status, const char *ctype, const void *
     len = 0;
     rc = EVX_ENOMEM;
   }
+  len = evbuffer_get_length(out); /* with what evx_request_write_body buffered */
   evx__set_ctype(r, ctype, len);
   r->status = status;
   r->bytes = len;
@@ -491,6 +412,10 @@ int evx_request_finish(evx_request *r, int status, const char *ctype, const void
   int src = evx__send(r, status, ctype, body, len);
   evx__finished(r);
   return rc != EVX_OK ? rc : src;
+}
+
+int evx_request_finish_str(evx_request *r, int status, const char *ctype, const char *body) {
+  return evx_request_finish(r, status, ctype, body, body ? strlen(body) : 0);
 }
 
 int evx_request_finishf(evx_request *r, int status, const char *ctype, const char *fmt, ...) {
@@ -543,6 +468,10 @@ int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
     return EVX_EINVAL;
   if (r->state) return r->state;
   evx__set_ctype(r, ctype, 1);
+  /* Buffered body bytes become the first chunk (evhttp would send them raw). */
+  struct evbuffer *out = evhttp_request_get_output_buffer(r->ev);
+  size_t buffered = evbuffer_get_length(out);
+  if (buffered) evbuffer_add_buffer(r->http->scratch, out);
   r->streaming = 1;
   r->status = status;
   if (r->timing && r->armed) { /* the request timeout ends here; a pending watch delay stays */
@@ -550,7 +479,50 @@ int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
     r->timing = 0;
   }
   evhttp_send_reply_start(r->ev, status, evx__http_reason(status));
+  if (buffered) {
+    evhttp_send_reply_chunk(r->ev, r->http->scratch);
+    evbuffer_drain(r->http->scratch, evbuffer_get_length(r->http->scratch));
+    r->bytes += buffered;
+    r->http->st.bytes_out += buffered;
+  }
   return EVX_OK;
+}
+
+/* ---- buffered replies (coroutine handlers, or any handler) ------------- */
+
+int evx_request_set_status(evx_request *r, int status) {
+  if (!r || !evx__thread_ok(r) || r->finished || r->streaming || status < 200 || status > 599)
+    return EVX_EINVAL;
+  if (r->state) return r->state;
+  r->status = status;
+  return EVX_OK;
+}
+
+int evx_request_write_body(evx_request *r, const void *data, size_t len) {
+  if (!r || !evx__thread_ok(r) || r->finished || r->streaming || (!data && len)) return EVX_EINVAL;
+  if (r->state) return r->state;
+  if (len && evbuffer_add(evhttp_request_get_output_buffer(r->ev), data, len) != 0)
+    return EVX_ENOMEM;
+  return EVX_OK;
+}
+
+int evx_request_write_str(evx_request *r, const char *s) {
+  return evx_request_write_body(r, s, s ? strlen(s) : 0);
+}
+
+void evx__request_coro_done(evx_request *r) {
+  r->coro = NULL;
+  r->coro_alive = 0;
+  if (!r->finished) {
+    if (r->state) (void)evx__finish_zombie(r);
+    else if (r->streaming) (void)evx_request_end(r);
+    else {
+      (void)evx__send(r, r->status ? r->status : 200, NULL, NULL, 0);
+      evx__finished(r);
+    }
+  } else if (!r->in_dispatch) {
+    evx__http_schedule_release(r->http, r);
+  }
 }
 
 int evx_request_write(evx_request *r, const void *data, size_t len) {
@@ -586,3 +558,9 @@ int evx_request_end(evx_request *r) {
   evx__finished(r);
   return EVX_OK;
 }
+
+struct evhttp_connection *evx__request_connection(evx_request *r) {
+  return r && r->state == 0 && !r->finished ? r->evcon : NULL;
+}
+
+int evx__request_watching(evx_request *r) { return r && r->watching; }

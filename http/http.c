@@ -20,8 +20,11 @@
  * shared state is the process-wide live-request counter (an atomic).
  */
 #include "http-internal.h"
+#include "http-test.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
@@ -31,6 +34,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #define EVX__DEF_MAX_HEADER 8192
 #define EVX__DEF_MAX_BODY (1024 * 1024)
@@ -51,13 +55,15 @@ void evx_http_log_stderr(void *arg, const evx_http_log_entry *e) {
 void evx__http_log(evx_http *h, evx_request *r, int status) {
   int cls = status / 100;
   h->st.status[(status != 499 && cls >= 1 && cls <= 5) ? cls : 0]++;
+  uint64_t dur_ns = evx_now_ns() - r->t0_ns;
+  evx__http_metrics_record(h, r->method, status, dur_ns);
   if (h->freed || !h->opts.log) return;
   evx_http_log_entry e = {
       .method = r->method,
       .path = r->path ? r->path : "-",
       .status = status,
       .bytes = r->bytes,
-      .duration_us = (evx_now_ns() - r->t0_ns) / 1000,
+      .duration_us = dur_ns / 1000,
       .peer = r->peer[0] ? r->peer : "-",
   };
   h->opts.log(h->opts.log_arg, &e);
@@ -72,6 +78,7 @@ void evx__http_release(evx_request *r) {
   evx_free(r->path_buf);
   evx_free(r->query_buf);
   evx_free((void *)r->params);
+  evx_free((void *)r->rparams);
   evx_free(r);
   h->st.live--;
   atomic_fetch_sub(&evx__live_requests, 1);
@@ -113,6 +120,18 @@ void evx__http_schedule_release(evx_http *h, evx_request *r) {
 
 /* ---- server ----------------------------------------------------------- */
 
+/* The second leg of a held request's timer for a request timeout of `ms`
+ * (the watch delay is the first): a libevent common timeout when possible,
+ * else `plain`. NULL for EVX_HTTP_NO_TIMEOUT. */
+static const struct timeval *evx__http_timeout_tv(evx_http *h, uint64_t ms, struct timeval *plain) {
+  if (ms == EVX_HTTP_NO_TIMEOUT) return NULL;
+  ms = ms > EVX__HTTP_WATCH_DELAY_MS ? ms - EVX__HTTP_WATCH_DELAY_MS : 0;
+  plain->tv_sec = (time_t)(ms / 1000);
+  plain->tv_usec = (suseconds_t)((ms % 1000) * 1000);
+  const struct timeval *tv = event_base_init_common_timeout(h->base, plain);
+  return tv ? tv : plain;
+}
+
 static void evx__http_apply_opts(evx_http *h) {
   evx_http_opts *o = &h->opts;
   if (!o->max_header_size) o->max_header_size = EVX__DEF_MAX_HEADER;
@@ -135,15 +154,7 @@ static void evx__http_apply_opts(evx_http *h) {
   h->watch_tv_plain.tv_usec = EVX__HTTP_WATCH_DELAY_MS * 1000;
   h->watch_tv = event_base_init_common_timeout(h->base, &h->watch_tv_plain);
   if (!h->watch_tv) h->watch_tv = &h->watch_tv_plain;
-  if (o->request_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
-    uint64_t ms = o->request_timeout_ms > EVX__HTTP_WATCH_DELAY_MS
-                      ? o->request_timeout_ms - EVX__HTTP_WATCH_DELAY_MS
-                      : 0;
-    h->rest_tv_plain.tv_sec = (time_t)(ms / 1000);
-    h->rest_tv_plain.tv_usec = (suseconds_t)((ms % 1000) * 1000);
-    h->rest_tv = event_base_init_common_timeout(h->base, &h->rest_tv_plain);
-    if (!h->rest_tv) h->rest_tv = &h->rest_tv_plain;
-  }
+  h->rest_tv = evx__http_timeout_tv(h, o->request_timeout_ms, &h->rest_tv_plain);
   if (o->idle_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
     struct timeval tv = {.tv_sec = (time_t)(o->idle_timeout_ms / 1000),
                          .tv_usec = (suseconds_t)((o->idle_timeout_ms % 1000) * 1000)};
@@ -157,6 +168,11 @@ static void evx__http_apply_opts(evx_http *h) {
 }
 
 static void evx__on_request(struct evhttp_request *ev, void *arg);
+
+/* evx_loop_free closes a server left open (see evx-private.h). */
+static void evx__http_on_free(evx__loop_member *m) {
+  evx_http_free(EVX__CONTAINER_OF(m, evx_http, member));
+}
 
 evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
   if (!loop || !evx__loop_thread_ok(loop)) return NULL;
@@ -184,18 +200,61 @@ evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
    * kill the process; ignore it unless the program chose a disposition. */
   struct sigaction sa;
   if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
+  evx__loop_member_add(loop, &h->member, NULL, evx__http_on_free);
+  evx__loop_member_set_metrics(&h->member, evx__http_metrics);
   return h;
 }
 
+/* errno of a failed socket/bind/listen -> the error the caller can act on. */
+static int evx__bind_err(int e) {
+  if (e == EADDRINUSE) return EVX_EADDRINUSE;
+  if (e == EACCES || e == EPERM) return EVX_EACCES;
+  if (e == ENOMEM || e == ENOBUFS) return EVX_ENOMEM;
+  return EVX_EIO;
+}
+
+/* The listening socket is made here, not by evhttp_bind_socket, so that the
+ * caller learns why a bind failed (libevent only says NULL, and prints a
+ * [warn] line to stderr). */
 int evx_http_bind(evx_http *h, const char *host, uint16_t port) {
   if (!h || h->freed || !evx__loop_thread_ok(h->loop)) return EVX_EINVAL;
   struct evhttp_bound_socket **nb = evx_realloc(h->bound, (h->nbound + 1) * sizeof *nb);
   if (!nb) return EVX_ENOMEM;
   h->bound = nb;
-  struct evhttp_bound_socket *b = evhttp_bind_socket_with_handle(h->evh, host ? host : "0.0.0.0", port);
-  if (!b) return EVX_EIO;
-  h->bound[h->nbound++] = b;
-  return EVX_OK;
+  char portstr[8];
+  snprintf(portstr, sizeof portstr, "%u", (unsigned)port);
+  struct addrinfo hints = {0}, *ai = NULL;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  int gai = getaddrinfo(host ? host : "0.0.0.0", portstr, &hints, &ai);
+  if (gai != 0) return gai == EAI_MEMORY ? EVX_ENOMEM : gai == EAI_SYSTEM ? EVX_EIO : EVX_ENOTFOUND;
+  int rc = EVX_EIO;
+  for (struct addrinfo *a = ai; a; a = a->ai_next) {
+    int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      rc = evx__bind_err(errno);
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+      rc = evx__bind_err(errno);
+      close(fd);
+      continue;
+    }
+    struct evhttp_bound_socket *b = evhttp_accept_socket_with_handle(h->evh, fd);
+    if (!b) { /* evhttp did not take the socket */
+      close(fd);
+      rc = EVX_ENOMEM;
+      continue;
+    }
+    h->bound[h->nbound++] = b;
+    rc = EVX_OK;
+    break;
+  }
+  freeaddrinfo(ai);
+  return rc;
 }
 
 int evx_http_port(evx_http *h) {
@@ -221,16 +280,72 @@ static int evx__streq(const char *a, const char *b) {
   return strcmp(a, b) == 0;
 }
 
+/* Parse a route pattern: {name} must be a whole segment, name one or more
+ * of [A-Za-z0-9_]. Counts the params and the literal characters. 0 or
+ * EVX_EINVAL. */
+static int evx__pattern_parse(const char *path, size_t *nparams, size_t *literal) {
+  size_t np = 0, lit = 0;
+  for (const char *p = path; *p; p++) {
+    if (*p == '}') return EVX_EINVAL;
+    if (*p != '{') {
+      lit++;
+      continue;
+    }
+    if (p[-1] != '/') return EVX_EINVAL; /* path[0] is '/', so p > path */
+    const char *q = p + 1;
+    while ((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') ||
+           *q == '_')
+      q++;
+    if (q == p + 1 || *q != '}' || (q[1] != '/' && q[1] != '\0')) return EVX_EINVAL;
+    if (++np > EVX__ROUTE_MAX_PARAMS) return EVX_EINVAL;
+    p = q;
+  }
+  *nparams = np;
+  *literal = lit;
+  return EVX_OK;
+}
+
+/* Match a pattern route against a decoded path. A {name} segment matches one
+ * non-empty segment (no '/'). caps, when given, gets (offset, length) of
+ * each parameter value in path. */
+static int evx__pattern_match(const evx__route *rt, const char *path, size_t caps[][2]) {
+  const char *p = rt->path, *s = path;
+  size_t k = 0;
+  while (*p) {
+    if (*p == '{') {
+      size_t n = strcspn(s, "/");
+      if (n == 0) return 0;
+      if (caps) {
+        caps[k][0] = (size_t)(s - path);
+        caps[k][1] = n;
+      }
+      k++;
+      s += n;
+      p = strchr(p, '}') + 1;
+    } else {
+      if (*p != *s) return 0;
+      p++;
+      s++;
+    }
+  }
+  return *s == '\0';
+}
+
+static int evx__route_hits(const evx__route *rt, const char *path) {
+  if (rt->flags & EVX_ROUTE_PREFIX) return strncmp(path, rt->path, rt->plen) == 0;
+  if (rt->nparams) return evx__pattern_match(rt, path, NULL);
+  return strcmp(path, rt->path) == 0;
+}
+
 int evx_http_route(evx_http *h, const char *method, const char *path, int flags, evx_handler_fn fn,
                    void *arg) {
+  size_t nparams = 0, literal = 0;
   if (!h || h->freed || !path || path[0] != '/' || !fn || (flags & ~EVX_ROUTE_PREFIX) ||
-      (method && !method[0]) || !evx__loop_thread_ok(h->loop))
+      (method && !method[0]) || !evx__loop_thread_ok(h->loop) ||
+      evx__pattern_parse(path, &nparams, &literal) != EVX_OK ||
+      (nparams && (flags & EVX_ROUTE_PREFIX)))
     return EVX_EINVAL;
-  for (evx__list *l = h->routes.next; l != &h->routes; l = l->next) {
-    evx__route *rt = EVX__CONTAINER_OF(l, evx__route, link);
-    if (rt->flags == flags && evx__streq(rt->method, method) && strcmp(rt->path, path) == 0)
-      return EVX_EINVAL;
-  }
+  if (evx_http_route_find(h, method, path, flags)) return EVX_EINVAL;
   evx__route *rt = evx_calloc(1, sizeof *rt);
   if (!rt) return EVX_ENOMEM;
   rt->path = evx_strdup(path);
@@ -241,16 +356,55 @@ int evx_http_route(evx_http *h, const char *method, const char *path, int flags,
     evx_free(rt);
     return EVX_ENOMEM;
   }
+  rt->http = h;
   rt->plen = strlen(path);
   rt->flags = flags;
+  rt->nparams = nparams;
+  rt->literal = literal;
   rt->fn = fn;
   rt->arg = arg;
+  rt->rest_tv = h->rest_tv;
   evx__list_insert_tail(&h->routes, &rt->link);
   return EVX_OK;
 }
 
+evx_route *evx_http_route_find(evx_http *h, const char *method, const char *path, int flags) {
+  if (!h || h->freed || !path || !evx__loop_thread_ok(h->loop)) return NULL;
+  for (evx__list *l = h->routes.next; l != &h->routes; l = l->next) {
+    evx__route *rt = EVX__CONTAINER_OF(l, evx__route, link);
+    if (rt->flags == flags && evx__streq(rt->method, method) && strcmp(rt->path, path) == 0)
+      return rt;
+  }
+  return NULL;
+}
+
+int evx_route_set_timeout(evx_route *rt, uint64_t ms) {
+  if (!rt || !evx__loop_thread_ok(rt->http->loop)) return EVX_EINVAL;
+  evx_http *h = rt->http;
+  rt->opt.timeout_ms = ms;
+  rt->rest_tv = ms ? evx__http_timeout_tv(h, ms, &rt->rest_tv_plain) : h->rest_tv;
+  return EVX_OK;
+}
+
+int evx_http_set_before(evx_http *h, evx_handler_fn fn, void *arg) {
+  if (!h || h->freed || !evx__loop_thread_ok(h->loop)) return EVX_EINVAL;
+  h->before = fn;
+  h->before_arg = arg;
+  return EVX_OK;
+}
+
 static void evx__http_do_free(evx_http *h) {
+  /* A handler that never finishes its request leaks it (and keeps this
+   * struct alive) silently otherwise: say so once, with numbers. */
+  if (h->st.held || h->st.zombies)
+    fprintf(stderr,
+            "evexec: evx_http_free: %llu request(s) not finished by their handler "
+            "(%llu held, %llu already answered by evexec: timed out, client gone); "
+            "each must still call evx_request_finish once\n",
+            (unsigned long long)(h->st.held + h->st.zombies), (unsigned long long)h->st.held,
+            (unsigned long long)h->st.zombies);
   h->freed = 1;
+  evx__loop_member_remove(&h->member);
   /* Held requests become zombies first, owning their evhttp requests, so
    * that evhttp_free below frees their connections but not them. */
   while (!evx__list_empty(&h->held)) {
@@ -323,12 +477,13 @@ static evx__route *evx__route_find(evx_http *h, const char *method, const char *
   *path_matched = 0;
   for (evx__list *l = h->routes.next; l != &h->routes; l = l->next) {
     evx__route *rt = EVX__CONTAINER_OF(l, evx__route, link);
-    int hit = (rt->flags & EVX_ROUTE_PREFIX) ? strncmp(path, rt->path, rt->plen) == 0
-                                             : strcmp(path, rt->path) == 0;
-    if (!hit) continue;
+    if (!evx__route_hits(rt, path)) continue;
     *path_matched = 1;
     if (!evx__method_ok(rt, method)) continue;
-    size_t rank = (rt->flags & EVX_ROUTE_PREFIX) ? rt->plen : (size_t)-1;
+    /* exact > pattern (more literal characters first) > prefix (longer first) */
+    size_t rank = (rt->flags & EVX_ROUTE_PREFIX) ? rt->plen
+                  : rt->nparams                  ? ((size_t)-1 >> 1) + rt->literal
+                                                 : (size_t)-1;
     if (!best || rank > best_rank) {
       best = rt;
       best_rank = rank;
@@ -337,15 +492,48 @@ static evx__route *evx__route_find(evx_http *h, const char *method, const char *
   return best;
 }
 
+/* Copy the route's parameters out of the request's path (see rparams). */
+static int evx__capture_params(evx_request *r, const evx__route *rt) {
+  size_t caps[EVX__ROUTE_MAX_PARAMS][2];
+  evx__pattern_match(rt, r->path, caps);
+  size_t bytes = 2 * rt->nparams * sizeof(char *);
+  for (size_t i = 0; i < rt->nparams; i++) bytes += caps[i][1] + 1;
+  bytes += rt->plen + 1; /* the names: never longer than the pattern */
+  const char **v = evx_malloc(bytes);
+  if (!v) return EVX_ENOMEM;
+  char *out = (char *)(v + 2 * rt->nparams);
+  const char *p = rt->path;
+  for (size_t i = 0; i < rt->nparams; i++) {
+    p = strchr(p, '{') + 1;
+    size_t nl = (size_t)(strchr(p, '}') - p);
+    v[2 * i] = out;
+    memcpy(out, p, nl);
+    out[nl] = '\0';
+    out += nl + 1;
+    v[2 * i + 1] = out;
+    memcpy(out, r->path + caps[i][0], caps[i][1]);
+    out[caps[i][1]] = '\0';
+    out += caps[i][1] + 1;
+  }
+  r->rparams = v;
+  r->nrparams = rt->nparams;
+  return EVX_OK;
+}
+
+const char *evx_request_param(evx_request *r, const char *name) {
+  if (!r || !name) return NULL;
+  for (size_t i = 0; i < r->nrparams; i++)
+    if (strcmp(r->rparams[2 * i], name) == 0) return r->rparams[2 * i + 1];
+  return NULL;
+}
+
 /* The Allow header for a 405: the methods of the routes matching the path. */
 static void evx__allow_list(evx_http *h, const char *path, char *buf, size_t cap) {
   size_t n = 0;
   buf[0] = '\0';
   for (evx__list *l = h->routes.next; l != &h->routes; l = l->next) {
     evx__route *rt = EVX__CONTAINER_OF(l, evx__route, link);
-    int hit = (rt->flags & EVX_ROUTE_PREFIX) ? strncmp(path, rt->path, rt->plen) == 0
-                                             : strcmp(path, rt->path) == 0;
-    if (!hit || !rt->method) continue;
+    if (!evx__route_hits(rt, path) || !rt->method) continue;
     /* skip duplicates */
     size_t ml = strlen(rt->method);
     const char *p = buf;
@@ -399,9 +587,14 @@ static void evx__on_request(struct evhttp_request *ev, void *arg) {
       snprintf(ra, sizeof ra, "%u", h->opts.busy_retry_after_s);
       h->st.rejected_busy++;
       evx__request_reply_builtin(r, 503, "Retry-After", ra, "too many requests in progress\n");
+    } else if (rt->nparams && evx__capture_params(r, rt) != EVX_OK) {
+      evx__request_reply_builtin(r, 500, NULL, NULL, "out of memory\n");
     } else {
+      r->rest_tv = rt->rest_tv;
       r->in_dispatch = 1;
-      rt->fn(r, rt->arg);
+      if (h->before) h->before(r, h->before_arg);
+      /* a hook that finished the request answered it: the handler is skipped */
+      if (!r->finished) rt->fn(r, rt->arg);
       r->in_dispatch = 0;
       evx__request_after_handler(r);
     }
@@ -418,3 +611,5 @@ static void evx__on_request(struct evhttp_request *ev, void *arg) {
     evx__loop_defer(h->loop, &h->free_node);
   }
 }
+
+struct evhttp *evx__http_evhttp(evx_http *h) { return h ? h->evh : NULL; }

@@ -6,8 +6,12 @@
 #   1. cc $(pkg-config --cflags --libs evexec)   with PKG_CONFIG_PATH=<libdir>/pkgconfig
 #   2. find_package(evexec) + target_link_libraries(... evexec::evexec)
 #      with CMAKE_PREFIX_PATH=PREFIX
-# Both build tests/consumer/main.c in a temporary directory, and both binaries
-# must run, load the installed libevexec.so, and print "consumer: ok".
+# Both build tests/consumer/main.c (and ext.c, over evexec_sqlite and
+# evexec_mail, when those are installed) in a temporary directory, and every
+# binary must run WITHOUT LD_LIBRARY_PATH (the .pc files and CMake put an
+# RPATH in), load the installed libraries, and print "consumer...: ok".
+# The man pages: `man -l` renders the installed executor page, and
+# `man evx_submit` (MANPATH=PREFIX/share/man) finds it.
 # It also checks the layout: libdir as chosen by GNUInstallDirs (lib, lib64 or
 # lib/<multiarch>), public headers only (no *-internal.h).
 # Any failure prints what went wrong and exits non-zero.
@@ -49,24 +53,30 @@ private=$(find "$prefix/include" \( -name '*-internal.h' -o -name '*.c' \) -prin
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/evx-install-check.XXXXXX")
 trap 'rm -rf "$work"' EXIT INT TERM
-cp "$src/main.c" "$src/CMakeLists.txt" "$work/" # build outside the source tree
+cp "$src/main.c" "$src/ext.c" "$src/CMakeLists.txt" "$work/" # build outside the source tree
 
-# Run a consumer binary against the installed library and check what it loaded.
+# Run a consumer binary against the installed libraries, with no
+# LD_LIBRARY_PATH, and check what it loaded. run BIN HOW [ARGS...]
 run() {
   bin=$1
   how=$2
-  lib_path="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  loaded=$(LD_LIBRARY_PATH="$lib_path" ldd "$bin" | awk '/libevexec\.so/ {print $3}')
-  [ -n "$loaded" ] || die "$how: $bin is not linked against libevexec.so"
-  loaded_dir=$(cd "$(dirname "$loaded")" && pwd -P)
-  [ "$loaded_dir" = "$libdir" ] || die "$how: $bin loads $loaded, not the installed $libdir"
-  if ! out=$(LD_LIBRARY_PATH="$lib_path" "$bin" 2>&1); then
+  shift 2
+  for lib in $(env -u LD_LIBRARY_PATH ldd "$bin" | awk '/libevexec[a-z_]*\.so/ {print $1 "=" $3}'); do
+    file=${lib#*=}
+    [ "$file" != "not" ] && [ -f "$file" ] ||
+      die "$how: $bin cannot find ${lib%%=*} without LD_LIBRARY_PATH (no RPATH?)"
+    loaded_dir=$(cd "$(dirname "$file")" && pwd -P)
+    [ "$loaded_dir" = "$libdir" ] || die "$how: $bin loads $file, not the installed $libdir"
+  done
+  env -u LD_LIBRARY_PATH ldd "$bin" | grep -q 'libevexec\.so' ||
+    die "$how: $bin is not linked against libevexec.so"
+  if ! out=$(env -u LD_LIBRARY_PATH "$bin" "$@" 2>&1); then
     printf '%s\n' "$out" >&2
     die "$how: $bin failed"
   fi
-  printf '%s\n' "$out" | grep -q '^consumer: ok' || {
+  printf '%s\n' "$out" | grep -q '^consumer[a-z-]*: ok' || {
     printf '%s\n' "$out" >&2
-    die "$how: $bin did not print 'consumer: ok'"
+    die "$how: $bin did not print 'consumer...: ok'"
   }
   say "$how: $out"
 }
@@ -92,6 +102,28 @@ if ! $cc -std=c11 -Wall -Wextra -Werror -o "$work/consumer-pkgconfig" "$work/mai
 fi
 run "$work/consumer-pkgconfig" "pkg-config"
 
+# The optional libraries, each with its own .pc (Requires: evexec).
+exts=""
+for e in evexec_sqlite evexec_mail; do
+  [ -f "$pcdir/$e.pc" ] && exts="$exts $e"
+done
+if [ "$exts" = " evexec_sqlite evexec_mail" ]; then
+  # shellcheck disable=SC2086
+  pkg-config --exists --print-errors $exts || die "pkg-config cannot resolve$exts"
+  # shellcheck disable=SC2086
+  xflags="$(pkg-config --cflags $exts) $(pkg-config --libs $exts)"
+  # shellcheck disable=SC2086
+  if ! $cc -std=c11 -Wall -Wextra -Werror -o "$work/consumer-ext-pkgconfig" "$work/ext.c" $xflags \
+    >"$work/pcx.log" 2>&1; then
+    cat "$work/pcx.log" >&2
+    die "pkg-config build of ext.c failed: $cc ... $xflags"
+  fi
+  mkdir -p "$work/db-pc"
+  run "$work/consumer-ext-pkgconfig" "pkg-config$exts" "$work/db-pc"
+else
+  say "evexec_sqlite/evexec_mail not both installed; ext consumer skipped"
+fi
+
 # --- 2. CMake find_package -------------------------------------------------------
 if ! cmake -S "$work" -B "$work/build" -DCMAKE_PREFIX_PATH="$prefix" \
   -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_BUILD_TYPE=Release >"$work/cmake.log" 2>&1; then
@@ -108,5 +140,24 @@ if ! cmake --build "$work/build" >"$work/build.log" 2>&1; then
   die "CMake build of the consumer failed"
 fi
 run "$work/build/consumer" "find_package"
+if [ -n "$exts" ] && [ -x "$work/build/consumer-ext" ]; then
+  mkdir -p "$work/db-cmake"
+  run "$work/build/consumer-ext" "find_package ext" "$work/db-cmake"
+fi
+
+# --- 3. man pages ----------------------------------------------------------------
+man3="$prefix/share/man/man3"
+[ -f "$man3/evx_submit.3" ] || die "no $man3/evx_submit.3 (run make docs before installing)"
+page=$(cd "$prefix/share/man" && man -l man3/evexec_executor.h.3 2>&1) ||
+  die "man -l $man3/evexec_executor.h.3 failed: $page"
+printf '%s\n' "$page" | grep -q 'evx_submit' || die "the installed executor man page does not mention evx_submit"
+found=$(MANPATH="$prefix/share/man" man -w evx_submit 2>&1) || die "man -w evx_submit: $found"
+case "$found" in
+  "$prefix"/share/man/man3/*) ;;
+  *) die "man evx_submit found $found, not the installed page" ;;
+esac
+page=$(MANPATH="$prefix/share/man" MANPAGER=cat man evx_submit 2>&1) || die "man evx_submit: $page"
+printf '%s\n' "$page" | grep -q 'evx_submit' || die "man evx_submit does not show evx_submit"
+say "man pages: $(ls "$man3" | wc -l) in share/man/man3; man evx_submit works"
 
 say "OK"

@@ -4,10 +4,11 @@
  * survive a held request; long polls are woken and cancelled. */
 #include "test_http_util.h"
 
-#include "http-internal.h"
+#include "http-test.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/http.h>
 
 static tc_fixture F;
 static sem_t held_sem, closed_sem, done_sem;
@@ -194,9 +195,9 @@ static size_t input_buffered;
 static void peek_input(void *arg) {
   (void)arg;
   evx_request *r = held_req[0];
-  input_buffered = r->evcon ? evbuffer_get_length(
-                                  bufferevent_get_input(evhttp_connection_get_bufferevent(r->evcon)))
-                            : 0;
+  struct evhttp_connection *evcon = evx__request_connection(r);
+  input_buffered =
+      evcon ? evbuffer_get_length(bufferevent_get_input(evhttp_connection_get_bufferevent(evcon))) : 0;
 }
 
 static int ka_early;
@@ -482,7 +483,7 @@ static size_t cap_buffered;
 
 static void finish_quick(void *arg) {
   evx_request *r = arg;
-  quick_watching = r->watching; /* answered within the watch delay: never armed */
+  quick_watching = evx__request_watching(r); /* answered within the watch delay: never armed */
   evx_request_finish(r, 200, NULL, "quick", 5);
 }
 
@@ -493,14 +494,15 @@ static void h_quick(evx_request *req, void *arg) {
 
 static void read_slow(void *arg) {
   (void)arg;
-  slow_watching = held_req[0]->watching;
+  slow_watching = evx__request_watching(held_req[0]);
 }
 
 static void read_cap(void *arg) {
   (void)arg;
   evx_request *r = held_req[0];
-  cap_watching = r->watching;
-  cap_buffered = evbuffer_get_length(bufferevent_get_input(evhttp_connection_get_bufferevent(r->evcon)));
+  cap_watching = evx__request_watching(r);
+  cap_buffered =
+      evbuffer_get_length(bufferevent_get_input(evhttp_connection_get_bufferevent(evx__request_connection(r))));
 }
 
 static tc_resp wd_resp[2];

@@ -9,6 +9,8 @@
 
 #include <evexec/mail.h>
 
+#include "evx-private.h"
+
 /* The envelope of a message: bare addr-specs ("a@b", without <>). */
 typedef struct evx__mail_env {
   char *from;   /* owned */

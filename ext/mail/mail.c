@@ -46,6 +46,7 @@ typedef struct mail_job {
 
 struct evx_mailer {
   evx_loop *loop;
+  evx__loop_member member; /* registered after m->ex: closed before it */
   evx_executor *ex;
   evx__mail_transport t;
   char *smtp_url, *spool_dir, *from, *hostname, *username, *password;
@@ -208,8 +209,13 @@ static char *dup_opt(const char *s, const char *def) {
   return evx_strdup(s && *s ? s : def);
 }
 
+/* evx_loop_free closes a mailer left open (see evx-private.h). */
+static void mailer_on_free(evx__loop_member *m) {
+  evx_mailer_free(EVX__CONTAINER_OF(m, evx_mailer, member));
+}
+
 evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts) {
-  if (!loop || !evx_loop_in_thread(loop)) return NULL;
+  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
   evx_mailer_opts o;
   memset(&o, 0, sizeof o);
   if (opts) o = *opts;
@@ -260,6 +266,7 @@ evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts) {
                           .name = o.name && *o.name ? o.name : "mail"};
   m->ex = evx_executor_new(loop, &eo);
   if (!m->ex) goto fail;
+  evx__loop_member_add(loop, &m->member, NULL, mailer_on_free);
   return m;
 fail:
   evx_free(m->smtp_url);
@@ -275,7 +282,7 @@ fail:
 int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done, void *arg,
                   char **message_id) {
   if (!m || !msg) return EVX_EINVAL;
-  if (!evx_loop_in_thread(m->loop)) return EVX_EINVAL;
+  if (!evx__loop_thread_ok(m->loop)) return EVX_EINVAL;
   if (m->closed) return EVX_ECLOSED;
   mail_job *job = evx_calloc(1, sizeof *job);
   if (!job) return EVX_ENOMEM;
@@ -288,6 +295,19 @@ int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done,
     if (!job->to) err = EVX_ENOMEM;
   }
   if (err) {
+    /* A message that cannot be built is lost to the caller's code path: say
+     * so here, once per mail, so no mail disappears without a visible error
+     * (EBUSY and ECLOSED are load and life-cycle answers the caller handles). */
+    char to[201] = "(none)";
+    if (full.to) {
+      size_t i = 0; /* control bytes shown as '?': one log line stays one line */
+      for (; full.to[i] && i < sizeof to - 1; i++)
+        to[i] = (unsigned char)full.to[i] < 0x20 ? '?' : full.to[i];
+      to[i] = '\0';
+    }
+    mail_log(m, EVX_MAIL_ERROR, "mail to %s refused: %s (%s)", to,
+             err == EVX_EINVAL ? "bad sender or recipient address" : "out of memory",
+             evx_err_name(err));
     job_free(job);
     return err;
   }
@@ -361,6 +381,7 @@ evx_executor *evx_mailer_executor(evx_mailer *m) { return m ? m->ex : NULL; }
 
 void evx_mailer_free(evx_mailer *m) {
   if (!m) return;
+  evx__loop_member_remove(&m->member);
   evx_mailer_shutdown(m, EVX_SHUTDOWN_CANCEL);
   /* Waits for a running attempt and runs every attempt_done still owed:
    * each ends its job (cancelling is set, so none re-arms a timer). */

@@ -19,6 +19,11 @@
  *    (hands `res` to the user callback, frees the job).
  *  - Each connection caches prepared statements by SQL text (small LRU), so
  *    the hot statements of a service are prepared once per thread.
+ *  - Cancellation reaches running statements: each connection's progress
+ *    handler asks evx_job_cancelled() every SQL_PROGRESS_OPS VM steps, so a
+ *    query whose job was cancelled while it ran (evx_future_cancel on
+ *    evx_sqlite_query_future's future, e.g. when the client left) stops with
+ *    SQLITE_INTERRUPT instead of running to the end.
  *
  * Lifetime: evx_sqlite outlives its worker threads (close joins them before
  * freeing), so the key destructor may touch db->nconns.
@@ -30,6 +35,8 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "evx-private.h"
 
 #define SQL_CACHE_SIZE 32
 #define SQL_MAX_READERS 256
@@ -50,6 +57,7 @@ typedef struct sql_conn {
 
 struct evx_sqlite {
   evx_loop *loop;
+  evx__loop_member member; /* registered after the executors: closed before them */
   char *path;
   unsigned busy_timeout_ms;
   int synchronous_full;
@@ -194,6 +202,16 @@ static int conn_exec(sqlite3 *conn, const char *sql, char **errmsg) {
   return rc;
 }
 
+/* Every connection's progress handler: a running statement of a job that
+ * evx_job_cancel asked to stop (its client left, its future was cancelled)
+ * is interrupted (SQLITE_INTERRUPT; the result says EVX_ECANCELED). On a
+ * thread that runs no job (opening on the loop thread) it never fires. */
+static int conn_progress(void *arg) {
+  (void)arg;
+  return evx_job_cancelled();
+}
+#define SQL_PROGRESS_OPS 1000 /* VM steps between checks: well under a millisecond */
+
 /* Open a connection with the common settings. On failure returns NULL and,
  * when errmsg is not NULL, a message to evx_free. */
 static sqlite3 *conn_open(const char *path, unsigned busy_ms, int query_only, int sync_full,
@@ -203,6 +221,7 @@ static sqlite3 *conn_open(const char *path, unsigned busy_ms, int query_only, in
   int rc = sqlite3_open_v2(path, &conn, flags, NULL);
   if (rc != SQLITE_OK) goto fail;
   sqlite3_extended_result_codes(conn, 1);
+  sqlite3_progress_handler(conn, SQL_PROGRESS_OPS, conn_progress, NULL);
   rc = sqlite3_busy_timeout(conn, (int)(busy_ms > INT32_MAX ? INT32_MAX : busy_ms));
   if (rc != SQLITE_OK) goto fail;
   rc = conn_exec(conn, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
@@ -423,6 +442,7 @@ static void run_statement(sql_conn *c, const char *sql, const evx_sql_value *par
     int prim = ext & 0xff;
     int status = (prim == SQLITE_BUSY || prim == SQLITE_LOCKED) ? EVX_EBUSY
                  : prim == SQLITE_NOMEM                          ? EVX_ENOMEM
+                 : prim == SQLITE_INTERRUPT                      ? EVX_ECANCELED
                                                                  : EVX_EIO;
     result_error(res, status, ext, sqlite3_errmsg(c->conn));
   }
@@ -585,7 +605,7 @@ static int query_call(void *arg, void **result) {
 evx_future *evx_sqlite_query_future(evx_sqlite *db, evx_sql_mode mode, const char *sql,
                                     const evx_sql_value *params, size_t nparams) {
   if (check_query_args(db, mode, sql, params, nparams)) return NULL;
-  if (!evx_loop_in_thread(db->loop)) return NULL;
+  if (!evx__loop_thread_ok(db->loop)) return NULL;
   sql_job *job = job_new(db, mode, sql, params, nparams);
   if (!job) return NULL;
   /* On submit failure evx_run_on_executor calls job_free itself (arg_free);
@@ -633,6 +653,11 @@ static void set_err(char **errmsg, const char *msg) {
   if (errmsg && !*errmsg) *errmsg = evx_strdup(msg);
 }
 
+/* evx_loop_free closes a handle left open (see evx-private.h). */
+static void sqlite_on_free(evx__loop_member *m) {
+  evx_sqlite_close(EVX__CONTAINER_OF(m, evx_sqlite, member));
+}
+
 int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opts,
                     evx_sqlite **out, char **errmsg) {
   if (errmsg) *errmsg = NULL;
@@ -642,7 +667,7 @@ int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opt
     set_err(errmsg, "an in-memory database cannot be shared by the worker threads; give a file");
     return EVX_EINVAL;
   }
-  if (!evx_loop_in_thread(loop)) return EVX_EINVAL;
+  if (!evx__loop_thread_ok(loop)) return EVX_EINVAL;
   evx_sqlite_opts o;
   memset(&o, 0, sizeof o);
   if (opts) o = *opts;
@@ -717,6 +742,7 @@ int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opt
     evx_executor_free(db->readers);
     goto oom_key;
   }
+  evx__loop_member_add(loop, &db->member, NULL, sqlite_on_free);
   *out = db;
   return EVX_OK;
 oom_key:
@@ -745,6 +771,7 @@ int evx_sqlite_shutdown(evx_sqlite *db, int how) {
 
 void evx_sqlite_close(evx_sqlite *db) {
   if (!db) return;
+  evx__loop_member_remove(&db->member);
   if (!db->shut) evx_sqlite_shutdown(db, EVX_SHUTDOWN_DRAIN);
   /* Joins the workers: their key destructors close every connection. */
   evx_executor_free(db->readers);

@@ -44,7 +44,10 @@ extern "C" {
   X(ECLOSED, -5, "closed or shut down")                                     \
   X(ETIMEDOUT, -6, "timed out")                                             \
   X(EGONE, -7, "the client went away")                                      \
-  X(EIO, -8, "I/O or backend failure")
+  X(EIO, -8, "I/O or backend failure")                                     \
+  X(EADDRINUSE, -9, "address already in use")                               \
+  X(EACCES, -10, "permission denied")                                       \
+  X(ENOTFOUND, -11, "host name not found")
 
 enum {
 #define EVX__ERR_ENUM(name, value, msg) EVX_##name = (value),
@@ -53,12 +56,17 @@ enum {
 };
 
 /**
- * Name an error code. Never NULL: unknown codes give "unknown error".
+ * Name an error code. Never NULL: unknown codes give "unknown error";
+ * EVX_PENDING (1) gives "pending".
  * The returned string is static; the caller must not free it.
  */
 EVX_API const char *evx_strerror(int err);
 
-/** Short symbolic name of an error code ("EVX_EBUSY"), or "EVX_UNKNOWN". Static string. */
+/**
+ * Short symbolic name of an error code ("EVX_EBUSY"), also for a future's
+ * EVX_PENDING (1, see future.h): "EVX_PENDING"; "EVX_UNKNOWN" for anything
+ * else. Static string.
+ */
 EVX_API const char *evx_err_name(int err);
 
 /** A destructor for a value handed to evexec (futures, results). NULL means "nothing to free". */
@@ -66,9 +74,15 @@ typedef void (*evx_free_fn)(void *p);
 
 /**
  * Replace the allocator used by every evexec allocation (like uv_replace_allocator).
- * Call before any other evexec call, while no evexec object exists.
- * All four functions must be given, or all NULL to restore the C library's.
- * @return EVX_OK, or EVX_EINVAL if only some are given.
+ * Call before any other evexec call, while no evexec object exists; memory
+ * that evx_malloc & co. handed out must have been freed too (evexec cannot
+ * see it). All four functions must be given, or all NULL to restore the C
+ * library's. Not thread-safe against other evexec calls.
+ * @return EVX_OK (also when the set is the one in use: a no-op); EVX_EINVAL
+ *         if only some are given; EVX_EBUSY while any evx_loop exists (every
+ *         evexec object belongs to a loop, and its memory came from the
+ *         allocator in use: freeing it through another would crash). The
+ *         allocator is then unchanged.
  */
 EVX_API int evx_set_allocator(void *(*malloc_fn)(size_t),
                               void *(*realloc_fn)(void *, size_t),

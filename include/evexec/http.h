@@ -125,8 +125,12 @@ EVX_API evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts);
  * @param host a numeric address or name ("127.0.0.1", "::1", "0.0.0.0");
  *        NULL means "0.0.0.0".
  * @param port the TCP port; 0 picks a free one (see evx_http_port).
- * @return EVX_OK; EVX_EINVAL (NULL http, wrong thread); EVX_EIO (bind or
- *         listen failed, e.g. the port is in use).
+ * Nothing is printed: the result says why a bind failed.
+ * @return EVX_OK; EVX_EINVAL (NULL http, wrong thread); EVX_EADDRINUSE (the
+ *         port is taken); EVX_EACCES (a privileged port without the right);
+ *         EVX_ENOTFOUND (the host name does not resolve); EVX_EIO (another
+ *         socket/bind/listen failure, e.g. an address not on this machine);
+ *         EVX_ENOMEM.
  */
 EVX_API int evx_http_bind(evx_http *http, const char *host, uint16_t port);
 
@@ -136,21 +140,73 @@ EVX_API int evx_http_port(evx_http *http);
 /** evx_http_route flag: `path` is a prefix ("/static/" matches "/static/a.css"). */
 #define EVX_ROUTE_PREFIX 1
 
+/** A route of a server (evx_http_route_find); owned by the server, valid until evx_http_free. */
+typedef struct evx_route evx_route;
+
 /**
  * Add a route. Routes are matched on the decoded path: an exact route beats
- * any prefix route, a longer prefix beats a shorter one, and among equals the
- * first added wins. HEAD also matches GET routes (evhttp drops the body).
- * A path that matches routes but none for its method gets 405 with an
- * Allow header; a path that matches nothing gets 404.
+ * a pattern route, a pattern route beats any prefix route; among pattern
+ * routes the one with more literal characters wins, among prefix routes the
+ * longer prefix; among equals the first added wins. HEAD also matches GET
+ * routes (evhttp drops the body). A path that matches routes but none for
+ * its method gets 405 with an Allow header; a path that matches nothing gets 404.
+ *
+ * Patterns: a segment written `{name}` (name: letters, digits, '_') matches
+ * any one non-empty path segment, and the handler reads it with
+ * evx_request_param(req, "name"): "/users/{id}/posts" matches
+ * "/users/42/posts" with id "42", not "/users//posts" nor "/users/4/2/posts".
+ * Values are taken from the decoded path (so "%2F" counts as a '/').
  * @param method "GET", "POST", ... (copied; compared exactly), or NULL for any.
- * @param path starts with '/'; copied.
- * @param flags 0 or EVX_ROUTE_PREFIX.
+ * @param path starts with '/'; copied. At most 16 `{name}` segments.
+ * @param flags 0 or EVX_ROUTE_PREFIX (not with `{name}` segments).
  * @return EVX_OK; EVX_EINVAL (NULL http/path/fn, path not starting with '/',
- *         unknown flags, the same method+path+flags twice, wrong thread);
- *         EVX_ENOMEM.
+ *         a malformed `{name}` segment, unknown flags, the same
+ *         method+path+flags twice, wrong thread); EVX_ENOMEM.
  */
 EVX_API int evx_http_route(evx_http *http, const char *method, const char *path, int flags,
                            evx_handler_fn fn, void *arg);
+
+/**
+ * The route added with exactly these method, path and flags, to set its
+ * options (evx_route_set_timeout, ...):
+ * `evx_route_set_timeout(evx_http_route_find(http, "GET", "/poll", 0), 30000);`
+ * @return the route (owned by the server, valid until evx_http_free), or NULL
+ *         (no such route, NULL http/path, wrong thread).
+ */
+EVX_API evx_route *evx_http_route_find(evx_http *http, const char *method, const char *path,
+                                       int flags);
+
+/**
+ * This route's request timeout, replacing the server's request_timeout_ms for
+ * requests dispatched to it from now on (a 30 s long poll and a 2 s API call
+ * on one server). Loop thread only.
+ * @param ms milliseconds; 0 goes back to the server's value;
+ *        EVX_HTTP_NO_TIMEOUT: no timeout for this route.
+ * @return EVX_OK or EVX_EINVAL (NULL route, wrong thread).
+ */
+EVX_API int evx_route_set_timeout(evx_route *route, uint64_t ms);
+
+/**
+ * A hook run before the handler of every routed request (not before evexec's
+ * own 404/405/431/503 replies): authentication, CORS headers, request ids.
+ * It runs on the loop thread with the request the handler would get; it may
+ * add response headers (evx_request_set_header), or answer the request
+ * itself with evx_request_finish - then the handler is not called. Anything
+ * else it leaves to the handler. One hook per server; a second call replaces
+ * it, NULL removes it.
+ * @return EVX_OK or EVX_EINVAL (NULL http, wrong thread).
+ */
+EVX_API int evx_http_set_before(evx_http *http, evx_handler_fn fn, void *arg);
+
+/**
+ * Serve the Prometheus metrics of everything on this server's loop at `path`
+ * (GET and HEAD): every executor, every HTTP server, task queues and the
+ * application's evx_metrics_source - see metrics.h for the names. Content
+ * type `text/plain; version=0.0.4`. An ordinary route otherwise (the before
+ * hook runs; evx_http_route_find(http, "GET", path, 0) finds it).
+ * @return as evx_http_route.
+ */
+EVX_API int evx_http_route_metrics(evx_http *http, const char *path);
 
 /**
  * Stop listening: new connections are refused, connections already open are
@@ -167,7 +223,8 @@ EVX_API int evx_http_stop_accepting(evx_http *http);
  * with EVX_ECLOSED: their on_close callbacks run in a later loop iteration,
  * their handlers must still finish them (finish returns EVX_ECLOSED and
  * releases them); the server's memory goes with the last one. No log
- * callback runs after this call. Call it before evx_loop_free. NULL accepted.
+ * callback runs after this call. A server still open at evx_loop_free is
+ * freed by it (see the ownership rule there). NULL accepted.
  */
 EVX_API void evx_http_free(evx_http *http);
 
@@ -211,6 +268,13 @@ EVX_API const char *evx_request_uri(evx_request *req);
  * The string is borrowed from the request.
  */
 EVX_API const char *evx_request_query(evx_request *req, const char *name);
+
+/**
+ * A route parameter: the path segment matched by `{name}` in the route's
+ * pattern (see evx_http_route), or NULL when the route has no such segment
+ * (or for NULL arguments). Borrowed from the request; valid as long as it.
+ */
+EVX_API const char *evx_request_param(evx_request *req, const char *name);
 
 /** A request header (case-insensitive name), or NULL. Borrowed. */
 EVX_API const char *evx_request_header(evx_request *req, const char *name);
@@ -256,6 +320,14 @@ EVX_API int evx_request_set_header(evx_request *req, const char *name, const cha
 EVX_API int evx_request_finish(evx_request *req, int status, const char *content_type,
                                const void *body, size_t len);
 
+/**
+ * evx_request_finish with a NUL-terminated body: its length is strlen(body)
+ * (`evx_request_finish_str(req, 200, NULL, "hello\n")`). NULL body sends an
+ * empty one. Same return values as evx_request_finish.
+ */
+EVX_API int evx_request_finish_str(evx_request *req, int status, const char *content_type,
+                                   const char *body);
+
 /** evx_request_finish with a printf-formatted text body (content type as given, NULL for text/plain). */
 EVX_API int evx_request_finishf(evx_request *req, int status, const char *content_type,
                                 const char *fmt, ...)
@@ -292,6 +364,65 @@ EVX_API int evx_request_state(evx_request *req);
 
 /** Non-zero when evx_request_state() is not 0 (client gone, timed out, server closed). */
 EVX_API int evx_request_is_gone(evx_request *req);
+
+/* ---- buffered replies ------------------------------------------------ */
+
+/**
+ * Buffered replies build the response piece by piece and send it at finish:
+ * evx_request_set_status, evx_request_set_header and evx_request_write_body.
+ * A coroutine handler (evx_http_route_coro) that returns without finishing
+ * is finished with them: the status set (200 when none), the headers set,
+ * the body written (Content-Type text/plain unless a Content-Type header was
+ * set). With an explicit evx_request_finish the buffered body comes first
+ * and finish's body after it; the status given to finish wins. With
+ * evx_request_start_chunked the buffered body is sent as the first chunk, and
+ * write_body is refused from then on (use evx_request_write). Any handler
+ * may use them.
+ */
+
+/**
+ * Set the status the response will be sent with (at finish without a
+ * status of its own: the auto-finish of a coroutine handler).
+ * @return EVX_OK; EVX_EINVAL (NULL, status outside 200..599, after finish or
+ *         start_chunked); EVX_EGONE / EVX_ETIMEDOUT / EVX_ECLOSED (no client).
+ */
+EVX_API int evx_request_set_status(evx_request *req, int status);
+
+/**
+ * Append to the response body (copied), sent at finish.
+ * @return EVX_OK; EVX_EINVAL (NULL req, NULL data with len > 0, after finish
+ *         or start_chunked); EVX_EGONE / EVX_ETIMEDOUT / EVX_ECLOSED;
+ *         EVX_ENOMEM (nothing appended).
+ */
+EVX_API int evx_request_write_body(evx_request *req, const void *data, size_t len);
+
+/** evx_request_write_body with a NUL-terminated string (NULL: nothing). */
+EVX_API int evx_request_write_str(evx_request *req, const char *s);
+
+/* ---- coroutine handlers ---------------------------------------------- */
+
+/**
+ * Add a route whose handler runs as a coroutine (coro.h): it may await jobs
+ * (evx_await_job), futures, conditions, queues and sleeps, one line after the
+ * other, on its own stack. Same matching, flags and return values as
+ * evx_http_route.
+ *  - Finishing is optional (Tornado's auto-finish): a handler that returns
+ *    without finishing is finished with what it set through the buffered
+ *    calls above (default 200 with an empty body).
+ *  - The request handle stays valid until the handler returns (a second
+ *    finish answers EVX_EINVAL); after finish, read the request's data
+ *    (path, headers, body) only before the handler's next await.
+ *  - The client leaving while the handler awaits makes that await return
+ *    EVX_EGONE (a job that has not started is cancelled; a running one is
+ *    waited for), and every later await in the handler return EVX_EGONE at
+ *    once, so the code after it runs and cleans up; no on_close bookkeeping.
+ *    A request timeout gives EVX_ETIMEDOUT and a freed server EVX_ECLOSED the
+ *    same way.
+ *  - A coroutine that cannot be started (no memory for its stack) gets 500.
+ * Coroutine stacks have the default size (EVX_CORO_STACK_DEFAULT).
+ */
+EVX_API int evx_http_route_coro(evx_http *http, const char *method, const char *path, int flags,
+                                evx_handler_fn fn, void *arg);
 
 /* ---- chunked replies ------------------------------------------------- */
 

@@ -41,7 +41,9 @@ typedef struct evx_mail_msg {
   const char *from;    /**< "addr" or "Name <addr>"; NULL: the mailer's default
                             (evx_mail_format alone: "evexec@localhost") */
   const char *to;      /**< one or more addresses separated by commas; required */
-  const char *subject; /**< UTF-8, one line; RFC 2047-encoded when not plain ASCII */
+  const char *subject; /**< UTF-8; RFC 2047-encoded when not short plain ASCII, which
+                            includes any CR, LF or other control byte (encoded as
+                            given, never a header break, never a reason to refuse) */
   const char *body;    /**< UTF-8 text; LF, CR or CRLF line ends (sent as CRLF); may be NULL */
 } evx_mail_msg;
 
@@ -53,7 +55,7 @@ typedef struct evx_mail_msg {
  * @param out receives the text (NUL-terminated; evx_free it).
  * @param message_id if not NULL, receives the Message-ID with its <> (evx_free it).
  * @return EVX_OK; EVX_EINVAL (NULL msg/out, no recipient, an address
- *         without '@' or with spaces or <>, a header containing CR/LF);
+ *         without '@' or with spaces or <>, From or To containing CR/LF);
  *         EVX_ENOMEM. On error nothing is stored.
  */
 EVX_API int evx_mail_format(const evx_mail_msg *msg, const char *hostname, char **out,
@@ -99,8 +101,8 @@ typedef struct evx_mailer evx_mailer;
  * Create a mailer bound to `loop` and start its delivery threads.
  * Loop thread only. Creates the spool folder when the spool transport is
  * used (blocking, once, at start-up).
- * @return the mailer, owned by the caller (evx_mailer_free before
- *         evx_loop_free), or NULL (NULL loop, wrong thread, threads > 2,
+ * @return the mailer, owned by the caller (evx_mailer_free; evx_loop_free
+ *         frees one left open), or NULL (NULL loop, wrong thread, threads > 2,
  *         a spool folder that cannot be created, out of memory).
  */
 EVX_API evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts);
@@ -111,6 +113,8 @@ EVX_API evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts);
  * @param done final outcome, called exactly once on the loop thread - never
  *        inside this call - when this returns EVX_OK; may be NULL.
  * @param message_id if not NULL, receives the Message-ID (evx_free it).
+ * A message refused as bad (EVX_EINVAL) or for lack of memory is also
+ * logged at EVX_MAIL_ERROR through the mailer's log, one line per mail.
  * @return EVX_OK; EVX_EINVAL (NULL mailer/msg, bad message); EVX_EBUSY
  *         (delivery queue full); EVX_ECLOSED (after evx_mailer_shutdown);
  *         EVX_ENOMEM. On error `done` is never called.
@@ -152,8 +156,8 @@ EVX_API evx_executor *evx_mailer_executor(evx_mailer *m);
  * Free the mailer: implies evx_mailer_shutdown(m, EVX_SHUTDOWN_CANCEL), waits
  * for a running attempt, and calls every `done` still owed (with
  * EVX_ECANCELED unless its attempt just succeeded or failed for good).
- * Loop thread only, or after the loop stopped; before evx_loop_free; not
- * from inside one of m's own `done` or log callbacks (defer it with
+ * Loop thread only, or after the loop stopped (evx_loop_free calls it for
+ * a mailer left open); not from inside one of m's own `done` or log callbacks (defer it with
  * evx_add_callback). NULL accepted.
  */
 EVX_API void evx_mailer_free(evx_mailer *m);
