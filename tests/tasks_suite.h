@@ -24,6 +24,7 @@
 #ifndef EVX_TASKS_SUITE_H
 #define EVX_TASKS_SUITE_H
 
+#include <evexec/metrics.h>
 #include <evexec/tasks.h>
 
 #include "evx_test.h"
@@ -772,6 +773,28 @@ START_TEST(ts_free_abrupt) {
 }
 END_TEST
 
+/* The loop frees a queue the application did not free; the queue shows in
+ * the loop's metrics. */
+START_TEST(ts_loop_member) {
+  ts_begin(TS_DONE);
+  evx_tasks_opts o = ts_opts();
+  evx_tasks *q = ts_open_started(&o);
+  char *id = ts_enqueue_wait(q, "t", 1, NULL);
+  evx_free(id);
+  ts_run_until(&ts.dones, 1, 10000);
+  ts_wait_counts(q, 0, 0, 0, 0);
+  char *text = NULL;
+  ck_assert_int_eq(evx_loop_metrics_text(ts_loop, &text, NULL), EVX_OK);
+  ck_assert_msg(strstr(text, "evx_tasks_completed_total{queue=\"default\"} 1"), "%s", text);
+  ck_assert_msg(strstr(text, "evx_tasks_ready{queue=\"default\"} 0"), "%s", text);
+  ck_assert_msg(strstr(text, "evx_tasks_run_seconds_count{queue=\"default\"} 1"), "%s", text);
+  evx_free(text);
+  evx_future *f = ts_enqueue(q, "t", 2, NULL); /* still in flight at evx_loop_free */
+  evx_future_release(f);
+  ts_end(); /* frees the queue; no leak */
+}
+END_TEST
+
 static void ts_suite_add(Suite *s) {
   TCase *tc = evx_test_tcase(s, "tasks", 60);
   tcase_add_test(tc, ts_basic);
@@ -791,6 +814,7 @@ static void ts_suite_add(Suite *s) {
   tcase_add_test(tc, ts_cancelled_after_grace);
   tcase_add_test(tc, ts_unknown_handler);
   tcase_add_test(tc, ts_free_abrupt);
+  tcase_add_test(tc, ts_loop_member);
 }
 
 #endif

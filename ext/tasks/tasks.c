@@ -31,6 +31,7 @@
  */
 #include "tasks-backend.h"
 
+#include <evexec/metrics.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -38,6 +39,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "evx-private.h"
 
 #define NAME_MAX_LEN 128
 #define KEY_MAX_LEN 200
@@ -66,6 +69,7 @@ struct evx_task {
 };
 
 struct evx_tasks {
+  evx__loop_member member; /* registered after the executor and the backend: closed before them */
   evx_loop *loop;
   const evx__tasks_backend *be;
   void *bs;
@@ -154,7 +158,7 @@ static uint64_t rng_next(evx_tasks *q) {
   return x * 0x2545F4914F6CDD1DULL;
 }
 
-static int on_loop(evx_tasks *q) { return q && evx_loop_in_thread(q->loop); }
+static int on_loop(evx_tasks *q) { return q && evx__loop_thread_ok(q->loop); }
 
 /* The registered handler for name, or NULL. Caller holds reg_mu or is the
  * loop thread (the only writer). */
@@ -245,11 +249,52 @@ static void count_tick(void *arg) {
   arm_count(q, q->count_every_ms);
 }
 
+/* evx_loop_free frees a queue left open (see evx-private.h). */
+static void tasks_on_free(evx__loop_member *m) {
+  evx_tasks_free(EVX__CONTAINER_OF(m, evx_tasks, member));
+}
+
+/* The queue in the loop's Prometheus text: evx_tasks_* with a queue label. */
+static void tasks_on_metrics(evx__loop_member *m, struct evx_metrics *out) {
+  evx_tasks *q = EVX__CONTAINER_OF(m, evx_tasks, member);
+  evx_tasks_stats s;
+  if (evx_tasks_stats_get(q, &s) != EVX_OK) return;
+  char esc[300], labels[320];
+  snprintf(labels, sizeof labels, "queue=\"%s\"", evx_metrics_escape(q->queue, esc, sizeof esc));
+  static const struct {
+    const char *name, *help;
+    size_t off;
+    int counter;
+  } f[] = {
+      {"evx_tasks_ready", "Tasks ready to run (whole queue, last count).", offsetof(evx_tasks_stats, ready), 0},
+      {"evx_tasks_delayed", "Tasks waiting for their due time: delay or retry backoff.", offsetof(evx_tasks_stats, delayed), 0},
+      {"evx_tasks_leased", "Tasks under a live lease (running somewhere).", offsetof(evx_tasks_stats, leased), 0},
+      {"evx_tasks_dead", "Tasks in the dead-letter store.", offsetof(evx_tasks_stats, dead), 0},
+      {"evx_tasks_running", "Handlers of this process running now.", offsetof(evx_tasks_stats, running), 0},
+      {"evx_tasks_enqueued_total", "Enqueues that became durable.", offsetof(evx_tasks_stats, enqueued), 1},
+      {"evx_tasks_rejected_total", "Enqueues refused (queue full, bad input, backend failure).", offsetof(evx_tasks_stats, rejected), 1},
+      {"evx_tasks_deduplicated_total", "Enqueues answered with an existing task (idempotency key).", offsetof(evx_tasks_stats, deduplicated), 1},
+      {"evx_tasks_completed_total", "Handlers that answered DONE.", offsetof(evx_tasks_stats, completed), 1},
+      {"evx_tasks_retried_total", "Handler answers that scheduled a retry.", offsetof(evx_tasks_stats, retried), 1},
+      {"evx_tasks_failed_total", "Tasks this process moved to the dead-letter store.", offsetof(evx_tasks_stats, failed), 1},
+      {"evx_tasks_redelivered_total", "Deliveries with attempt > 1.", offsetof(evx_tasks_stats, redelivered), 1},
+  };
+  for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+    double v = (double)*(const uint64_t *)(const void *)((const char *)&s + f[i].off);
+    if (f[i].counter)
+      evx_metrics_counter(out, f[i].name, f[i].help, labels, v);
+    else
+      evx_metrics_gauge(out, f[i].name, f[i].help, labels, v);
+  }
+  evx_metrics_histogram_log2us(out, "evx_tasks_run_seconds", "Handler run time.", labels,
+                               s.run_hist, 24, s.run_ns_total);
+}
+
 int evx_tasks_open(evx_loop *loop, const char *url, const evx_tasks_opts *opts, evx_tasks **out,
                    char **errmsg) {
   if (errmsg) *errmsg = NULL;
   if (out) *out = NULL;
-  if (!loop || !url || !out || !evx_loop_in_thread(loop)) return EVX_EINVAL;
+  if (!loop || !url || !out || !evx__loop_thread_ok(loop)) return EVX_EINVAL;
   const char *colon = strchr(url, ':');
   const evx__tasks_backend *be = NULL;
   for (size_t i = 0; colon && i < sizeof backends / sizeof backends[0]; i++)
@@ -307,6 +352,8 @@ int evx_tasks_open(evx_loop *loop, const char *url, const evx_tasks_opts *opts, 
   q->count_every_ms = COUNT_MIN_MS;
   start_count(q);
   arm_count(q, q->count_every_ms);
+  evx__loop_member_add(loop, &q->member, NULL, tasks_on_free);
+  evx__loop_member_set_metrics(&q->member, tasks_on_metrics);
   *out = q;
   return EVX_OK;
 fail:
@@ -846,6 +893,7 @@ evx_future *evx_tasks_shutdown(evx_tasks *q, uint64_t grace_ms) {
 
 void evx_tasks_free(evx_tasks *q) {
   if (!q) return;
+  evx__loop_member_remove(&q->member);
   if (!atomic_load(&q->closing)) begin_close(q, 0);
   atomic_store(&q->cancelled, 1);
   q->freeing = 1;
