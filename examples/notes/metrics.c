@@ -137,7 +137,7 @@ void notes_on_metrics(evx_request *req, void *arg) {
             (unsigned long long)ms.pending, (unsigned long long)app->mail_not_queued);
   }
   fprintf(f, "# TYPE notes_uptime_seconds gauge\nnotes_uptime_seconds %.3f\n",
-          (double)(evx_now_ns() - app->started_ns) / 1e9);
+          (double)(notes_now_ns() - app->started_ns) / 1e9);
   if (fclose(f) != 0 || !text) {
     free(text);
     notes_reply_error(req, 500, "out of memory");
