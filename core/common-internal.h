@@ -26,8 +26,8 @@ EVX_API uint64_t evx_now_ns(void);
 EVX_API int evx__opts_copy(void *dst, size_t lib_size, const void *src, size_t caller_size);
 
 /* The constructor convention (evx_last_error in common.h): record why a
- * constructor fails, and return NULL for it: `return evx__fail(EVX_EINVAL);` */
-EVX_API void *evx__fail(int err);
+ * constructor fails, and return NULL for it: `return evx__ctor_fail(EVX_EINVAL);` */
+EVX_API void *evx__ctor_fail(int err);
 
 /* Intrusive doubly linked list (libuv/Linux style). An empty list is a head
  * whose next and prev point to itself; a node not on any list has NULLs. */

@@ -101,7 +101,7 @@ static _Thread_local int evx__last_err;
 
 int evx_last_error(void) { return evx__last_err; }
 
-void *evx__fail(int err) {
+void *evx__ctor_fail(int err) {
   evx__last_err = err;
   return NULL;
 }

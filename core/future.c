@@ -46,9 +46,9 @@ struct evx_future {
 static void evx__future_run_cbs(void *arg);
 
 evx_future *evx_future_new(evx_loop *loop) {
-  if (!loop || !evx__loop_thread_ok(loop)) return evx__fail(EVX_EINVAL);
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_future *f = evx_calloc(1, sizeof *f);
-  if (!f) return evx__fail(EVX_ENOMEM);
+  if (!f) return evx__ctor_fail(EVX_ENOMEM);
   f->loop = loop;
   f->refs = 1;
   f->status = EVX_PENDING;
@@ -163,8 +163,8 @@ int evx_future_on_done(evx_future *f, evx_future_cb cb, void *arg) {
   return EVX_OK;
 }
 
-/* Undo an evx_future_on_done whose callback has not run. */
-static void evx__future_remove_cb(evx_future *f, evx_future_cb cb, void *arg) {
+/* Undo an evx_future_on_done whose callback has not run (a no-op once it ran). */
+void evx__future_remove_cb(evx_future *f, evx_future_cb cb, void *arg) {
   for (size_t i = f->next_cb; i < f->ncbs; i++) {
     if (f->cbs[i].cb == cb && f->cbs[i].arg == arg) {
       memmove(&f->cbs[i], &f->cbs[i + 1], (f->ncbs - i - 1) * sizeof f->cbs[0]);

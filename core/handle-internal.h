@@ -21,6 +21,16 @@ int evx__handle_new(void *obj, evx__hid *out);
  * under the table's lock: it may read the object but not call out. */
 void *evx__handle_take(evx__hid h, int (*ok)(void *obj));
 
+/* The object of a live handle, left live - or NULL, as for take. The caller
+ * must know the object cannot end meanwhile (e.g. it ends only on the
+ * calling thread, which ok checked). */
+void *evx__handle_get(evx__hid h, int (*ok)(void *obj));
+
+/* A placeholder object for evx__handle_new: the handle exists (so making it
+ * cannot fail later) but names nothing until evx__handle_bind. */
+extern char evx__handle_reserved;
+void evx__handle_bind(evx__hid h, void *obj);
+
 /* End a live handle (the object's own end: it fired, or its owner is freed).
  * Every later take of h answers NULL. */
 void evx__handle_drop(evx__hid h);

@@ -8,11 +8,12 @@
  *   freed, so an old handle of a reused slot no longer matches. Generations
  *   wrap only after 2^32 reuses of one slot (2^12 on 32-bit targets).
  * - The table is global because the public calls that take a handle
- *   (evx_timer_cancel) take nothing else that could lead to a per-loop
+ *   (evx_timer_cancel, evx_job_cancel) take nothing else that could lead to a per-loop
  *   table. Its mutex is a leaf lock: held for a lookup or an update only,
- *   never while user code or another evexec lock runs. Timers are made and
- *   ended on their loop's thread, so the lock is contended only by several
- *   loops in one process.
+ *   never while user code or another evexec lock runs; it may be taken with
+ *   an executor's lock held (lock order: ex->lock, then this one). Timers
+ *   and job handles end on their loop's thread, so the lock is contended
+ *   only by several loops in one process or by submits from other threads.
  * - The arrays live only while a handle is live: the last drop frees them,
  *   so a process with no loop holds no memory here (the allocator hook's
  *   balance checks, and evx_set_allocator's "no loop" rule, stay exact).
@@ -96,10 +97,27 @@ static void evx__slot_free(evx__slot *s) {
   }
 }
 
+char evx__handle_reserved;
+
+void evx__handle_bind(evx__hid h, void *obj) {
+  pthread_mutex_lock(&evx__htab_lock);
+  evx__slot *s = evx__slot_of(h);
+  if (s) s->obj = obj;
+  pthread_mutex_unlock(&evx__htab_lock);
+}
+
+void *evx__handle_get(evx__hid h, int (*ok)(void *obj)) {
+  pthread_mutex_lock(&evx__htab_lock);
+  evx__slot *s = evx__slot_of(h);
+  void *obj = s && s->obj != &evx__handle_reserved && (!ok || ok(s->obj)) ? s->obj : NULL;
+  pthread_mutex_unlock(&evx__htab_lock);
+  return obj;
+}
+
 void *evx__handle_take(evx__hid h, int (*ok)(void *obj)) {
   pthread_mutex_lock(&evx__htab_lock);
   evx__slot *s = evx__slot_of(h);
-  void *obj = s && (!ok || ok(s->obj)) ? s->obj : NULL;
+  void *obj = s && s->obj != &evx__handle_reserved && (!ok || ok(s->obj)) ? s->obj : NULL;
   if (obj) evx__slot_free(s);
   pthread_mutex_unlock(&evx__htab_lock);
   return obj;

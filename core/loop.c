@@ -99,6 +99,7 @@ struct evx_loop {
   evx__list timers;
   evx__list signals; /* evx__signal.link */
   evx__list members; /* evx__loop_member.link, oldest first (see evx-private.h) */
+  int freeing;       /* evx_loop_free has started */
 };
 
 static void evx__loop_wake(evx_loop *loop) {
@@ -179,11 +180,11 @@ static void evx__on_defer(evutil_socket_t fd, short what, void *arg) {
 
 evx_loop *evx_loop_new(struct event_base *base) {
   evx_loop *loop = evx_calloc(1, sizeof *loop);
-  if (!loop) return evx__fail(EVX_ENOMEM);
+  if (!loop) return evx__ctor_fail(EVX_ENOMEM);
   loop->wake_fd = -1;
   if (pthread_mutex_init(&loop->lock, NULL) != 0) {
     evx_free(loop);
-    return evx__fail(EVX_ENOMEM);
+    return evx__ctor_fail(EVX_ENOMEM);
   }
   if (base) {
     loop->base = base;
@@ -224,7 +225,7 @@ fail:
   pthread_mutex_destroy(&loop->lock);
   evx_free(loop);
   /* libevent or eventfd failed; both fail mostly for lack of memory or fds */
-  return evx__fail(EVX_EIO);
+  return evx__ctor_fail(EVX_EIO);
 }
 
 /* The loop this thread is inside evx_loop_run of, if any (see
@@ -369,7 +370,29 @@ void evx__loop_member_add(evx_loop *loop, evx__loop_member *m, evx__member_fn on
                           evx__member_fn on_free) {
   m->on_run_exit = on_run_exit;
   m->on_free = on_free;
+  m->on_metrics = NULL;
   evx__list_insert_tail(&loop->members, &m->link);
+}
+
+int evx__loop_freeing(evx_loop *loop) { return loop->freeing; }
+
+evx__loop_member *evx__loop_member_find(evx_loop *loop, evx__member_fn on_free) {
+  for (evx__list *l = loop->members.prev; l != &loop->members; l = l->prev) {
+    evx__loop_member *m = EVX__CONTAINER_OF(l, evx__loop_member, link);
+    if (m->on_free == on_free) return m;
+  }
+  return NULL;
+}
+
+void evx__loop_member_set_metrics(evx__loop_member *m,
+                                  void (*fn)(evx__loop_member *m, struct evx_metrics *out)) {
+  m->on_metrics = fn;
+}
+
+void evx__loop_member_foreach(evx_loop *loop, void (*fn)(evx__loop_member *m, void *arg),
+                              void *arg) {
+  for (evx__list *l = loop->members.next; l != &loop->members; l = l->next)
+    fn(EVX__CONTAINER_OF(l, evx__loop_member, link), arg);
 }
 
 void evx__loop_member_remove(evx__loop_member *m) {
@@ -382,6 +405,7 @@ void evx_loop_free(evx_loop *loop) {
     fprintf(stderr, "evexec: evx_loop_free called while the loop runs; ignored\n");
     return;
   }
+  loop->freeing = 1;
   /* The freeing thread is the loop thread from here on: the teardown below
    * makes loop-thread calls (members' free functions, callbacks). */
   atomic_store(&loop->owner, evx__thread_me());
@@ -453,22 +477,22 @@ static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
 }
 
 evx_timer *evx_call_later(evx_loop *loop, uint64_t ms, evx_cb fn, void *arg) {
-  if (!loop || !fn || !evx__loop_thread_ok(loop)) return evx__fail(EVX_EINVAL);
+  if (!loop || !fn || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx__timer *t = evx_calloc(1, sizeof *t);
-  if (!t) return evx__fail(EVX_ENOMEM);
+  if (!t) return evx__ctor_fail(EVX_ENOMEM);
   t->loop = loop;
   t->fn = fn;
   t->arg = arg;
   struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)((ms % 1000) * 1000)};
   if (evx__handle_new(t, &t->id) != EVX_OK) {
     evx_free(t);
-    return evx__fail(EVX_ENOMEM);
+    return evx__ctor_fail(EVX_ENOMEM);
   }
   if (event_assign(&t->ev, loop->base, -1, 0, evx__on_timer, t) != 0 ||
       event_add(&t->ev, &tv) != 0) {
     evx__handle_drop(t->id);
     evx_free(t);
-    return evx__fail(EVX_ENOMEM);
+    return evx__ctor_fail(EVX_ENOMEM);
   }
   evx__list_insert_tail(&loop->timers, &t->link);
   return (evx_timer *)t->id;

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "handle-internal.h"
 #include "loop-internal.h"
 
 #define EVX__DEFAULT_THREADS 4
@@ -21,8 +22,11 @@
 #define EVX__JOB_CACHE_MAX 4096
 #define EVX__WAKE_BATCH 32 /* jobs submitted inside a drain per splice and wakeup */
 #define EVX__MAX_SPIN_US 1000000
+#define EVX__MAX_TARGET_WAIT_US 600000000u /* 10 minutes */
 
-enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
+/* JOB_EXPIRED: a worker took it past its deadline (t_queued + the target
+ * wait) and ended it without running it; done gets EVX_ETIMEDOUT. */
+enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED, JOB_EXPIRED };
 
 struct evx_job {
   evx__list link; /* ex->queue, strand->waiting, or nowhere while running */
@@ -34,6 +38,13 @@ struct evx_job {
   evx_strand *strand; /* NULL once the strand is freed */
   uint64_t t_queued;
   int state;
+  /* The public handle (evx_submit_job), or 0: live from the submit until
+   * done() returned, so a handle kept longer is stale, never this node's
+   * next job. Written at submit, dropped by the drain (loop thread). */
+  evx__hid hid;
+  /* evx_job_cancel reached the job while it ran: its work sees it through
+   * evx_job_cancelled(). Set by the loop thread, read by the worker. */
+  atomic_int cancel_requested;
 };
 
 struct evx_strand {
@@ -58,6 +69,12 @@ struct evx_executor {
   evx__list strands;
   size_t nqueued; /* on ex->queue plus waiting on strands */
   size_t nrunning;
+  /* Load shedding (opts.target_wait_us; 0: off): an EWMA (1/8) of run
+   * times, written by workers after each job; submits refuse a job whose
+   * estimated wait exceeds target_ns, and workers end queued jobs that
+   * waited longer (JOB_EXPIRED). target_ns is constant after creation. */
+  uint64_t run_ewma_ns;
+  uint64_t target_ns;
   unsigned nidle;
   unsigned nspinning;  /* 0 or 1: a worker polls queue_gen instead of sleeping */
   int spin_claimed;    /* a job was left to the spinning worker (no signal sent for it) */
@@ -138,6 +155,9 @@ int evx__strand_cancel_waiting_locked(evx_strand *s);
 
 /* stats.c */
 /* Add one duration to a total, a max and a log2-microsecond histogram. */
+/* stats.c: the executor's samples for evx_loop_metrics_text (its loop member's on_metrics). */
+struct evx_metrics;
+void evx__executor_metrics(evx__loop_member *m, struct evx_metrics *out);
 void evx__record(uint64_t *total, uint64_t *max, uint64_t *hist, uint64_t ns);
 
 #endif

@@ -223,6 +223,28 @@ static int evx__splice_locked(evx_executor *ex, uint64_t now) {
   return post;
 }
 
+/* ex->lock held. Estimated queue wait of a job submitted now: 0 while a
+ * worker is free for it; else, with every worker busy and k jobs ahead, it
+ * starts after k + 1 completions, which n workers deliver every run_ewma / n
+ * on average, the first after about half of that: ewma * (2k + 1) / (2n).
+ * Before the first job completed the run time is unknown: 0 (then only the
+ * deadline at the worker sheds load). */
+static uint64_t evx__wait_estimate_locked(evx_executor *ex) {
+  size_t n = ex->nthreads, busy = ex->nrunning < n ? ex->nrunning : n;
+  size_t ahead = ex->nqueued + ex->reserved;
+  if (ahead < n - busy) return 0;
+  uint64_t k = ahead - (n - busy);
+  return ex->run_ewma_ns * (2 * k + 1) / (2 * (uint64_t)n);
+}
+
+/* ex->lock held. 1 when load shedding refuses a new job (counted). */
+static int evx__shed_locked(evx_executor *ex) {
+  if (!ex->target_ns || evx__wait_estimate_locked(ex) <= ex->target_ns) return 0;
+  ex->stats.rejected++;
+  ex->stats.shed++;
+  return 1;
+}
+
 /* The opening of every entry point that must see the jobs a drain deferred:
  * lock ex and, when `own` - the caller is the thread running ex's drain, the
  * only one that may touch ex->deferred - splice them onto the queue first.
@@ -253,6 +275,8 @@ static int evx__refill(evx_executor *ex, size_t want) {
     if (avail == 0) {
       ex->stats.rejected++;
       rc = EVX_EBUSY;
+    } else if (evx__shed_locked(ex)) {
+      rc = EVX_EBUSY;
     } else {
       ex->slots = avail < want ? avail : want;
       ex->reserved += ex->slots;
@@ -277,6 +301,8 @@ static void evx__job_fill(evx_job *job, evx_executor *ex, evx_strand *s, evx_wor
   job->ex = ex;
   job->strand = s;
   job->state = JOB_QUEUED;
+  job->hid = 0;
+  atomic_store_explicit(&job->cancel_requested, 0, memory_order_relaxed);
 }
 
 /* evx_submit from one of ex's own done() callbacks: no lock (see DESIGN). */
@@ -297,10 +323,15 @@ static int evx__submit_deferred(evx_executor *ex, evx_work_fn work, evx_done_fn 
     if (!job) return EVX_ENOMEM; /* the slot stays unused; the next splice returns it */
   }
   evx__job_fill(job, ex, NULL, work, done, arg);
+  if (handle && evx__handle_new(job, &job->hid) != EVX_OK) {
+    job->next_done = ex->lfree; /* unused: the slot returns at the next splice */
+    ex->lfree = job;
+    return EVX_ENOMEM;
+  }
   evx__list_insert_tail(&ex->deferred, &job->link);
   ex->slots--;
   ex->ndeferred++;
-  if (handle) *handle = job;
+  if (handle) *handle = (evx_job *)job->hid;
   return EVX_OK;
 }
 
@@ -343,6 +374,14 @@ int evx__cancel_locked(evx_executor *ex, evx_job *job) {
   return evx__complete_locked(ex, job, JOB_CANCELLED);
 }
 
+/* The job whose work runs on this worker thread now (evx_job_cancelled). */
+static _Thread_local evx_job *evx__current_job;
+
+int evx_job_cancelled(void) {
+  evx_job *job = evx__current_job;
+  return job && atomic_load_explicit(&job->cancel_requested, memory_order_relaxed);
+}
+
 static void *evx__worker(void *arg) {
   evx_executor *ex = arg;
   int post = 0; /* our last completion made ex->completed non-empty: post it, unlocked */
@@ -380,8 +419,18 @@ static void *evx__worker(void *arg) {
     if (evx__list_empty(&ex->queue)) break;
 
     evx_job *job = EVX__CONTAINER_OF(evx__list_pop_head(&ex->queue), evx_job, link);
-    job->state = JOB_RUNNING;
     uint64_t t0 = now ? now : evx_now_ns();
+    if (ex->target_ns && t0 > job->t_queued + ex->target_ns) {
+      /* Waited past its deadline: end it unrun (done: EVX_ETIMEDOUT), and
+       * take the next - whose deadline is later, as the queue is FIFO. */
+      ex->nqueued--;
+      ex->stats.cancelled++;
+      ex->stats.expired++;
+      if (job->strand) evx__strand_advance_locked(job->strand);
+      post |= evx__complete_locked(ex, job, JOB_EXPIRED);
+      continue;
+    }
+    job->state = JOB_RUNNING;
     /* A job queued after `now` was read has not waited at all. */
     evx__record(&ex->stats.wait_ns_total, &ex->stats.wait_ns_max, ex->stats.wait_hist,
                 t0 > job->t_queued ? t0 - job->t_queued : 0);
@@ -389,12 +438,16 @@ static void *evx__worker(void *arg) {
     ex->nrunning++;
     pthread_mutex_unlock(&ex->lock);
 
+    evx__current_job = job;
     job->work(job->arg);
+    evx__current_job = NULL;
     now = evx_now_ns();
     uint64_t run_ns = now - t0;
 
     pthread_mutex_lock(&ex->lock);
     evx__record(&ex->stats.run_ns_total, &ex->stats.run_ns_max, ex->stats.run_hist, run_ns);
+    if (ex->target_ns)
+      ex->run_ewma_ns = ex->run_ewma_ns ? ex->run_ewma_ns - ex->run_ewma_ns / 8 + run_ns / 8 : run_ns;
     if (job->strand) evx__strand_advance_locked(job->strand);
     post = evx__complete_locked(ex, job, JOB_DONE);
     ex->nrunning--;
@@ -420,7 +473,11 @@ static void evx__executor_drain(void *arg) {
   evx__draining_ex = ex;
   for (evx_job *job = list, *next; job; job = next) {
     next = job->next_done;
-    if (job->done) job->done(job->arg, job->state == JOB_CANCELLED ? EVX_ECANCELED : EVX_OK);
+    if (job->done)
+      job->done(job->arg, job->state == JOB_CANCELLED  ? EVX_ECANCELED
+                          : job->state == JOB_EXPIRED ? EVX_ETIMEDOUT
+                                                      : EVX_OK);
+    if (job->hid) evx__handle_drop(job->hid); /* done ran: the handle is stale from now on */
     /* done() ran: the node is free, and the next deferred submit reuses it. */
     job->next_done = ex->lfree;
     ex->lfree = job;
@@ -463,16 +520,18 @@ static void evx__executor_on_free(evx__loop_member *m) {
 
 evx_executor *evx_executor_new_sized(evx_loop *loop, const evx_executor_opts *opts,
                                      size_t opts_size) {
-  if (!loop || !evx__loop_thread_ok(loop)) return evx__fail(EVX_EINVAL);
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_executor_opts o;
-  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) return evx__fail(EVX_EINVAL);
+  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) return evx__ctor_fail(EVX_EINVAL);
   if (o.threads == 0) o.threads = EVX__DEFAULT_THREADS;
   if (o.max_queue == 0) o.max_queue = EVX__DEFAULT_MAX_QUEUE;
-  if (o.threads > EVX__MAX_THREADS || o.spin_us > EVX__MAX_SPIN_US) return evx__fail(EVX_EINVAL);
+  if (o.threads > EVX__MAX_THREADS || o.spin_us > EVX__MAX_SPIN_US ||
+      o.target_wait_us > EVX__MAX_TARGET_WAIT_US)
+    return evx__ctor_fail(EVX_EINVAL);
 
   int err = EVX_ENOMEM;
   evx_executor *ex = evx_calloc(1, sizeof *ex);
-  if (!ex) return evx__fail(EVX_ENOMEM);
+  if (!ex) return evx__ctor_fail(EVX_ENOMEM);
   ex->loop = loop;
   ex->nthreads = o.threads;
   ex->max_queue = o.max_queue;
@@ -505,6 +564,7 @@ evx_executor *evx_executor_new_sized(evx_loop *loop, const evx_executor_opts *op
   atomic_init(&ex->closed_pub, 0);
   atomic_init(&ex->queue_gen, 0);
   ex->spin_ns = (uint64_t)o.spin_us * 1000;
+  ex->target_ns = (uint64_t)o.target_wait_us * 1000;
   ex->stats.threads = o.threads;
   ex->post_node.fn = evx__executor_drain;
   ex->post_node.arg = ex;
@@ -528,13 +588,14 @@ evx_executor *evx_executor_new_sized(evx_loop *loop, const evx_executor_opts *op
     ex->started++;
   }
   evx__loop_member_add(loop, &ex->member, evx__executor_on_run_exit, evx__executor_on_free);
+  evx__loop_member_set_metrics(&ex->member, evx__executor_metrics);
   return ex;
 
 fail_mem:
   evx_free(ex->threads);
   evx_free(ex->name);
   evx_free(ex);
-  return evx__fail(err);
+  return evx__ctor_fail(err);
 }
 
 evx_executor *(evx_executor_new)(evx_loop *loop, const evx_executor_opts *opts) {
@@ -548,6 +609,7 @@ static int evx__job_new_locked(evx_executor *ex, evx_job **out) {
     ex->stats.rejected++;
     return EVX_EBUSY;
   }
+  if (evx__shed_locked(ex)) return EVX_EBUSY;
   evx_job *job = evx__free_pop_locked(ex);
   if (!job && (job = evx_malloc(sizeof *job)) == NULL) return EVX_ENOMEM;
   *out = job;
@@ -564,6 +626,9 @@ int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_done_fn d
    * submit, which wakes at once and arms wake_ev (see DESIGN). */
   int loop_here = !own_drain && evx__loop_running_here(ex->loop);
   int schedule = loop_here && !ex->wake_ev_active;
+  /* The handle first, so that a job once accepted cannot fail after. */
+  evx__hid hid = 0;
+  if (handle && evx__handle_new(&evx__handle_reserved, &hid) != EVX_OK) return EVX_ENOMEM;
   uint64_t now = evx_now_ns();
   evx_job *job;
   /* A strand submit from our own done(): splice first, so that the slots
@@ -581,11 +646,16 @@ int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_done_fn d
       if (s) s->active = job;
       evx__enqueue_locked(ex, job, (own_drain && !lead) || (loop_here && !schedule));
     }
-    if (handle) *handle = job;
+    if (handle) {
+      job->hid = hid;
+      evx__handle_bind(hid, job);
+      *handle = (evx_job *)hid;
+    }
   } else {
     schedule = 0;
   }
   pthread_mutex_unlock(&ex->lock);
+  if (rc != EVX_OK && hid) evx__handle_drop(hid);
   if (schedule) {
     ex->wake_ev_active = 1;
     event_active(&ex->wake_ev, EV_TIMEOUT, 1);
@@ -605,10 +675,18 @@ int evx_submit_job(evx_executor *ex, evx_work_fn work, evx_done_fn done, void *a
   return evx__submit(ex, NULL, work, done, arg, job);
 }
 
-int evx_job_cancel(evx_job *job) {
-  if (!job) return EVX_EINVAL;
+/* Under the handle table's lock: only the job's loop thread may use it. A
+ * live handle's node is not recycled before its done() returned, which
+ * happens on that thread - so on it, the node stays valid through the call. */
+static int evx__job_handle_ok(void *obj) {
+  return evx__loop_thread_ok(((evx_job *)obj)->ex->loop);
+}
+
+int evx_job_cancel(evx_job *handle) {
+  if (!handle) return EVX_EINVAL;
+  evx_job *job = evx__handle_get((evx__hid)handle, evx__job_handle_ok);
+  if (!job) return EVX_EINVAL; /* stale (done ran), never issued, or not our thread */
   evx_executor *ex = job->ex;
-  if (!evx__loop_thread_ok(ex->loop)) return EVX_EINVAL;
   /* On the loop thread, ex->draining means this thread runs ex's drain
    * (maybe with another executor's drain nested in it) and owns its deferred
    * jobs: splice them so that `job` is on a real queue. */
@@ -617,6 +695,8 @@ int evx_job_cancel(evx_job *job) {
   if (job->state == JOB_QUEUED) {
     post |= evx__cancel_locked(ex, job);
     rc = EVX_OK;
+  } else if (job->state == JOB_RUNNING) {
+    atomic_store_explicit(&job->cancel_requested, 1, memory_order_relaxed);
   }
   pthread_mutex_unlock(&ex->lock);
   if (post) evx__post(ex);

@@ -14,6 +14,12 @@
 #include "http-test.h"
 #include "loop-internal.h"
 
+/* Methods counted apart in the metrics (GET POST HEAD PUT DELETE OPTIONS
+ * PATCH, then everything else), and the buckets of the duration histogram
+ * (the layout of evx_executor_stats' histograms). */
+#define EVX__HTTP_NMETHODS 8
+#define EVX__HTTP_HIST_BUCKETS 32
+
 /* Most {name} segments in one route pattern. */
 #define EVX__ROUTE_MAX_PARAMS 16
 
@@ -29,6 +35,10 @@ typedef struct evx_route {
   size_t literal; /* characters outside {name} segments (ranks pattern routes) */
   evx_handler_fn fn;
   void *arg;
+  /* evx_http_route_coro: fn is the coroutine dispatcher, arg the route, and
+   * these are the user's handler and argument. */
+  evx_handler_fn coro_fn;
+  void *coro_arg;
   /* Per-route options (evx_route_set_*). One block that later options join:
    * each field's zero value means "the server's setting". */
   struct {
@@ -43,6 +53,12 @@ typedef struct evx_route {
 struct evx_http {
   evx_loop *loop;
   evx__loop_member member; /* until evx_http_free: the loop closes a server left open */
+  /* For evx_loop_metrics_text (http-metrics.c): responses by method
+   * (EVX__HTTP_NMETHODS, the last one "other") and status class (as
+   * st.status), and the request durations in log2-microsecond buckets. */
+  uint64_t resp[EVX__HTTP_NMETHODS][6];
+  uint64_t dur_hist[EVX__HTTP_HIST_BUCKETS];
+  uint64_t dur_sum_ns;
   struct event_base *base;
   struct evhttp *evh; /* NULL once freed (the struct may outlive it, see `freed`) */
   evx_http_opts opts;
@@ -105,6 +121,7 @@ struct evx_request {
   unsigned query_parsed : 1;
   unsigned body_ready : 1;
   unsigned hdr_set : 1; /* a Content-Type was given through set_header */
+  unsigned coro_alive : 1; /* a coroutine handler runs or is suspended: release waits for it */
   const char *method;
   const char *path; /* path_buf or evhttp's own path string */
   char *path_buf;
@@ -123,6 +140,7 @@ struct evx_request {
   size_t body_len;
   evx_request_cb on_close;
   void *on_close_arg;
+  struct evx__coro *coro; /* the coroutine handler while it runs (interrupted when gone) */
   uint64_t t0_ns;
   uint64_t bytes;
   char peer[64];
@@ -139,9 +157,19 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
 void evx__request_after_handler(evx_request *r);
 /* Turn a held request into a zombie: gone/timed out/closed. close_conn: also free its connection. */
 void evx__request_zombify(evx_request *r, int state, int close_conn);
+/* A coroutine handler returned: finish the request with what it set (Tornado's
+ * auto-finish) unless it finished, and release it once nothing holds it. */
+void evx__request_coro_done(evx_request *r);
 /* Answer a request that no handler will see (404, 405, 431, 503) and release it. */
 void evx__request_reply_builtin(evx_request *r, int status, const char *extra_name,
                                 const char *extra_value, const char *body);
+
+/* http/http-metrics.c */
+/* Count one response (status 499: the client left) that took dur_ns. */
+void evx__http_metrics_record(evx_http *h, const char *method, int status, uint64_t dur_ns);
+/* The server's loop-member on_metrics. */
+struct evx_metrics;
+void evx__http_metrics(evx__loop_member *m, struct evx_metrics *out);
 
 /* http/http.c */
 void evx__http_log(evx_http *h, evx_request *r, int status);

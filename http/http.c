@@ -54,13 +54,15 @@ void evx_http_log_stderr(void *arg, const evx_http_log_entry *e) {
 void evx__http_log(evx_http *h, evx_request *r, int status) {
   int cls = status / 100;
   h->st.status[(status != 499 && cls >= 1 && cls <= 5) ? cls : 0]++;
+  uint64_t dur_ns = evx_now_ns() - r->t0_ns;
+  evx__http_metrics_record(h, r->method, status, dur_ns);
   if (h->freed || !h->opts.log) return;
   evx_http_log_entry e = {
       .method = r->method,
       .path = r->path ? r->path : "-",
       .status = status,
       .bytes = r->bytes,
-      .duration_us = (evx_now_ns() - r->t0_ns) / 1000,
+      .duration_us = dur_ns / 1000,
       .peer = r->peer[0] ? r->peer : "-",
   };
   h->opts.log(h->opts.log_arg, &e);
@@ -176,11 +178,11 @@ static void evx__http_on_free(evx__loop_member *m) {
 #define EVX__HTTP_OPTS_V0 (offsetof(evx_http_opts, log_arg) + sizeof(void *))
 
 evx_http *evx_http_new_sized(evx_loop *loop, const evx_http_opts *opts, size_t opts_size) {
-  if (!loop || !evx__loop_thread_ok(loop)) return evx__fail(EVX_EINVAL);
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_http_opts o;
-  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) return evx__fail(EVX_EINVAL);
+  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) return evx__ctor_fail(EVX_EINVAL);
   evx_http *h = evx_calloc(1, sizeof *h);
-  if (!h) return evx__fail(EVX_ENOMEM);
+  if (!h) return evx__ctor_fail(EVX_ENOMEM);
   h->loop = loop;
   h->base = evx_loop_base(loop);
   h->opts = o;
@@ -195,7 +197,7 @@ evx_http *evx_http_new_sized(evx_loop *loop, const evx_http_opts *opts, size_t o
     if (h->evh) evhttp_free(h->evh);
     if (h->scratch) evbuffer_free(h->scratch);
     evx_free(h);
-    return evx__fail(EVX_ENOMEM);
+    return evx__ctor_fail(EVX_ENOMEM);
   }
   evx__http_apply_opts(h);
   evhttp_set_gencb(h->evh, evx__on_request, h);
@@ -204,6 +206,7 @@ evx_http *evx_http_new_sized(evx_loop *loop, const evx_http_opts *opts, size_t o
   struct sigaction sa;
   if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
   evx__loop_member_add(loop, &h->member, NULL, evx__http_on_free);
+  evx__loop_member_set_metrics(&h->member, evx__http_metrics);
   return h;
 }
 

@@ -612,6 +612,50 @@ START_TEST(test_future_and_cancel) {
 }
 END_TEST
 
+/* Cancellation reaches a running query: cancelling the future of a query
+ * that would run for minutes (the request's client left) interrupts it - the
+ * reader is free again in milliseconds instead of minutes. */
+static evx_sqlite *g_idb;
+static int reader_state(void *arg) {
+  uint64_t want_running = *(uint64_t *)arg;
+  evx_executor_stats st;
+  evx_executor_stats_get(evx_sqlite_readers(g_idb), &st);
+  return st.running == want_running && (want_running || st.completed >= 1);
+}
+
+START_TEST(test_cancel_interrupts_running_query) {
+  evx_sqlite *db = g_idb = open_db(1, 0);
+  static const char *slow =
+      "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 4000000000)"
+      " SELECT count(*) FROM c";
+  evx_future *f = evx_sqlite_query_future(db, EVX_SQL_READ, slow, NULL, 0);
+  ck_assert_ptr_nonnull(f);
+  uint64_t one = 1, zero = 0;
+  evx_test_run_until(loop, reader_state, &one, 10000); /* it runs */
+  uint64_t t0 = evx_now_ns();
+  ck_assert_int_eq(evx_future_cancel(f), EVX_OK);
+  ck_assert_int_eq(evx_future_status(f), EVX_ECANCELED);
+  evx_test_run_until(loop, reader_state, &zero, 10000); /* ... and stops */
+  uint64_t ms = evx_test_ms_since(t0);
+  ck_assert_msg(ms < 2000, "the interrupted query took %llu ms to stop", (unsigned long long)ms);
+  evx_future_release(f);
+
+  /* The connection is fine afterwards, and a query that is not cancelled
+   * is not interrupted (the flag belonged to the cancelled job). */
+  collect c = {.want = 1};
+  ck_assert_int_eq(evx_sqlite_query(db, EVX_SQL_READ,
+                                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c"
+                                    " WHERE x < 100000) SELECT count(*) FROM c",
+                                    NULL, 0, collect_cb, &c),
+                   EVX_OK);
+  run_loop();
+  ck_assert_int_eq(c.res[0]->status, EVX_OK);
+  ck_assert_int_eq(evx_sql_get_int(c.res[0], 0, 0), 100000);
+  collect_free(&c);
+  evx_sqlite_close(db);
+}
+END_TEST
+
 static int cancelled_cbs, ok_cbs;
 static void count_cb(evx_sql_result *res, void *arg) {
   (void)arg;
@@ -759,6 +803,7 @@ Suite *suite(void) {
   tcase_add_test(tc, test_reads_parallel_with_write);
   tcase_add_test(tc, test_thousand_writes);
   tcase_add_test(tc, test_future_and_cancel);
+  tcase_add_test(tc, test_cancel_interrupts_running_query);
   tcase_add_test(tc, test_backpressure_and_shutdown);
   tcase_add_test(tc, test_close_drains);
   tcase_add_test(tc, test_busy_timeout);

@@ -222,14 +222,14 @@ evx_mailer *(evx_mailer_new)(evx_loop *loop, const evx_mailer_opts *opts) {
 }
 
 evx_mailer *evx_mailer_new_sized(evx_loop *loop, const evx_mailer_opts *opts, size_t opts_size) {
-  if (!loop || !evx__loop_thread_ok(loop)) return evx__fail(EVX_EINVAL);
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_mailer_opts o;
-  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) return evx__fail(EVX_EINVAL);
-  if (o.threads > 2) return evx__fail(EVX_EINVAL);
-  if (evx__mail_global_init() != EVX_OK) return evx__fail(EVX_EIO);
+  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) return evx__ctor_fail(EVX_EINVAL);
+  if (o.threads > 2) return evx__ctor_fail(EVX_EINVAL);
+  if (evx__mail_global_init() != EVX_OK) return evx__ctor_fail(EVX_EIO);
   int err = EVX_ENOMEM;
   evx_mailer *m = evx_calloc(1, sizeof *m);
-  if (!m) return evx__fail(EVX_ENOMEM);
+  if (!m) return evx__ctor_fail(EVX_ENOMEM);
   m->loop = loop;
   m->max_attempts = o.max_attempts ? o.max_attempts : 5;
   m->backoff_ms = o.backoff_ms ? o.backoff_ms : 500;
@@ -287,7 +287,7 @@ fail:
   evx_free(m->username);
   evx_free(m->password);
   evx_free(m);
-  return evx__fail(err);
+  return evx__ctor_fail(err);
 }
 
 int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done, void *arg,

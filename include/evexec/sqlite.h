@@ -187,7 +187,12 @@ EVX_API int evx_sqlite_query(evx_sqlite *db, evx_sql_mode mode, const char *sql,
  * ran, even when SQLite reported an error - check res->status. It fails
  * (EVX_EBUSY, EVX_ECLOSED, EVX_ENOMEM) when the query could not be queued
  * and with EVX_ECANCELED when it was cancelled before it ran (cancelling the
- * future cancels a query that has not started).
+ * future cancels a query that has not started, and interrupts one that runs:
+ * it stops within about a thousand SQLite VM steps instead of running to
+ * its end - cancel the future when the request's client leaves).
+ * A statement interrupted that way reports status EVX_ECANCELED
+ * (sqlite_code SQLITE_INTERRUPT); so does one run by evx_sqlite_call's fn
+ * when its job is cancelled while it runs (see evx_job_cancel).
  * @return a future (one reference for the caller), or NULL for NULL/invalid
  *         arguments, wrong thread or out of memory.
  */
