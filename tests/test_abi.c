@@ -55,6 +55,8 @@ START_TEST(test_executor_sizes) {
 }
 END_TEST
 
+static void *coro_body(void *arg) { return arg; }
+
 static void *fail_elsewhere(void *arg) {
   if (!evx_http_new(NULL, NULL)) *(int *)arg = evx_last_error();
   return NULL;
@@ -77,6 +79,18 @@ START_TEST(test_constructors_say_why) {
   ck_assert_ptr_null(evx_condition_new(NULL));
   ck_assert_int_eq(evx_last_error(), EVX_EINVAL);
   ck_assert_ptr_null(evx_call_later(loop, 1, NULL, NULL));
+  ck_assert_int_eq(evx_last_error(), EVX_EINVAL);
+  ck_assert_ptr_null(evx_queue_new(NULL, 0));
+  ck_assert_int_eq(evx_last_error(), EVX_EINVAL);
+  ck_assert_ptr_null(evx_go(loop, NULL, NULL, NULL));
+  ck_assert_int_eq(evx_last_error(), EVX_EINVAL);
+  struct {
+    evx_coro_opts base;
+    int future_field;
+  } co = {.future_field = 1};
+  ck_assert_ptr_null(evx_go_sized(loop, coro_body, NULL, &co.base, sizeof co));
+  ck_assert_int_eq(evx_last_error(), EVX_EINVAL);
+  ck_assert_ptr_null(evx_go(loop, coro_body, NULL, &(evx_coro_opts){.stack_size = (size_t)1 << 40}));
   ck_assert_int_eq(evx_last_error(), EVX_EINVAL);
 
   /* Out of memory says so: fail every allocation from now on. */
