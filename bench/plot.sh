@@ -71,8 +71,10 @@ if [ -s "$bars" ]; then
   gnuplot <<GP
 set terminal pngcairo size 900,500 font "sans,11"
 set output "$dir/http-throughput.png"
-set title "HTTP throughput under wrk (requests/s, higher is better)"
+set title "HTTP throughput under wrk (requests/s, log scale, higher is better)"
 set ylabel "requests/s"
+set logscale y
+set yrange [10:*]
 set style data histogram
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
