@@ -63,6 +63,7 @@
 #include <event2/keyvalq_struct.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -85,6 +86,7 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
   evx_request *r = evx_calloc(1, sizeof *r);
   if (!r) return NULL;
   r->http = h;
+  r->magic = EVX__REQ_LIVE;
   r->ev = ev;
   r->evcon = evhttp_request_get_connection(ev);
   r->t0_ns = t0;
@@ -127,6 +129,17 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
 static void evx__on_conn_close(struct evhttp_connection *evcon, void *arg);
 static void evx__on_watch(evutil_socket_t fd, short what, void *arg);
 static void evx__on_timer(evutil_socket_t fd, short what, void *arg);
+
+/* Hardened mode: a request used after its release (it sits in the
+ * server's quarantine, so reading it is safe) - say which call and stop. */
+void evx__request_misuse(evx_request *r, const char *fn) {
+  fprintf(stderr,
+          "evexec: %s() called on a request that was already finished and released "
+          "(%s) - a second finish from a later callback, or a pointer kept after "
+          "finish; aborting (hardened request mode)\n",
+          fn, r->desc);
+  abort();
+}
 
 void evx__request_detach_conn(evx_request *r) {
   if (!r->conn) return;
@@ -291,13 +304,23 @@ static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
 
 /* ---- accessors -------------------------------------------------------- */
 
-const char *evx_request_method(evx_request *r) { return r ? r->method : NULL; }
-const char *evx_request_path(evx_request *r) { return r ? r->path : NULL; }
-const char *evx_request_uri(evx_request *r) { return r ? evhttp_request_get_uri(r->ev) : NULL; }
+const char *evx_request_method(evx_request *r) {
+  EVX__REQ_CHECK(r);
+  return r ? r->method : NULL;
+}
+const char *evx_request_path(evx_request *r) {
+  EVX__REQ_CHECK(r);
+  return r ? r->path : NULL;
+}
+const char *evx_request_uri(evx_request *r) {
+  EVX__REQ_CHECK(r);
+  return r ? evhttp_request_get_uri(r->ev) : NULL;
+}
 const char *evx_request_peer(evx_request *r) { return r ? (r->peer[0] ? r->peer : "-") : NULL; }
 evx_http *evx_request_server(evx_request *r) { return r ? r->http : NULL; }
 
 const char *evx_request_header(evx_request *r, const char *name) {
+  EVX__REQ_CHECK(r);
   if (!r || !name) return NULL;
   return evhttp_find_header(evhttp_request_get_input_headers(r->ev), name);
 }
@@ -323,6 +346,7 @@ static int evx__parse_query(evx_request *r) {
 }
 
 const char *evx_request_query(evx_request *r, const char *name) {
+  EVX__REQ_CHECK(r);
   if (!r || !name) return NULL;
   if (!r->query_parsed && evx__parse_query(r) != EVX_OK) return NULL;
   for (size_t i = 0; i < r->nparams; i++)
@@ -331,6 +355,7 @@ const char *evx_request_query(evx_request *r, const char *name) {
 }
 
 const char *evx_request_body(evx_request *r, size_t *len) {
+  EVX__REQ_CHECK(r);
   if (len) *len = 0;
   if (!r) return NULL;
   if (!r->body_ready) {
@@ -346,8 +371,14 @@ const char *evx_request_body(evx_request *r, size_t *len) {
   return r->body;
 }
 
-int evx_request_state(evx_request *r) { return r ? r->state : EVX_EINVAL; }
-int evx_request_is_gone(evx_request *r) { return r && r->state != 0; }
+int evx_request_state(evx_request *r) {
+  EVX__REQ_CHECK(r);
+  return r ? r->state : EVX_EINVAL;
+}
+int evx_request_is_gone(evx_request *r) {
+  EVX__REQ_CHECK(r);
+  return r && r->state != 0;
+}
 
 /* ---- answering -------------------------------------------------------- */
 
@@ -356,6 +387,7 @@ static int evx__thread_ok(evx_request *r) { return evx__loop_thread_ok(r->http->
 static int evx__valid_header(const char *s) { return s && !strpbrk(s, "\r\n"); }
 
 int evx_request_set_header(evx_request *r, const char *name, const char *value) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished || r->streaming || !evx__valid_header(name) ||
       !name[0] || strchr(name, ':') || !evx__valid_header(value))
     return EVX_EINVAL;
@@ -367,6 +399,7 @@ int evx_request_set_header(evx_request *r, const char *name, const char *value) 
 }
 
 int evx_request_on_close(evx_request *r, evx_request_cb fn, void *arg) {
+  EVX__REQ_CHECK(r);
   if (!r || !fn || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
   if (r->state) return r->state;
   r->on_close = fn;
@@ -377,6 +410,8 @@ int evx_request_on_close(evx_request *r, evx_request_cb fn, void *arg) {
 /* Mark finished and schedule the release (or leave it to dispatch). */
 static void evx__finished(evx_request *r) {
   r->finished = 1;
+  if (r->http->hardened) /* for the misuse message, while the path is still valid */
+    snprintf(r->desc, sizeof r->desc, "%s %.80s", r->method, r->path ? r->path : "-");
   evx__request_detach_conn(r);
   if (r->notify_set) {
     event_del(&r->notify_ev);
@@ -423,6 +458,7 @@ static int evx__send(evx_request *r, int status, const char *ctype, const void *
 }
 
 int evx_request_finish(evx_request *r, int status, const char *ctype, const void *body, size_t len) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
   if (r->state) return evx__finish_zombie(r);
   if (r->streaming) {
@@ -449,6 +485,7 @@ int evx_request_finish_str(evx_request *r, int status, const char *ctype, const 
 }
 
 int evx_request_finishf(evx_request *r, int status, const char *ctype, const char *fmt, ...) {
+  EVX__REQ_CHECK(r);
   if (!r) return EVX_EINVAL;
   if (!fmt) return evx_request_finish(r, status, ctype, NULL, 1); /* bad arguments: 500 */
   char small[512];
@@ -472,6 +509,7 @@ int evx_request_finishf(evx_request *r, int status, const char *ctype, const cha
 }
 
 int evx_request_reply_busy(evx_request *r, unsigned retry_after_s) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
   if (r->state == 0 && !r->streaming) {
     char ra[16];
@@ -494,6 +532,7 @@ void evx__request_reply_builtin(evx_request *r, int status, const char *extra_na
 /* ---- chunked replies -------------------------------------------------- */
 
 int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished || r->streaming || status < 200 || status > 599)
     return EVX_EINVAL;
   if (r->state) return r->state;
@@ -522,6 +561,7 @@ int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
 /* ---- buffered replies (coroutine handlers, or any handler) ------------- */
 
 int evx_request_set_status(evx_request *r, int status) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished || r->streaming || status < 200 || status > 599)
     return EVX_EINVAL;
   if (r->state) return r->state;
@@ -530,6 +570,7 @@ int evx_request_set_status(evx_request *r, int status) {
 }
 
 int evx_request_write_body(evx_request *r, const void *data, size_t len) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished || r->streaming || (!data && len)) return EVX_EINVAL;
   if (r->state) return r->state;
   if (len && evbuffer_add(evhttp_request_get_output_buffer(r->ev), data, len) != 0)
@@ -557,6 +598,7 @@ void evx__request_coro_done(evx_request *r) {
 }
 
 int evx_request_write(evx_request *r, const void *data, size_t len) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished || !r->streaming || (!data && len)) return EVX_EINVAL;
   if (r->state) return r->state;
   if (len == 0) return EVX_OK;
@@ -574,6 +616,7 @@ int evx_request_write(evx_request *r, const void *data, size_t len) {
 }
 
 int evx_request_end(evx_request *r) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
   if (r->state) return evx__finish_zombie(r);
   if (!r->streaming) {
