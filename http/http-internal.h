@@ -195,6 +195,7 @@ struct evx_request {
   struct event watch_ev;  /* the client socket, while held (after the watch delay) */
   struct event timer_ev;  /* the watch delay, then request_timeout_ms (not while streaming) */
   struct event notify_ev; /* runs on_close in a later callback */
+  struct evx__drain *drain; /* evx_request_on_drain / _drained: allocated on first use */
 };
 
 /* http/http-request.c */
@@ -212,6 +213,9 @@ void evx__request_reply_builtin(evx_request *r, int status, const char *extra_na
 
 /* The connection of a held request is being freed by evhttp. */
 void evx__request_conn_closed(evx_request *r, struct evhttp_connection *evcon);
+/* The request ends (finish, zombie, release): stop waiting for a drain;
+ * `status` is what a pending drained() future fails with. */
+void evx__request_drain_stop(evx_request *r, int status);
 /* Ask evhttp to close the connection after this reply (shutting down). */
 void evx__request_close_after(evx_request *r);
 /* Forget r's tracker (finish, zombie, release, or the connection went away). */

@@ -41,6 +41,7 @@
 #define EVX__DEF_IDLE_TIMEOUT_MS 60000
 #define EVX__DEF_MAX_HELD 10000
 #define EVX__DEF_HEADER_TIMEOUT_MS 60000
+#define EVX__DEF_MAX_OUTPUT (256 * 1024)
 #define EVX__DEF_BODY_TIMEOUT_MS 60000
 
 static _Atomic uint64_t evx__live_requests;
@@ -75,6 +76,11 @@ void evx__http_log(evx_http *h, evx_request *r, int status) {
 void evx__http_release(evx_request *r) {
   evx_http *h = r->http;
   evx__request_detach_conn(r);
+  if (r->drain) {
+    evx__request_drain_stop(r, EVX_ECANCELED);
+    evx_free(r->drain);
+    r->drain = NULL;
+  }
   if (r->notify_set) event_del(&r->notify_ev);
   if (r->ev_owned) evhttp_request_free(r->ev);
   evx_free(r->path_buf);
@@ -158,6 +164,7 @@ static void evx__http_apply_opts(evx_http *h) {
   if (!o->header_timeout_ms) o->header_timeout_ms = EVX__DEF_HEADER_TIMEOUT_MS;
   if (!o->body_timeout_ms) o->body_timeout_ms = EVX__DEF_BODY_TIMEOUT_MS;
   if (!o->max_connections) o->max_connections = EVX_HTTP_UNLIMITED;
+  if (!o->max_output_buffer) o->max_output_buffer = EVX__DEF_MAX_OUTPUT;
 #ifdef NDEBUG
   h->hardened = o->hardened_requests > 0;
 #else /* Debug builds: on unless turned off */
