@@ -39,6 +39,7 @@
 #define EVEXEC_HTTP_H
 
 #include <evexec/common.h>
+#include <evexec/future.h>
 #include <evexec/loop.h>
 
 #ifdef __cplusplus
@@ -127,11 +128,18 @@ typedef struct evx_http_opts {
  * Create a server on `loop`. Loop thread only. It serves once bound.
  * Writing to a client that left raises SIGPIPE; when the program left
  * SIGPIPE at its default action (terminate), this sets it to SIG_IGN.
+ * A macro over evx_http_new_sized (see "Options structs and the ABI" in
+ * common.h); source calling evx_http_new(loop, opts) is unchanged.
  * @param opts options or NULL for the defaults; copied.
- * @return the server, owned by the caller (evx_http_free before the loop is
- *         freed), or NULL (NULL loop, wrong thread, out of memory).
+ * @return the server, owned by the caller (evx_http_free; evx_loop_free
+ *         frees one left open), or NULL with evx_last_error() saying why:
+ *         EVX_EINVAL (NULL loop, wrong thread, a field this library does
+ *         not know) or EVX_ENOMEM.
  */
-EVX_API evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts);
+#define evx_http_new(loop, ...) evx_http_new_sized((loop), (__VA_ARGS__), sizeof(evx_http_opts))
+EVX_API evx_http *evx_http_new_sized(evx_loop *loop, const evx_http_opts *opts, size_t opts_size);
+/** The function behind the macro, for its address: reads the first layout of the options. */
+EVX_API evx_http *(evx_http_new)(evx_loop *loop, const evx_http_opts *opts);
 
 /**
  * Listen on host:port. May be called more than once (several addresses).
@@ -241,6 +249,29 @@ EVX_API int evx_http_route_metrics(evx_http *http, const char *path);
 EVX_API int evx_http_stop_accepting(evx_http *http);
 
 /**
+ * Shut the server down so that every client gets an answer:
+ *  - at once: stop listening; from now on every reply carries
+ *    `Connection: close`, and a new request on a kept-alive connection is
+ *    answered 503 + Retry-After at once; connections with nothing in
+ *    progress are closed once no request is held (or the grace ended);
+ *  - held requests may finish normally for `grace_ms`;
+ *  - then each request still held is answered 503 and becomes an
+ *    EVX_ECLOSED zombie: its on_close callback runs (cancel its job there;
+ *    a running job sees evx_job_cancelled()), its handler's finish returns
+ *    EVX_ECLOSED; a chunked reply in progress is cut off;
+ *  - the future settles (EVX_OK) once nothing is held and every connection
+ *    closed after writing its last reply, at most grace_ms + 1 s after the call.
+ * Then cancel the executors' queued jobs (evx_executor_shutdown(ex,
+ * EVX_SHUTDOWN_CANCEL): jobs of clients already answered never run) and
+ * tear down in the order of docs/GUIDE.md ("Shutdown"). Calling it again
+ * shortens the grace (0: end it now - a second SIGTERM) and returns the same
+ * future. Loop thread only.
+ * @return a future (one reference, the caller's; release it), or NULL
+ *         (NULL http, after evx_http_free, wrong thread, out of memory).
+ */
+EVX_API evx_future *evx_http_shutdown(evx_http *http, uint64_t grace_ms);
+
+/**
  * Free the server: stop listening and close every connection. Loop thread
  * only, or after the loop stopped; may be called from a handler (the free
  * then happens when the handler returns). Requests still held become gone
@@ -276,9 +307,10 @@ typedef struct evx_http_stats {
 EVX_API int evx_http_stats_get(evx_http *http, evx_http_stats *out);
 
 /**
- * evx_request objects alive in the whole process (all servers, all threads),
- * including zombies and requests of freed servers. Thread-safe. For leak
- * checks: it returns to its earlier value once every request is released.
+ * Diagnostic: evx_request objects alive in the whole process (all servers,
+ * all threads), including zombies and requests of freed servers. Safe from
+ * any thread. For tests and leak checks (it returns to its earlier value
+ * once every request is released), not for flow control.
  */
 EVX_API uint64_t evx_request_live_count(void);
 
