@@ -7,6 +7,7 @@
 # Environment: THREADS (pool size, default 2), ROUNDS (5), JOBS (roundtrip
 # jobs per round, 1000000), PP_JOBS (pingpong jobs per round, 50000), PP_SPIN_US
 # (evexec's opts.spin_us for the second pingpong run, 50; 0 skips it), SKIP_HTTP=1,
+# SKIP_TASKS=1 (bench/tasks.sh: ext/tasks vs Celery and RQ),
 # and bench/http.sh's variables (DURATION, CONNS, LONGPOLL_CONNS, ...).
 # Exit status: 0 when every benchmark ran (targets missed are reported, not
 # failures), 1 when one could not run.
@@ -58,6 +59,9 @@ run "$BENCH" memory --jobs 100000 --threads "$THREADS"
 if [ "${SKIP_HTTP:-0}" != 1 ]; then
   run env THREADS="$THREADS" sh "$HERE/http.sh" "$BUILD"
 fi
+if [ "${SKIP_TASKS:-0}" != 1 ]; then
+  run env WORKERS="$THREADS" sh "$HERE/tasks.sh" "$BUILD"
+fi
 
 # target NAME OP WANT GOT: one line per target of issue 5.
 target() {
@@ -80,4 +84,5 @@ fi
 target http_work0_vs_hello ">=" 0.8 "$(field '^ratio http work0_vs_hello impl=evexec' rps)"
 target http_work0_evexec_vs_tornado ">=" 8 "$(field '^ratio http evexec_vs_tornado route=/work\?ms=0 ' rps)"
 target http_work10_vs_ceiling ">=" 0.95 "$(field '^ratio http work10_vs_ceiling impl=evexec' rps)"
+target tasks_sqlite_full_vs_celery ">=" 10 "$(field '^ratio tasks evexec_full_vs_celery ' tasks_per_s)"
 exit $status
