@@ -8,7 +8,9 @@
 # jobs per round, 1000000), PP_JOBS (pingpong jobs per round, 50000), PP_SPIN_US
 # (evexec's opts.spin_us for the second pingpong run, 50; 0 skips it), SKIP_HTTP=1,
 # SKIP_TASKS=1 (bench/tasks.sh: ext/tasks vs Celery and RQ),
-# and bench/http.sh's variables (DURATION, CONNS, LONGPOLL_CONNS, ...).
+# and bench/http.sh's variables (DURATION, CONNS, LONGPOLL_CONNS, ...),
+# FIGURES (where the gnuplot PNGs go, default BUILD_DIR/figures: the pingpong
+# latency histograms and the HTTP throughput bars, see bench/plot.sh).
 # Exit status: 0 when every benchmark ran (targets missed are reported, not
 # failures), 1 when one could not run.
 set -eu
@@ -21,6 +23,8 @@ ROUNDS=${ROUNDS:-5}
 JOBS=${JOBS:-1000000}
 PP_JOBS=${PP_JOBS:-50000}
 PP_SPIN_US=${PP_SPIN_US:-50}
+FIGURES=${FIGURES:-$BUILD/figures}
+mkdir -p "$FIGURES"
 
 if [ ! -x "$BENCH" ]; then
   echo "run.sh: $BENCH not built (configure with -DEVX_BUILD_BENCH=ON and libuv1-dev installed)" >&2
@@ -50,7 +54,8 @@ echo "machine cpus=$(nproc) model=${model:-unknown} kernel=$(uname -r)" \
   "load=$(cut -d ' ' -f 1 /proc/loadavg)"
 
 run "$BENCH" roundtrip --jobs "$JOBS" --window 1024 --threads "$THREADS" --rounds "$ROUNDS"
-run "$BENCH" pingpong --jobs "$PP_JOBS" --threads "$THREADS" --rounds "$ROUNDS"
+run "$BENCH" pingpong --jobs "$PP_JOBS" --threads "$THREADS" --rounds "$ROUNDS" \
+  --hist "$FIGURES/pingpong-hist.dat"
 if [ "$PP_SPIN_US" -gt 0 ]; then
   run "$BENCH" pingpong --jobs "$PP_JOBS" --threads "$THREADS" --rounds "$ROUNDS" --spin-us "$PP_SPIN_US"
 fi
@@ -85,4 +90,10 @@ target http_work0_vs_hello ">=" 0.8 "$(field '^ratio http work0_vs_hello impl=ev
 target http_work0_evexec_vs_tornado ">=" 8 "$(field '^ratio http evexec_vs_tornado route=/work\?ms=0 ' rps)"
 target http_work10_vs_ceiling ">=" 0.95 "$(field '^ratio http work10_vs_ceiling impl=evexec' rps)"
 target tasks_sqlite_full_vs_celery ">=" 10 "$(field '^ratio tasks evexec_full_vs_celery ' tasks_per_s)"
+
+echo "# figures (gnuplot)"
+if ! sh "$HERE/plot.sh" "$FIGURES" "$OUT"; then
+  echo "run.sh: no figures drawn" >&2
+  status=1
+fi
 exit $status
