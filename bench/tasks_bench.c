@@ -20,6 +20,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench-internal.h"
+
 static atomic_long done_count;
 
 static evx_task_result noop(evx_task *t, void *arg) {
@@ -49,7 +51,7 @@ static void pump(bench *b);
 static void on_resolved(evx_future *f, void *arg) {
   enq *e = arg;
   bench *b = e->b;
-  b->lat_ns[e->i] = evx_now_ns() - e->t;
+  b->lat_ns[e->i] = bench_now_ns() - e->t;
   if (evx_future_status(f) != EVX_OK) b->failed++;
   b->resolved++;
   b->inflight--;
@@ -75,7 +77,7 @@ static void pump(bench *b) {
     e->i = b->sent;
     char payload[32];
     int len = snprintf(payload, sizeof payload, "task %ld", b->sent);
-    e->t = evx_now_ns();
+    e->t = bench_now_ns();
     evx_future *f = evx_tasks_enqueue(b->q, "noop", payload, (size_t)len, NULL);
     if (!f || evx_future_on_done(f, on_resolved, e) != EVX_OK) {
       fprintf(stderr, "enqueue failed\n");
@@ -103,11 +105,11 @@ static double run(evx_loop *loop, evx_tasks *q, long n, long window, int idle, d
   bench b = {.loop = loop, .q = q, .n = n, .window = window, .idle = idle};
   b.lat_ns = calloc((size_t)n, sizeof *b.lat_ns);
   atomic_store(&done_count, 0);
-  b.t0 = evx_now_ns();
+  b.t0 = bench_now_ns();
   pump(&b);
   evx_call_later(loop, 1, check_done, &b);
   evx_loop_run(loop);
-  double secs = (double)(evx_now_ns() - b.t0) / 1e9;
+  double secs = (double)(bench_now_ns() - b.t0) / 1e9;
   if (b.failed) fprintf(stderr, "%ld enqueues failed\n", b.failed);
   *p50 = pct_us(b.lat_ns, n, 0.50);
   *p99 = pct_us(b.lat_ns, n, 0.99);
