@@ -78,7 +78,7 @@
 #endif
 #endif
 
-#define EVX__CORO_POOL_MAX 64
+#define EVX__CORO_POOL_MAX 256
 #define EVX__CORO_STACK_MAX ((size_t)256 * 1024 * 1024)
 
 enum { EVX__CO_RUNNING, EVX__CO_SUSPENDED, EVX__CO_DONE };

@@ -10,7 +10,9 @@
  *                   "timeout" after ?timeout=MS (default 30000)
  *   /notify         wakes every /wait
  *
- * Usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--quiet]
+ *   /co/work, /co/wait   with --coro: /work and /wait as coroutine handlers
+ *
+ * Usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--quiet] [--coro]
  * SIGINT/SIGTERM: evx_http_shutdown - stop accepting, let held requests
  * finish for --grace-ms (default 10000), answer the rest 503, cancel the
  * queued jobs, exit 0. A second signal ends the grace at once.
@@ -154,6 +156,35 @@ static void on_notify(evx_request *req, void *arg) {
   evx_request_finishf(req, 200, NULL, "woke %d\n", n);
 }
 
+/* ---- --coro: the same two routes as coroutine handlers (bench/http.sh
+ * compares them with the callback handlers above on one server) ---- */
+
+static void co_work(evx_request *req, void *arg) {
+  (void)arg;
+  const char *s = evx_request_query(req, "ms");
+  char *end = NULL;
+  work w = {.req = req, .ms = s ? strtol(s, &end, 10) : 0};
+  if (s && (end == s || *end || w.ms < 0 || w.ms > MAX_WORK_MS)) {
+    evx_request_finishf(req, 400, NULL, "ms must be 0..%d\n", MAX_WORK_MS);
+    return;
+  }
+  int rc = evx_await_job(pool, work_run, &w); /* EVX_EGONE: the client left; nothing to send */
+  if (rc == EVX_OK) evx_request_finishf(req, 200, NULL, "slept %ld ms\n", w.ms);
+  else if (rc == EVX_EBUSY) evx_request_reply_busy(req, 1);
+  else evx_request_finishf(req, 503, NULL, "%s\n", evx_strerror(rc));
+}
+
+static void co_wait(evx_request *req, void *arg) {
+  (void)arg;
+  const char *s = evx_request_query(req, "timeout");
+  evx_future *f = cond ? evx_condition_wait(cond, s ? strtoul(s, NULL, 10) : 30000) : NULL;
+  int rc = f ? evx_await(f) : EVX_ECLOSED;
+  evx_future_release(f);
+  if (rc == EVX_OK) evx_request_write_str(req, "notified\n");
+  else if (rc == EVX_ETIMEDOUT) evx_request_write_str(req, "timeout\n");
+  else evx_request_set_status(req, 503); /* shutdown, or the client left (then nothing is sent) */
+}
+
 /* ---- shutdown ---- */
 
 /* The server answered everyone: cancel what is still queued, then stop. */
@@ -189,14 +220,16 @@ static void usage(FILE *f) {
              "  --grace-ms N  at SIGINT/SIGTERM, held requests may finish for N ms (default\n"
              "                10000); then they get 503. A second signal: at once\n"
              "  --quiet       no access log\n"
+             "  --coro        also serve /co/work and /co/wait: the same handlers as\n"
+             "                coroutines (for bench/http.sh)\n"
              "routes: /hello  /work?ms=N  /wait[?timeout=MS]  /notify\n");
 }
 
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
   long port = 8080, threads = 4, spin_us = 0, grace_ms = DRAIN_GRACE_MS;
-  int quiet = 0;
-  static const struct option opts[] = {{"host", required_argument, 0, 'H'},
+  int quiet = 0, coro = 0;
+  static const struct option opts[] = {{"coro", no_argument, 0, 'c'},{"host", required_argument, 0, 'H'},
                                        {"port", required_argument, 0, 'p'},
                                        {"threads", required_argument, 0, 't'},
                                        {"spin-us", required_argument, 0, 's'},
@@ -205,7 +238,7 @@ int main(int argc, char **argv) {
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int c;
-  while ((c = getopt_long(argc, argv, "H:p:t:s:g:qh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "H:p:t:s:g:qhc", opts, NULL)) != -1) {
     char *end;
     switch (c) {
     case 'H': host = optarg; break;
@@ -238,6 +271,7 @@ int main(int argc, char **argv) {
       }
       break;
     case 'q': quiet = 1; break;
+    case 'c': coro = 1; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -255,6 +289,9 @@ int main(int argc, char **argv) {
       evx_http_route(http, "GET", "/work", 0, on_work, NULL) ||
       evx_http_route(http, "GET", "/wait", 0, on_wait, NULL) ||
       evx_http_route(http, NULL, "/notify", 0, on_notify, NULL))
+    return 1;
+  if (coro && (evx_http_route_coro(http, "GET", "/co/work", 0, co_work, NULL) ||
+               evx_http_route_coro(http, "GET", "/co/wait", 0, co_wait, NULL)))
     return 1;
   int rc = evx_http_bind(http, host, (uint16_t)port);
   if (rc != EVX_OK) {
