@@ -219,6 +219,7 @@ static void usage(FILE *f) {
              "                (the executor's spin_us; default 0: sleep at once)\n"
              "  --grace-ms N  at SIGINT/SIGTERM, held requests may finish for N ms (default\n"
              "                10000); then they get 503. A second signal: at once\n"
+             "  --queue N     most jobs waiting for a worker (default 4096); then 503\n"
              "  --quiet       no access log\n"
              "  --coro        also serve /co/work and /co/wait: the same handlers as\n"
              "                coroutines (for bench/http.sh)\n"
@@ -227,13 +228,14 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
-  long port = 8080, threads = 4, spin_us = 0, grace_ms = DRAIN_GRACE_MS;
+  long port = 8080, threads = 4, spin_us = 0, grace_ms = DRAIN_GRACE_MS, queue = 0;
   int quiet = 0, coro = 0;
   static const struct option opts[] = {{"coro", no_argument, 0, 'c'},{"host", required_argument, 0, 'H'},
                                        {"port", required_argument, 0, 'p'},
                                        {"threads", required_argument, 0, 't'},
                                        {"spin-us", required_argument, 0, 's'},
                                        {"grace-ms", required_argument, 0, 'g'},
+                                       {"queue", required_argument, 0, 'Q'},
                                        {"quiet", no_argument, 0, 'q'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
@@ -270,6 +272,13 @@ int main(int argc, char **argv) {
         return 2;
       }
       break;
+    case 'Q':
+      queue = strtol(optarg, &end, 10);
+      if (*end || queue < 1 || queue > 1000000) {
+        fprintf(stderr, "evx_hello: bad --queue %s\n", optarg);
+        return 2;
+      }
+      break;
     case 'q': quiet = 1; break;
     case 'c': coro = 1; break;
     case 'h': usage(stdout); return 0;
@@ -281,6 +290,7 @@ int main(int argc, char **argv) {
   if (!loop) return 1;
   pool = evx_executor_new(loop, &(evx_executor_opts){.threads = (unsigned)threads,
                                                       .spin_us = (unsigned)spin_us,
+                                                      .max_queue = (size_t)queue,
                                                       .name = "work"});
   cond = evx_condition_new(loop);
   http = evx_http_new(loop, &(evx_http_opts){.log = quiet ? NULL : evx_http_log_stderr});
