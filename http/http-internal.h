@@ -214,6 +214,10 @@ void evx__http_metrics(evx__loop_member *m, struct evx_metrics *out);
 
 /* http/http.c */
 void evx__http_log(evx_http *h, evx_request *r, int status);
+/* Log and count a reply evexec wrote on a connection without a request
+ * object (framing errors, 408, 413). peer may be NULL. */
+void evx__http_log_conn(evx_http *h, const char *method, int status, uint64_t bytes,
+                        const char *peer);
 void evx__http_schedule_release(evx_http *h, evx_request *r);
 void evx__http_release(evx_request *r);
 void evx__http_maybe_free(evx_http *h);
