@@ -60,6 +60,11 @@ if [ "$PP_SPIN_US" -gt 0 ]; then
 fi
 run "$BENCH" callbacks --producers 2 --per 200000 --rounds "$ROUNDS"
 run "$BENCH" memory --jobs 100000 --threads "$THREADS"
+CORO_BENCH=$BUILD/bench/evx-coro-bench
+if [ -x "$CORO_BENCH" ]; then
+  run "$CORO_BENCH" handoff --items 200000 --rounds "$ROUNDS"
+  run "$CORO_BENCH" held --coros 10000
+fi
 if [ "${SKIP_HTTP:-0}" != 1 ]; then
   run env THREADS="$THREADS" sh "$HERE/http.sh" "$BUILD"
 fi
@@ -84,6 +89,9 @@ if [ "$PP_SPIN_US" -gt 0 ]; then
 fi
 target http_work0_vs_hello ">=" 0.8 "$(field '^ratio http work0_vs_hello impl=evexec' rps)"
 target http_work0_evexec_vs_tornado ">=" 8 "$(field '^ratio http evexec_vs_tornado route=/work\?ms=0 ' rps)"
+target coro_handoff_vs_swapcontext "<=" 0.25 "$(field '^ratio coro_handoff evexec_vs_swapcontext' ns)"
+target http_work0_coro_vs_callback ">=" 0.95 "$(field '^ratio http coro_vs_callback ' rps)"
+target longpoll_coro_bytes_per_conn "<=" 16384 "$(field '^longpoll impl=evexec-coro ' bytes_per_conn)"
 target http_work10_vs_ceiling ">=" 0.95 "$(field '^ratio http work10_vs_ceiling impl=evexec' rps)"
 
 echo "# figures (gnuplot)"
