@@ -343,6 +343,7 @@ ssize_t evx__conn_send_raw(evutil_socket_t fd, const char *resp, size_t n) {
   for (int i = 0; i < 16 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {
   }
   shutdown(fd, SHUT_WR);
+  return w;
 }
 
 void evx__conn_close_idle(evx_http *h) {
