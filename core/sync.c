@@ -19,6 +19,7 @@
 #include <evexec/sync.h>
 
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "future-internal.h"
@@ -153,8 +154,18 @@ evx_future *evx_event_wait(evx_event *e) {
   return e->set ? evx__resolved(&e->h) : evx__sw_add(&e->h, &e->waiters, NULL);
 }
 
+/* The frees' thread check: off the loop thread a free would race the loop
+ * over the waiters' futures, so it is refused (one line on stderr; the
+ * object stays usable and owned by the caller). */
+static int evx__sync_free_ok(evx_loop *loop, const char *what) {
+  if (evx__loop_thread_ok(loop)) return 1;
+  fprintf(stderr, "evexec: %s called off the loop thread; ignored\n", what);
+  return 0;
+}
+
 void evx_event_free(evx_event *e) {
   if (!e) return;
+  if (!evx__sync_free_ok(e->h.loop, "evx_event_free")) return;
   evx__sync_close(&e->waiters);
   evx__sync_free(&e->h);
   evx_free(e);
@@ -203,6 +214,7 @@ unsigned evx_semaphore_value(const evx_semaphore *s) { return s ? s->value : 0; 
 
 void evx_semaphore_free(evx_semaphore *s) {
   if (!s) return;
+  if (!evx__sync_free_ok(s->h.loop, "evx_semaphore_free")) return;
   evx__sync_close(&s->waiters);
   evx__sync_free(&s->h);
   evx_free(s);
@@ -294,6 +306,7 @@ size_t evx_queue_size(const evx_queue *q) { return q ? q->count : 0; }
 
 void evx_queue_free(evx_queue *q) {
   if (!q) return;
+  if (!evx__sync_free_ok(q->h.loop, "evx_queue_free")) return;
   evx__sync_close(&q->getters);
   evx__sync_close(&q->putters);
   evx__sync_free(&q->h);

@@ -168,7 +168,8 @@ EVX_API int evx_job_cancelled(void);
  * cancelled (their `done` gets EVX_ECANCELED); running jobs finish.
  * Never blocks: the `done` callbacks run on the loop thread as the loop runs
  * (or inside evx_executor_free). Calling it again is allowed; CANCEL after
- * DRAIN cancels what is still waiting.
+ * DRAIN cancels what is still waiting. Safe from any thread (it takes the
+ * executor's lock), including the executor's own jobs.
  * @return EVX_OK, or EVX_EINVAL (NULL, unknown `how`).
  */
 EVX_API int evx_executor_shutdown(evx_executor *ex, int how);
@@ -250,7 +251,8 @@ EVX_API int evx_strand_submit_job(evx_strand *s, evx_work_fn work, evx_done_fn d
 /**
  * Free a strand. Loop thread only. Jobs still waiting on it are cancelled
  * (their `done` gets EVX_ECANCELED); a job that is running finishes normally.
- * NULL is accepted.
+ * NULL is accepted. From another thread while the loop runs it is ignored
+ * (one line on stderr), as evx_executor_free is.
  */
 EVX_API void evx_strand_free(evx_strand *s);
 
