@@ -64,13 +64,13 @@ START_TEST(test_expired_job_never_runs) {
 }
 END_TEST
 
-/* With a known run time (~10 ms) and the worker busy, the estimate for the
- * k-th waiting job is 10 * (2k + 1) / 2 ms: with a 20 ms target, two are
- * admitted (5, 15 ms) and the third (25 ms) is refused at once; its done
- * never runs. Without the option, the same submits are all accepted. */
+/* With a known run time (~10 ms) and the one worker busy, the worst-case
+ * wait of a job with k jobs ahead is (k + 1) * 10 ms: with a 25 ms target,
+ * two are admitted (10, 20 ms) and the third (30 ms) is refused at once; its
+ * done never runs. Without the option, the same submits are all accepted. */
 START_TEST(test_shed_at_submit) {
   evx_loop *loop = evx_loop_new(NULL);
-  evx_executor *ex = shedding(loop, 1, 20000);
+  evx_executor *ex = shedding(loop, 1, 25000);
   int total = 0;
   rec warm = {.loop = loop, .total = &total, .stop_at = 1};
   ck_assert_int_eq(evx_submit(ex, sleep10_work, rec_done, &warm), EVX_OK);
@@ -120,13 +120,20 @@ START_TEST(test_shed_at_submit) {
 }
 END_TEST
 
-/* A free worker means no wait: never shed, whatever the run time. */
+/* A free worker means no wait: never shed, whatever the run time; with
+ * both workers busy the next job may wait a whole run time (~30 ms, the
+ * EWMA of 30 and ~0) > 5 ms: shed. */
+static void sleep30_work(void *arg) {
+  evx_test_sleep_ms(30);
+  rec_work(arg);
+}
+
 START_TEST(test_idle_worker_admits) {
   evx_loop *loop = evx_loop_new(NULL);
-  evx_executor *ex = shedding(loop, 2, 1000); /* 1 ms target, 10 ms jobs */
+  evx_executor *ex = shedding(loop, 2, 5000);
   int total = 0;
   rec warm = {.loop = loop, .total = &total, .stop_at = 1};
-  ck_assert_int_eq(evx_submit(ex, sleep10_work, rec_done, &warm), EVX_OK);
+  ck_assert_int_eq(evx_submit(ex, sleep30_work, rec_done, &warm), EVX_OK);
   evx_test_run(loop, 5000);
   evx_gate gate;
   evx_gate_init(&gate);
@@ -134,15 +141,18 @@ START_TEST(test_idle_worker_admits) {
   evx_gate_wait_entered(&gate, 1);
   rec a = {.loop = loop, .total = &total, .stop_at = 2};
   ck_assert_int_eq(evx_submit(ex, rec_work, rec_done, &a), EVX_OK); /* the second worker is free */
-  rec b = a;
   evx_test_run(loop, 5000);
   ck_assert_int_eq(a.status, EVX_OK);
-  /* Both busy now (one parked, one parked again): the next would wait ~5 ms > 1 ms. */
+  rec b = {.loop = loop, .total = &total, .stop_at = 99};
   ck_assert_int_eq(evx_submit(ex, evx_gate_park, NULL, &gate), EVX_OK);
-  evx_gate_wait_entered(&gate, 1);
+  evx_gate_wait_entered(&gate, 1); /* both workers busy now */
   ck_assert_int_eq(evx_submit(ex, rec_work, rec_done, &b), EVX_EBUSY);
+  evx_executor_stats st;
+  ck_assert_int_eq(evx_executor_stats_get(ex, &st), EVX_OK);
+  ck_assert_uint_eq(st.shed, 1);
   evx_gate_open(&gate, 2);
   evx_executor_free(ex);
+  ck_assert_int_eq(b.done_calls, 0);
   evx_gate_destroy(&gate);
   evx_test_free_loop(loop);
 }

@@ -4,13 +4,16 @@
  *   /hello          answered on the loop thread
  *   /work?ms=N      sleeps N ms on the worker pool (a stand-in for a blocking
  *                   library call), then answers; 503 + Retry-After when the
- *                   pool's queue is full; a client that leaves cancels its
- *                   job if it has not started
+ *                   pool's queue is full, or - with --target-wait-ms - when
+ *                   the job would wait longer than that; a client that
+ *                   leaves cancels its job if it has not started (a running
+ *                   one is asked to stop: evx_job_cancelled())
  *   /wait           long poll: answers when someone calls /notify, or
  *                   "timeout" after ?timeout=MS (default 30000)
  *   /notify         wakes every /wait
  *
- * Usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--quiet]
+ * Usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N]
+ *                  [--target-wait-ms N] [--quiet]
  * SIGINT/SIGTERM: stop accepting, let running work finish, exit 0.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -53,14 +56,21 @@ static void work_run(void *arg) { /* worker thread */
   /* ms=0 measures the offload itself: a zero nanosleep would still cost the
    * kernel's timer slack (about 50-70 us on Linux). */
   if (w->ms == 0) return;
-  struct timespec ts = {.tv_sec = w->ms / 1000, .tv_nsec = (w->ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
+  /* In slices of at most 10 ms, so a cancelled job (the client left) stops. */
+  uint64_t end = evx_now_ns() + (uint64_t)w->ms * 1000000u, now;
+  while (!evx_job_cancelled() && (now = evx_now_ns()) < end) {
+    uint64_t d = end - now < 10000000u ? end - now : 10000000u;
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)d};
+    nanosleep(&ts, NULL);
+  }
 }
 
 static void work_done(void *arg, int status) { /* loop thread */
   work *w = arg;
   if (status == EVX_OK)
     evx_request_finishf(w->req, 200, NULL, "slept %ld ms\n", w->ms);
+  else if (status == EVX_ETIMEDOUT) /* waited past --target-wait-ms: shed, never ran */
+    evx_request_reply_busy(w->req, 1);
   else /* cancelled: the client left (finish says EVX_EGONE) or we are shutting down */
     evx_request_finish(w->req, 503, NULL, "cancelled\n", 10);
   free(w);
@@ -194,23 +204,28 @@ static void usage(FILE *f) {
              "  --threads N   worker threads for /work (default 4)\n"
              "  --spin-us N   an idle worker polls for new jobs for N us before it sleeps\n"
              "                (the executor's spin_us; default 0: sleep at once)\n"
+             "  --target-wait-ms N  load shedding: a /work job that would wait in the\n"
+             "                queue longer than N ms gets 503 + Retry-After at once, and\n"
+             "                one that still waited longer is not run (the executor's\n"
+             "                target_wait_us; default 0: off)\n"
              "  --quiet       no access log\n"
              "routes: /hello  /work?ms=N  /wait[?timeout=MS]  /notify\n");
 }
 
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
-  long port = 8080, threads = 4, spin_us = 0;
+  long port = 8080, threads = 4, spin_us = 0, target_wait_ms = 0;
   int quiet = 0;
   static const struct option opts[] = {{"host", required_argument, 0, 'H'},
                                        {"port", required_argument, 0, 'p'},
                                        {"threads", required_argument, 0, 't'},
                                        {"spin-us", required_argument, 0, 's'},
+                                       {"target-wait-ms", required_argument, 0, 'w'},
                                        {"quiet", no_argument, 0, 'q'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int c;
-  while ((c = getopt_long(argc, argv, "H:p:t:s:qh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "H:p:t:s:w:qh", opts, NULL)) != -1) {
     char *end;
     switch (c) {
     case 'H': host = optarg; break;
@@ -235,6 +250,13 @@ int main(int argc, char **argv) {
         return 2;
       }
       break;
+    case 'w':
+      target_wait_ms = strtol(optarg, &end, 10);
+      if (*end || target_wait_ms < 0 || target_wait_ms > 600000) {
+        fprintf(stderr, "evx_hello: bad --target-wait-ms %s\n", optarg);
+        return 2;
+      }
+      break;
     case 'q': quiet = 1; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
@@ -245,6 +267,8 @@ int main(int argc, char **argv) {
   if (!loop) return 1;
   pool = evx_executor_new(loop, &(evx_executor_opts){.threads = (unsigned)threads,
                                                       .spin_us = (unsigned)spin_us,
+                                                      .target_wait_us =
+                                                          (unsigned)target_wait_ms * 1000u,
                                                       .name = "work"});
   cond = evx_condition_new(loop);
   http = evx_http_new(loop, &(evx_http_opts){.log = quiet ? NULL : evx_http_log_stderr});
