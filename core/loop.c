@@ -95,6 +95,7 @@ struct evx_loop {
   evx__list timers;
   evx__list signals; /* evx__signal.link */
   evx__list members; /* evx__loop_member.link, oldest first (see evx-private.h) */
+  int freeing;       /* evx_loop_free has started */
 };
 
 static void evx__loop_wake(evx_loop *loop) {
@@ -369,6 +370,16 @@ void evx__loop_member_add(evx_loop *loop, evx__loop_member *m, evx__member_fn on
   evx__list_insert_tail(&loop->members, &m->link);
 }
 
+int evx__loop_freeing(evx_loop *loop) { return loop->freeing; }
+
+evx__loop_member *evx__loop_member_find(evx_loop *loop, evx__member_fn on_free) {
+  for (evx__list *l = loop->members.prev; l != &loop->members; l = l->prev) {
+    evx__loop_member *m = EVX__CONTAINER_OF(l, evx__loop_member, link);
+    if (m->on_free == on_free) return m;
+  }
+  return NULL;
+}
+
 void evx__loop_member_set_metrics(evx__loop_member *m,
                                   void (*fn)(evx__loop_member *m, struct evx_metrics *out)) {
   m->on_metrics = fn;
@@ -390,6 +401,7 @@ void evx_loop_free(evx_loop *loop) {
     fprintf(stderr, "evexec: evx_loop_free called while the loop runs; ignored\n");
     return;
   }
+  loop->freeing = 1;
   /* The freeing thread is the loop thread from here on: the teardown below
    * makes loop-thread calls (members' free functions, callbacks). */
   atomic_store(&loop->owner, evx__thread_me());

@@ -35,6 +35,10 @@ typedef struct evx_route {
   size_t literal; /* characters outside {name} segments (ranks pattern routes) */
   evx_handler_fn fn;
   void *arg;
+  /* evx_http_route_coro: fn is the coroutine dispatcher, arg the route, and
+   * these are the user's handler and argument. */
+  evx_handler_fn coro_fn;
+  void *coro_arg;
   /* Per-route options (evx_route_set_*). One block that later options join:
    * each field's zero value means "the server's setting". */
   struct {
@@ -112,6 +116,7 @@ struct evx_request {
   unsigned query_parsed : 1;
   unsigned body_ready : 1;
   unsigned hdr_set : 1; /* a Content-Type was given through set_header */
+  unsigned coro_alive : 1; /* a coroutine handler runs or is suspended: release waits for it */
   const char *method;
   const char *path; /* path_buf or evhttp's own path string */
   char *path_buf;
@@ -130,6 +135,7 @@ struct evx_request {
   size_t body_len;
   evx_request_cb on_close;
   void *on_close_arg;
+  struct evx__coro *coro; /* the coroutine handler while it runs (interrupted when gone) */
   uint64_t t0_ns;
   uint64_t bytes;
   char peer[64];
@@ -146,6 +152,9 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
 void evx__request_after_handler(evx_request *r);
 /* Turn a held request into a zombie: gone/timed out/closed. close_conn: also free its connection. */
 void evx__request_zombify(evx_request *r, int state, int close_conn);
+/* A coroutine handler returned: finish the request with what it set (Tornado's
+ * auto-finish) unless it finished, and release it once nothing holds it. */
+void evx__request_coro_done(evx_request *r);
 /* Answer a request that no handler will see (404, 405, 431, 503) and release it. */
 void evx__request_reply_builtin(evx_request *r, int status, const char *extra_name,
                                 const char *extra_value, const char *body);

@@ -52,6 +52,8 @@
  * request stays intact for the handler's late finish.
  */
 #include "http-internal.h"
+
+#include "coro-internal.h"
 #include "http-util.h"
 #include "http-test.h"
 
@@ -157,7 +159,7 @@ static void evx__hold(evx_request *r) {
 
 void evx__request_after_handler(evx_request *r) {
   if (r->finished) {
-    evx__http_release(r);
+    if (!r->coro_alive) evx__http_release(r); /* else evx__request_coro_done does */
     return;
   }
   if (r->state == 0) evx__hold(r);
@@ -192,6 +194,7 @@ void evx__request_zombify(evx_request *r, int state, int close_conn) {
     if (state == EVX_EGONE) h->st.gone++;
     evx__http_log(h, r, 499);
   }
+  if (r->coro) evx__coro_interrupt(r->coro, state); /* its awaits answer `state` from now on */
   if (r->on_close && event_assign(&r->notify_ev, h->base, -1, 0, evx__on_notify, r) == 0) {
     r->notify_set = 1;
     event_active(&r->notify_ev, EV_TIMEOUT, 1);
@@ -350,7 +353,7 @@ static void evx__finished(evx_request *r) {
     event_del(&r->notify_ev);
     r->notify_set = 0;
   }
-  if (!r->in_dispatch) evx__http_schedule_release(r->http, r);
+  if (!r->in_dispatch && !r->coro_alive) evx__http_schedule_release(r->http, r);
 }
 
 /* A zombie's finish: nothing to send. */
@@ -379,6 +382,7 @@ static int evx__send(evx_request *r, int status, const char *ctype, const void *
     len = 0;
     rc = EVX_ENOMEM;
   }
+  len = evbuffer_get_length(out); /* with what evx_request_write_body buffered */
   evx__set_ctype(r, ctype, len);
   r->status = status;
   r->bytes = len;
@@ -464,6 +468,10 @@ int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
     return EVX_EINVAL;
   if (r->state) return r->state;
   evx__set_ctype(r, ctype, 1);
+  /* Buffered body bytes become the first chunk (evhttp would send them raw). */
+  struct evbuffer *out = evhttp_request_get_output_buffer(r->ev);
+  size_t buffered = evbuffer_get_length(out);
+  if (buffered) evbuffer_add_buffer(r->http->scratch, out);
   r->streaming = 1;
   r->status = status;
   if (r->timing && r->armed) { /* the request timeout ends here; a pending watch delay stays */
@@ -471,7 +479,50 @@ int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
     r->timing = 0;
   }
   evhttp_send_reply_start(r->ev, status, evx__http_reason(status));
+  if (buffered) {
+    evhttp_send_reply_chunk(r->ev, r->http->scratch);
+    evbuffer_drain(r->http->scratch, evbuffer_get_length(r->http->scratch));
+    r->bytes += buffered;
+    r->http->st.bytes_out += buffered;
+  }
   return EVX_OK;
+}
+
+/* ---- buffered replies (coroutine handlers, or any handler) ------------- */
+
+int evx_request_set_status(evx_request *r, int status) {
+  if (!r || !evx__thread_ok(r) || r->finished || r->streaming || status < 200 || status > 599)
+    return EVX_EINVAL;
+  if (r->state) return r->state;
+  r->status = status;
+  return EVX_OK;
+}
+
+int evx_request_write_body(evx_request *r, const void *data, size_t len) {
+  if (!r || !evx__thread_ok(r) || r->finished || r->streaming || (!data && len)) return EVX_EINVAL;
+  if (r->state) return r->state;
+  if (len && evbuffer_add(evhttp_request_get_output_buffer(r->ev), data, len) != 0)
+    return EVX_ENOMEM;
+  return EVX_OK;
+}
+
+int evx_request_write_str(evx_request *r, const char *s) {
+  return evx_request_write_body(r, s, s ? strlen(s) : 0);
+}
+
+void evx__request_coro_done(evx_request *r) {
+  r->coro = NULL;
+  r->coro_alive = 0;
+  if (!r->finished) {
+    if (r->state) (void)evx__finish_zombie(r);
+    else if (r->streaming) (void)evx_request_end(r);
+    else {
+      (void)evx__send(r, r->status ? r->status : 200, NULL, NULL, 0);
+      evx__finished(r);
+    }
+  } else if (!r->in_dispatch) {
+    evx__http_schedule_release(r->http, r);
+  }
 }
 
 int evx_request_write(evx_request *r, const void *data, size_t len) {

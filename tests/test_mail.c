@@ -349,6 +349,50 @@ START_TEST(test_spool) {
 }
 END_TEST
 
+/* evx_mail_check tells a handler about a bad address before it answers
+ * (so it can say 422), queues nothing and logs nothing; and the default log
+ * is quiet for a delivered mail. */
+START_TEST(test_check_and_quiet_default_log) {
+  memset(&R, 0, sizeof R);
+  char path[] = "/tmp/evx-mail-err-XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  unlink(path);
+  fflush(stderr);
+  int saved = dup(2);
+  dup2(fd, 2);
+  evx_mailer *m = evx_mailer_new(loop, &(evx_mailer_opts){.spool_dir = spool}); /* default log */
+  ck_assert_ptr_nonnull(m);
+  evx_mail_msg bad = {.to = "not an address", .subject = "x"};
+  evx_mail_msg bad_from = {.from = "x@", .to = "a@example.org", .subject = "x"};
+  evx_mail_msg good = {.to = "a@example.org", .subject = "x", .body = "b\n"};
+  int rc_bad = evx_mail_check(m, &bad), rc_bad_from = evx_mail_check(m, &bad_from);
+  int rc_good = evx_mail_check(m, &good), rc_null = evx_mail_check(NULL, &good);
+  evx_mailer_stats st;
+  evx_mailer_stats_get(m, &st);
+  uint64_t accepted_after_checks = st.accepted;
+  R.want = 1;
+  int rc_send = evx_mail_send(m, &good, rec_done, NULL, NULL);
+  if (rc_send == EVX_OK) run_loop();
+  evx_mailer_free(m);
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  char out[512] = {0};
+  ssize_t n = pread(fd, out, sizeof out - 1, 0);
+  close(fd);
+  ck_assert_int_eq(rc_bad, EVX_EINVAL);
+  ck_assert_int_eq(rc_bad_from, EVX_EINVAL);
+  ck_assert_int_eq(rc_good, EVX_OK);
+  ck_assert_int_eq(rc_null, EVX_EINVAL);
+  ck_assert_uint_eq(accepted_after_checks, 0);
+  ck_assert_int_eq(rc_send, EVX_OK);
+  ck_assert_int_eq(R.status[0], EVX_OK);
+  ck_assert_int_eq(count_files(spool, ".eml"), 1);
+  ck_assert_msg(n == 0, "default log printed on success: %s", out);
+}
+END_TEST
+
 /* The spool folder turns into a file: every attempt fails, retries back off
  * on loop timers, then the failure is logged with the reason. */
 /* A mailer left open at evx_loop_free is freed by it (the ownership rule):
@@ -636,6 +680,7 @@ Suite *suite(void) {
   tcase_add_test(tc, test_format_rejects);
   tcase_add_test(tc, test_format_subject_crlf);
   tcase_add_test(tc, test_spool);
+  tcase_add_test(tc, test_check_and_quiet_default_log);
   tcase_add_test(tc, test_spool_failure_retries);
   tcase_add_test(tc, test_left_open_freed_by_loop_free);
   tcase_add_test(tc, test_mailer_new_errors);

@@ -85,9 +85,9 @@ int notes_reply_error(evx_request *req, int status, const char *msg) {
 }
 
 /* The answer for a query that could not run: 503 when the pool is full or
- * closing, 500 otherwise. */
+ * the database stayed locked, or it is closing; 500 otherwise. */
 static int reply_db_error(evx_request *req, int status, const char *msg) {
-  if (status == EVX_EBUSY) return evx_request_reply_busy(req, 1);
+  if (status == EVX_EBUSY || status == EVX_ELOCKED) return evx_request_reply_busy(req, 1);
   if (status == EVX_ECLOSED || status == EVX_ECANCELED)
     return notes_reply_error(req, 503, "the service is shutting down");
   char buf[512];

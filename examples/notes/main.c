@@ -270,6 +270,8 @@ int main(int argc, char **argv) {
                         .max_attempts = (unsigned)app.cfg.mail_attempts,
                         .backoff_ms = (uint64_t)app.cfg.mail_backoff_ms,
                         .timeout_ms = app.cfg.mail_timeout_ms,
+                        .log = notes_mail_log,
+                        .log_arg = &app,
                         .name = "mail"};
   app.mailer = evx_mailer_new(app.loop, &mo);
   app.new_note = evx_condition_new(app.loop);

@@ -23,6 +23,15 @@ void notes_access_log(void *arg, const evx_http_log_entry *e) {
   if (!app->cfg.quiet) evx_http_log_stderr(stderr, e);
 }
 
+/* The mailer's default log is quiet on success; this demo shows every mail
+ * (like every request), unless --quiet. */
+void notes_mail_log(void *arg, int level, const char *line) {
+  notes_app *app = arg;
+  if (level == EVX_MAIL_INFO && app->cfg.quiet) return;
+  static const char *const names[] = {"info", "warn", "error"};
+  fprintf(stderr, "mail %s: %s\n", names[level >= 0 && level <= 2 ? level : 2], line);
+}
+
 static void app_metrics(evx_metrics *out, void *arg) {
   notes_app *app = arg;
   for (int m = 0; m < NOTES_NMETHODS; m++)

@@ -58,6 +58,7 @@ extern const char notes_schema[];
 
 /* metrics.c */
 void notes_access_log(void *arg, const evx_http_log_entry *e);
+void notes_mail_log(void *arg, int level, const char *line);
 /* Register the application's own numbers with the loop's /metrics. */
 int notes_metrics_init(notes_app *app);
 

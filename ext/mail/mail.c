@@ -61,8 +61,11 @@ struct evx_mailer {
   atomic_uint_fast64_t accepted, sent, failed, cancelled, attempts, retries, pending;
 };
 
+/* Quiet on success: a delivered mail is counted (evx_mailer_stats_get), not
+ * logged; retries and failures go to stderr. A log callback sees every line. */
 static void default_log(void *arg, int level, const char *line) {
   (void)arg;
+  if (level == EVX_MAIL_INFO) return;
   static const char *const names[] = {"info", "warn", "error"};
   fprintf(stderr, "mail %s: %s\n", names[level >= 0 && level <= 2 ? level : 2], line);
 }
@@ -277,6 +280,20 @@ fail:
   evx_free(m->password);
   evx_free(m);
   return NULL;
+}
+
+int evx_mail_check(evx_mailer *m, const evx_mail_msg *msg) {
+  if (!m || !msg || !evx__loop_thread_ok(m->loop)) return EVX_EINVAL;
+  evx_mail_msg full = *msg;
+  if (!full.from) full.from = m->from;
+  evx__mail_env env;
+  memset(&env, 0, sizeof env);
+  char *text = NULL;
+  int err = evx__mail_envelope(&full, m->from, &env);
+  if (!err) err = evx_mail_format(&full, m->hostname, &text, NULL);
+  evx__mail_env_free(&env); /* zeroed or filled: either is freed */
+  evx_free(text);
+  return err;
 }
 
 int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done, void *arg,

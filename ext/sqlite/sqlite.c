@@ -440,7 +440,10 @@ static void run_statement(sql_conn *c, const char *sql, const evx_sql_value *par
   } else {
     int ext = sqlite3_extended_errcode(c->conn);
     int prim = ext & 0xff;
-    int status = (prim == SQLITE_BUSY || prim == SQLITE_LOCKED) ? EVX_EBUSY
+    /* EVX_ELOCKED, never EVX_EBUSY: EVX_EBUSY is the pool's "queue full"
+     * (answered at submit), which a handler turns into 503 at once. */
+    int status = (prim == SQLITE_BUSY || prim == SQLITE_LOCKED) ? EVX_ELOCKED
+                 : prim == SQLITE_CONSTRAINT                     ? EVX_ECONSTRAINT
                  : prim == SQLITE_NOMEM                          ? EVX_ENOMEM
                  : prim == SQLITE_INTERRUPT                      ? EVX_ECANCELED
                                                                  : EVX_EIO;
@@ -581,17 +584,25 @@ static evx_executor *pool_for(evx_sqlite *db, evx_sql_mode mode) {
   return mode == EVX_SQL_WRITE ? db->writer : db->readers;
 }
 
-int evx_sqlite_query(evx_sqlite *db, evx_sql_mode mode, const char *sql,
-                     const evx_sql_value *params, size_t nparams, evx_sql_cb cb, void *arg) {
+int evx_sqlite_query_job(evx_sqlite *db, evx_sql_mode mode, const char *sql,
+                         const evx_sql_value *params, size_t nparams, evx_sql_cb cb, void *arg,
+                         evx_job **handle) {
   int err = check_query_args(db, mode, sql, params, nparams);
   if (err) return err;
   sql_job *job = job_new(db, mode, sql, params, nparams);
   if (!job) return EVX_ENOMEM;
   job->cb = cb;
   job->arg = arg;
-  err = evx_submit(pool_for(db, mode), query_work, query_done, job);
+  evx_executor *ex = pool_for(db, mode);
+  err = handle ? evx_submit_job(ex, query_work, query_done, job, handle)
+               : evx_submit(ex, query_work, query_done, job);
   if (err) job_free(job);
   return err;
+}
+
+int evx_sqlite_query(evx_sqlite *db, evx_sql_mode mode, const char *sql,
+                     const evx_sql_value *params, size_t nparams, evx_sql_cb cb, void *arg) {
+  return evx_sqlite_query_job(db, mode, sql, params, nparams, cb, arg, NULL);
 }
 
 static int query_call(void *arg, void **result) {

@@ -47,7 +47,9 @@ extern "C" {
   X(EIO, -8, "I/O or backend failure")                                     \
   X(EADDRINUSE, -9, "address already in use")                               \
   X(EACCES, -10, "permission denied")                                       \
-  X(ENOTFOUND, -11, "host name not found")
+  X(ENOTFOUND, -11, "host name not found")                                  \
+  X(ECONSTRAINT, -12, "constraint violated (unique, foreign key, not null, check)") \
+  X(ELOCKED, -13, "the database stayed locked (busy timeout)")
 
 enum {
 #define EVX__ERR_ENUM(name, value, msg) EVX_##name = (value),

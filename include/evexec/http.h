@@ -365,6 +365,65 @@ EVX_API int evx_request_state(evx_request *req);
 /** Non-zero when evx_request_state() is not 0 (client gone, timed out, server closed). */
 EVX_API int evx_request_is_gone(evx_request *req);
 
+/* ---- buffered replies ------------------------------------------------ */
+
+/**
+ * Buffered replies build the response piece by piece and send it at finish:
+ * evx_request_set_status, evx_request_set_header and evx_request_write_body.
+ * A coroutine handler (evx_http_route_coro) that returns without finishing
+ * is finished with them: the status set (200 when none), the headers set,
+ * the body written (Content-Type text/plain unless a Content-Type header was
+ * set). With an explicit evx_request_finish the buffered body comes first
+ * and finish's body after it; the status given to finish wins. With
+ * evx_request_start_chunked the buffered body is sent as the first chunk, and
+ * write_body is refused from then on (use evx_request_write). Any handler
+ * may use them.
+ */
+
+/**
+ * Set the status the response will be sent with (at finish without a
+ * status of its own: the auto-finish of a coroutine handler).
+ * @return EVX_OK; EVX_EINVAL (NULL, status outside 200..599, after finish or
+ *         start_chunked); EVX_EGONE / EVX_ETIMEDOUT / EVX_ECLOSED (no client).
+ */
+EVX_API int evx_request_set_status(evx_request *req, int status);
+
+/**
+ * Append to the response body (copied), sent at finish.
+ * @return EVX_OK; EVX_EINVAL (NULL req, NULL data with len > 0, after finish
+ *         or start_chunked); EVX_EGONE / EVX_ETIMEDOUT / EVX_ECLOSED;
+ *         EVX_ENOMEM (nothing appended).
+ */
+EVX_API int evx_request_write_body(evx_request *req, const void *data, size_t len);
+
+/** evx_request_write_body with a NUL-terminated string (NULL: nothing). */
+EVX_API int evx_request_write_str(evx_request *req, const char *s);
+
+/* ---- coroutine handlers ---------------------------------------------- */
+
+/**
+ * Add a route whose handler runs as a coroutine (coro.h): it may await jobs
+ * (evx_await_job), futures, conditions, queues and sleeps, one line after the
+ * other, on its own stack. Same matching, flags and return values as
+ * evx_http_route.
+ *  - Finishing is optional (Tornado's auto-finish): a handler that returns
+ *    without finishing is finished with what it set through the buffered
+ *    calls above (default 200 with an empty body).
+ *  - The request handle stays valid until the handler returns (a second
+ *    finish answers EVX_EINVAL); after finish, read the request's data
+ *    (path, headers, body) only before the handler's next await.
+ *  - The client leaving while the handler awaits makes that await return
+ *    EVX_EGONE (a job that has not started is cancelled; a running one is
+ *    waited for), and every later await in the handler return EVX_EGONE at
+ *    once, so the code after it runs and cleans up; no on_close bookkeeping.
+ *    A request timeout gives EVX_ETIMEDOUT and a freed server EVX_ECLOSED the
+ *    same way.
+ *  - A coroutine that cannot be started (no memory for its stack) gets 500.
+ * Coroutine stacks have the default size (EVX_CORO_STACK_DEFAULT).
+ */
+EVX_API int evx_http_route_coro(evx_http *http, const char *method, const char *path, int flags,
+                                evx_handler_fn fn, void *arg);
+
 /* ---- chunked replies ------------------------------------------------- */
 
 /**

@@ -90,7 +90,8 @@ typedef struct evx_mailer_opts {
   uint64_t backoff_ms;     /**< delay before the 2nd attempt; doubles each time; default 500 */
   uint64_t backoff_max_ms; /**< cap on the delay; default 30000 */
   long timeout_ms;         /**< per-attempt SMTP timeout (connect and whole transfer); default 10000 */
-  evx_mail_log_fn log;     /**< NULL: one line per event on stderr */
+  evx_mail_log_fn log;     /**< NULL: warnings and errors on stderr (retries, failures,
+                                refused mail); a delivered mail is only counted */
   void *log_arg;
   const char *name;        /**< executor name; default "mail" */
 } evx_mailer_opts;
@@ -121,6 +122,18 @@ EVX_API evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts);
  */
 EVX_API int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done,
                           void *arg, char **message_id);
+
+/**
+ * Check a mail as evx_mail_send would (addresses, header bytes), without
+ * queueing it: for a handler that must answer 422 for a bad address before
+ * it finishes the request, and then sends the mail after the response
+ * (the mail is deferred work: `check -> 422 | finish -> send`). Loop thread
+ * only; logs nothing.
+ * @return EVX_OK (evx_mail_send will accept it unless the queue is full or
+ *         the mailer closed); EVX_EINVAL (NULL, no recipient, a bad sender
+ *         or recipient address, CR/LF in a header); EVX_ENOMEM.
+ */
+EVX_API int evx_mail_check(evx_mailer *m, const evx_mail_msg *msg);
 
 /**
  * Stop accepting mail (evx_mail_send answers EVX_ECLOSED). Loop thread only.
