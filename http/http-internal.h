@@ -23,6 +23,9 @@
 /* Most {name} segments in one route pattern. */
 #define EVX__ROUTE_MAX_PARAMS 16
 
+/* One accepted connection (http-conn.c). */
+typedef struct evx__conn evx__conn;
+
 /* A route (public handle: evx_route). Owned by its server, freed with it. */
 typedef struct evx_route {
   evx__list link; /* in evx_http.routes, in the order added */
@@ -43,11 +46,13 @@ typedef struct evx_route {
    * each field's zero value means "the server's setting". */
   struct {
     uint64_t timeout_ms; /* 0: server's request_timeout_ms */
+    size_t max_held;     /* 0: only the server's max_held */
   } opt;
   /* Derived from opt.timeout_ms: the timer's second leg for this route
    * (see evx_http.rest_tv). Valid while the route exists. */
   const struct timeval *rest_tv;
   struct timeval rest_tv_plain;
+  size_t held; /* its requests held now (counted while held, so never after the route is freed) */
 } evx__route;
 
 struct evx_http {
@@ -72,6 +77,23 @@ struct evx_http {
   evx__list routes;
   evx__list held; /* evx_request.held_link: held requests with state 0 */
   struct evbuffer *scratch; /* for chunks; always empty between calls */
+  struct evbuffer *edit_buf; /* for the framing scanner's edits; empty between calls */
+  /* Connections (http-conn.c): bound ones by activity (least recent first),
+   * ones created by evhttp_set_bevcb but not bound yet, and a pointer hash
+   * from evhttp connection to tracker. */
+  evx__list conns, pending_conns;
+  evx__conn **conn_tab;
+  size_t conn_tab_cap, conn_tab_n;
+  const struct timeval *header_tv, *body_tv; /* NULL: no deadline */
+  int last_bad_status; /* the scanner's last rejection (for fuzz_http's oracle) */
+  /* Out of descriptors (http-conn.c): a spare descriptor to accept-and-close
+   * with, the backoff timer, and the rate-limited log's state. */
+  int reserve_fd;
+  int accept_paused, accept_ev_set, registered;
+  evx_http *reg_next; /* in http-conn.c's registry while listening */
+  struct event accept_ev;
+  uint64_t accept_errs_unlogged, accept_log_ns;
+  struct timeval header_tv_plain, body_tv_plain;
   evx_handler_fn before; /* evx_http_set_before: runs ahead of every handler */
   void *before_arg;
   struct evhttp_bound_socket **bound;
@@ -131,6 +153,7 @@ struct evx_request {
   /* The second leg of timer_ev (request timeout) for this request's route;
    * NULL: no timeout. Only read while held, when the route is alive. */
   const struct timeval *rest_tv;
+  evx__route *route; /* set at dispatch; followed only while held (routes outlive held requests) */
   const char *body;
   size_t body_len;
   evx_request_cb on_close;
@@ -140,6 +163,8 @@ struct evx_request {
   uint64_t bytes;
   char peer[64];
   evx__list held_link;
+  evx__conn *conn;     /* its connection's tracker while live and not finished, or NULL */
+  evx__list conn_link; /* in the tracker's list of requests */
   evx_request *reap_next;
   struct event watch_ev;  /* the client socket, while held (after the watch delay) */
   struct event timer_ev;  /* the watch delay, then request_timeout_ms (not while streaming) */
@@ -158,6 +183,22 @@ void evx__request_coro_done(evx_request *r);
 /* Answer a request that no handler will see (404, 405, 431, 503) and release it. */
 void evx__request_reply_builtin(evx_request *r, int status, const char *extra_name,
                                 const char *extra_value, const char *body);
+
+/* The connection of a held request is being freed by evhttp. */
+void evx__request_conn_closed(evx_request *r, struct evhttp_connection *evcon);
+/* Forget r's tracker (finish, zombie, release, or the connection went away). */
+void evx__request_detach_conn(evx_request *r);
+
+/* http/http-conn.c */
+struct bufferevent *evx__conn_bevcb(struct event_base *base, void *arg);
+evx__conn *evx__conn_find(evx_http *h, struct evhttp_connection *evcon);
+void evx__conn_touch(evx__conn *c);
+void evx__conn_set_held(evx__conn *c, evx_request *r);
+evx__list *evx__conn_reqs(evx__conn *c);
+void evx__conn_drop_pending(evx_http *h);
+/* A listener was added: handle its accept errors. / Stop that (free, stop_accepting). */
+void evx__conn_listening(evx_http *h, struct evhttp_bound_socket *b);
+void evx__conn_stop_listening(evx_http *h);
 
 /* http/http-metrics.c */
 /* Count one response (status 499: the client left) that took dur_ns. */

@@ -88,6 +88,11 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
   r->ev = ev;
   r->evcon = evhttp_request_get_connection(ev);
   r->t0_ns = t0;
+  r->conn = evx__conn_find(h, r->evcon);
+  if (r->conn) {
+    evx__list_insert_tail(evx__conn_reqs(r->conn), &r->conn_link);
+    evx__conn_touch(r->conn);
+  }
   r->method = evx__method_name(evhttp_request_get_command(ev));
   if (r->evcon) {
     char *addr = NULL;
@@ -105,6 +110,7 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
       size_t n = strlen(raw);
       r->path_buf = evx_malloc(n + 1);
       if (!r->path_buf) {
+        evx__request_detach_conn(r);
         evx_free(r);
         return NULL;
       }
@@ -122,15 +128,23 @@ static void evx__on_conn_close(struct evhttp_connection *evcon, void *arg);
 static void evx__on_watch(evutil_socket_t fd, short what, void *arg);
 static void evx__on_timer(evutil_socket_t fd, short what, void *arg);
 
+void evx__request_detach_conn(evx_request *r) {
+  if (!r->conn) return;
+  evx__list_remove(&r->conn_link);
+  r->conn = NULL;
+}
+
 static void evx__unhold(evx_request *r) {
   if (!r->held) return;
   r->held = 0;
   if (r->watching) event_del(&r->watch_ev);
   if (r->timing) event_del(&r->timer_ev);
   r->watching = r->timing = 0;
-  if (r->evcon) evhttp_connection_set_closecb(r->evcon, NULL, NULL);
+  if (r->conn) evx__conn_set_held(r->conn, NULL);
+  else if (r->evcon) evhttp_connection_set_closecb(r->evcon, NULL, NULL);
   evx__list_remove(&r->held_link);
   r->http->st.held--;
+  if (r->route) r->route->held--;
 }
 
 static void evx__arm_watch(evx_request *r) {
@@ -148,7 +162,10 @@ static void evx__hold(evx_request *r) {
   r->held = 1;
   evx__list_insert_tail(&h->held, &r->held_link);
   h->st.held++;
-  evhttp_connection_set_closecb(r->evcon, evx__on_conn_close, r);
+  if (r->route) r->route->held++;
+  /* the tracker owns the close callback and forwards it (http-conn.c) */
+  if (r->conn) evx__conn_set_held(r->conn, r);
+  else evhttp_connection_set_closecb(r->evcon, evx__on_conn_close, r);
   /* first the watch delay (see EVX__HTTP_WATCH_DELAY_MS), then the timeout */
   if (evtimer_assign(&r->timer_ev, h->base, evx__on_timer, r) == 0 &&
       evtimer_add(&r->timer_ev, h->watch_tv) == 0)
@@ -180,6 +197,7 @@ void evx__request_zombify(evx_request *r, int state, int close_conn) {
   if (r->state || r->finished) return;
   struct evhttp_connection *evcon = r->evcon;
   evx__unhold(r); /* clears the close callback: our own connection_free below stays quiet */
+  evx__request_detach_conn(r);
   r->state = state;
   r->evcon = NULL;
   int attached = evcon && evhttp_request_get_connection(r->ev) == evcon;
@@ -207,6 +225,10 @@ static void evx__on_conn_close(struct evhttp_connection *evcon, void *arg) {
   evx_request *r = arg;
   if (r->evcon != evcon) return;
   evx__request_zombify(r, r->http->freed ? EVX_ECLOSED : EVX_EGONE, 0);
+}
+
+void evx__request_conn_closed(evx_request *r, struct evhttp_connection *evcon) {
+  evx__on_conn_close(evcon, r);
 }
 
 static void evx__on_watch(evutil_socket_t fd, short what, void *arg) {
@@ -349,6 +371,7 @@ int evx_request_on_close(evx_request *r, evx_request_cb fn, void *arg) {
 /* Mark finished and schedule the release (or leave it to dispatch). */
 static void evx__finished(evx_request *r) {
   r->finished = 1;
+  evx__request_detach_conn(r);
   if (r->notify_set) {
     event_del(&r->notify_ev);
     r->notify_set = 0;

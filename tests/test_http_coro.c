@@ -174,6 +174,7 @@ static void *leave_client(void *arg) {
   snprintf(req, sizeof req, "GET /leave?at=%d HTTP/1.1\r\nHost: t\r\n\r\n", at);
   tc_send(fd, req);
   tc_sem_wait(&held_sem);
+  if (at == AT_JOB_RUNNING) tc_sem_wait(&gate.entered); /* leave once the job runs */
   close(fd);
   if (at == AT_JOB_RUNNING) {
     /* The await waits for the running job: release it once the leave was seen. */

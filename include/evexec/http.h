@@ -101,13 +101,26 @@ typedef struct evx_http_opts {
    *  long is closed. Not applied while a request is held. Default 60000 ms. */
   uint64_t idle_timeout_ms;
   /** Most requests held at once (dispatched, not finished, client still
-   *  there); above it new requests get 503 with Retry-After. Default 10000. */
+   *  there); above it new requests get 503 with Retry-After - on routes that
+   *  hold requests now; a route holding none is still served (see
+   *  evx_route_set_max_held for per-route limits). Default 10000. */
   size_t max_held;
   /** Seconds for the Retry-After header of the 503 sent at max_held; default 1. */
   unsigned busy_retry_after_s;
   /** Access log; NULL (default) logs nothing. See evx_http_log_stderr. */
   evx_http_log_fn log;
   void *log_arg;
+  /** The whole request head (request line and header fields) must arrive
+   *  within this long of its first byte, else 408 and the connection is
+   *  closed (nginx's client_header_timeout). Default 60000 ms. */
+  uint64_t header_timeout_ms;
+  /** The whole body must arrive within this long of the end of the head,
+   *  else 408 and close. Default 60000 ms. */
+  uint64_t body_timeout_ms;
+  /** Most open connections. Above it the connection idle the longest (no
+   *  request in progress, nothing being written) is closed; when none is
+   *  idle, the new one. Default EVX_HTTP_UNLIMITED. */
+  size_t max_connections;
 } evx_http_opts;
 
 /**
@@ -187,6 +200,17 @@ EVX_API evx_route *evx_http_route_find(evx_http *http, const char *method, const
 EVX_API int evx_route_set_timeout(evx_route *route, uint64_t ms);
 
 /**
+ * Most requests of this route held at once; above it its new requests get
+ * 503 with Retry-After while the other routes are served (10,000 long polls
+ * on /wait cannot take /api down). Independently, the server's max_held
+ * refuses only routes that hold at least one request at that moment, so a
+ * route that answers inline is never refused by it. Loop thread only.
+ * @param max the limit; 0 or EVX_HTTP_UNLIMITED: none (the server's max_held only).
+ * @return EVX_OK or EVX_EINVAL (NULL route, wrong thread).
+ */
+EVX_API int evx_route_set_max_held(evx_route *route, size_t max);
+
+/**
  * A hook run before the handler of every routed request (not before evexec's
  * own 404/405/431/503 replies): authentication, CORS headers, request ids.
  * It runs on the loop thread with the request the handler would get; it may
@@ -239,6 +263,13 @@ typedef struct evx_http_stats {
   uint64_t rejected_busy; /**< 503 because max_held was reached */
   uint64_t bytes_out;     /**< body bytes sent */
   uint64_t status[6];     /**< by class: [1] 1xx ... [5] 5xx; [0] no status (client left) */
+  uint64_t connections;   /**< connections open now */
+  uint64_t bad_requests;  /**< connections closed for bad framing (400, 501, 505; see RELIABILITY.md) */
+  uint64_t header_timeouts; /**< 408: the head did not arrive within header_timeout_ms */
+  uint64_t body_timeouts; /**< 408: the body did not arrive within body_timeout_ms */
+  uint64_t shed;          /**< connections closed by max_connections */
+  uint64_t accept_errors; /**< accept() failures (EMFILE, ENFILE, ...): each pauses accepting 100 ms */
+  uint64_t accept_refused; /**< clients accepted with the reserve descriptor and closed at once */
 } evx_http_stats;
 
 /** Copy the server's counters. @return EVX_OK or EVX_EINVAL (NULL). */
