@@ -46,9 +46,9 @@ struct evx_future {
 static void evx__future_run_cbs(void *arg);
 
 evx_future *evx_future_new(evx_loop *loop) {
-  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_future *f = evx_calloc(1, sizeof *f);
-  if (!f) return NULL;
+  if (!f) return evx__ctor_fail(EVX_ENOMEM);
   f->loop = loop;
   f->refs = 1;
   f->status = EVX_PENDING;

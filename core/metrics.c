@@ -191,9 +191,9 @@ static void evx__source_on_free(evx__loop_member *mb) {
 }
 
 evx_metrics_source *evx_metrics_source_new(evx_loop *loop, evx_metrics_fn fn, void *arg) {
-  if (!loop || !fn || !evx__loop_thread_ok(loop)) return NULL;
+  if (!loop || !fn || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_metrics_source *s = evx_calloc(1, sizeof *s);
-  if (!s) return NULL;
+  if (!s) return evx__ctor_fail(EVX_ENOMEM);
   s->fn = fn;
   s->arg = arg;
   evx__loop_member_add(loop, &s->member, NULL, evx__source_on_free);

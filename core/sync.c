@@ -77,9 +77,9 @@ struct evx_event {
 };
 
 evx_event *evx_event_new(evx_loop *loop) {
-  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_event *e = evx_calloc(1, sizeof *e);
-  if (!e) return NULL;
+  if (!e) return evx__ctor_fail(EVX_ENOMEM);
   e->loop = loop;
   evx__list_init(&e->waiters);
   return e;
@@ -120,9 +120,9 @@ struct evx_semaphore {
 };
 
 evx_semaphore *evx_semaphore_new(evx_loop *loop, unsigned value) {
-  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_semaphore *s = evx_calloc(1, sizeof *s);
-  if (!s) return NULL;
+  if (!s) return evx__ctor_fail(EVX_ENOMEM);
   s->loop = loop;
   s->value = value;
   evx__list_init(&s->waiters);
@@ -169,9 +169,9 @@ struct evx_queue {
 };
 
 evx_queue *evx_queue_new(evx_loop *loop, size_t maxsize) {
-  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_queue *q = evx_calloc(1, sizeof *q);
-  if (!q) return NULL;
+  if (!q) return evx__ctor_fail(EVX_ENOMEM);
   q->loop = loop;
   q->maxsize = maxsize;
   evx__list_init(&q->getters);

@@ -517,18 +517,23 @@ static void evx__executor_on_free(evx__loop_member *m) {
   evx_executor_free(EVX__CONTAINER_OF(m, evx_executor, member));
 }
 
-evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
-  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
-  evx_executor_opts o = {0};
-  if (opts) o = *opts;
+/* The first layout of evx_executor_opts (what the plain evx_executor_new reads). */
+#define EVX__EXECUTOR_OPTS_V0 (offsetof(evx_executor_opts, spin_us) + sizeof(unsigned))
+
+evx_executor *evx_executor_new_sized(evx_loop *loop, const evx_executor_opts *opts,
+                                     size_t opts_size) {
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
+  evx_executor_opts o;
+  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) return evx__ctor_fail(EVX_EINVAL);
   if (o.threads == 0) o.threads = EVX__DEFAULT_THREADS;
   if (o.max_queue == 0) o.max_queue = EVX__DEFAULT_MAX_QUEUE;
   if (o.threads > EVX__MAX_THREADS || o.spin_us > EVX__MAX_SPIN_US ||
       o.target_wait_us > EVX__MAX_TARGET_WAIT_US)
-    return NULL;
+    return evx__ctor_fail(EVX_EINVAL);
 
+  int err = EVX_ENOMEM;
   evx_executor *ex = evx_calloc(1, sizeof *ex);
-  if (!ex) return NULL;
+  if (!ex) return evx__ctor_fail(EVX_ENOMEM);
   ex->loop = loop;
   ex->nthreads = o.threads;
   ex->max_queue = o.max_queue;
@@ -575,6 +580,7 @@ evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
       for (unsigned j = 0; j < i; j++) pthread_join(ex->threads[j], NULL);
       pthread_cond_destroy(&ex->work_cv);
       pthread_mutex_destroy(&ex->lock);
+      err = EVX_EIO; /* a thread could not be started (EAGAIN: a limit) */
       goto fail_mem;
     }
     char tname[32]; /* Linux thread names hold 15 bytes */
@@ -591,7 +597,11 @@ fail_mem:
   evx_free(ex->threads);
   evx_free(ex->name);
   evx_free(ex);
-  return NULL;
+  return evx__ctor_fail(err);
+}
+
+evx_executor *(evx_executor_new)(evx_loop *loop, const evx_executor_opts *opts) {
+  return evx_executor_new_sized(loop, opts, EVX__EXECUTOR_OPTS_V0);
 }
 
 /* Allocate a job node and account it as queued, or say why not. ex->lock held. */

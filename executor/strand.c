@@ -30,9 +30,9 @@ int evx__strand_cancel_waiting_locked(evx_strand *s) {
 }
 
 evx_strand *evx_strand_new(evx_executor *ex) {
-  if (!ex || !evx__loop_thread_ok(ex->loop)) return NULL;
+  if (!ex || !evx__loop_thread_ok(ex->loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_strand *s = evx_calloc(1, sizeof *s);
-  if (!s) return NULL;
+  if (!s) return evx__ctor_fail(EVX_ENOMEM);
   s->ex = ex;
   evx__list_init(&s->waiting);
   pthread_mutex_lock(&ex->lock);

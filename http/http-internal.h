@@ -104,8 +104,13 @@ struct evx_http {
    * itself lives until the last request (st.live == 0) is released. */
   int freed;
   int dispatching;  /* > 0 while a handler runs (evx_http_free then waits) */
-  /* evx_http_free was called during dispatch: 1 = requested, 2 = free_node deferred */
-  int free_pending;
+  /* evx_http_free called while a handler runs: the free waits for dispatch
+   * to end, then for one deferred call (free_node). */
+  enum {
+    EVX__HTTP_FREE_NONE,      /* no free pending */
+    EVX__HTTP_FREE_REQUESTED, /* called during dispatch; deferred when it ends */
+    EVX__HTTP_FREE_DEFERRED   /* free_node is on the loop's deferred list */
+  } free_pending;
   evx__cbnode free_node;
 
   /* Finished requests waiting for release, freed by one deferred loop call

@@ -29,7 +29,6 @@
 #include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -97,7 +96,8 @@ static void evx__http_free_struct(evx_http *h) {
 
 /* Free the struct once evx_http_free was called and nothing points to it. */
 void evx__http_maybe_free(evx_http *h) {
-  if (h->freed && h->st.live == 0 && !h->reap_scheduled && h->dispatching == 0 && !h->free_pending)
+  if (h->freed && h->st.live == 0 && !h->reap_scheduled && h->dispatching == 0 &&
+      h->free_pending == EVX__HTTP_FREE_NONE)
     evx__http_free_struct(h);
 }
 
@@ -194,13 +194,18 @@ static void evx__http_on_free(evx__loop_member *m) {
   evx_http_free(EVX__CONTAINER_OF(m, evx_http, member));
 }
 
-evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
-  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
+/* The first layout of evx_http_opts (what the plain evx_http_new reads). */
+#define EVX__HTTP_OPTS_V0 (offsetof(evx_http_opts, log_arg) + sizeof(void *))
+
+evx_http *evx_http_new_sized(evx_loop *loop, const evx_http_opts *opts, size_t opts_size) {
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
+  evx_http_opts o;
+  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) return evx__ctor_fail(EVX_EINVAL);
   evx_http *h = evx_calloc(1, sizeof *h);
-  if (!h) return NULL;
+  if (!h) return evx__ctor_fail(EVX_ENOMEM);
   h->loop = loop;
   h->base = evx_loop_base(loop);
-  if (opts) h->opts = *opts;
+  h->opts = o;
   evx__list_init(&h->routes);
   evx__list_init(&h->held);
   evx__list_init(&h->conns);
@@ -217,7 +222,7 @@ evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
     if (h->scratch) evbuffer_free(h->scratch);
     if (h->edit_buf) evbuffer_free(h->edit_buf);
     evx_free(h);
-    return NULL;
+    return evx__ctor_fail(EVX_ENOMEM);
   }
   evx__http_apply_opts(h);
   evhttp_set_gencb(h->evh, evx__on_request, h);
@@ -229,6 +234,10 @@ evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
   evx__loop_member_add(loop, &h->member, NULL, evx__http_on_free);
   evx__loop_member_set_metrics(&h->member, evx__http_metrics);
   return h;
+}
+
+evx_http *(evx_http_new)(evx_loop *loop, const evx_http_opts *opts) {
+  return evx_http_new_sized(loop, opts, EVX__HTTP_OPTS_V0);
 }
 
 /* errno of a failed socket/bind/listen -> the error the caller can act on. */
@@ -462,7 +471,7 @@ static void evx__http_do_free(evx_http *h) {
 
 static void evx__http_deferred_free(void *arg) {
   evx_http *h = arg;
-  h->free_pending = 0;
+  h->free_pending = EVX__HTTP_FREE_NONE;
   evx__http_do_free(h);
 }
 
@@ -473,7 +482,8 @@ void evx_http_free(evx_http *h) {
     return;
   }
   if (h->dispatching || h->free_pending) {
-    if (!h->free_pending) h->free_pending = 1; /* see the end of evx__on_request */
+    if (h->free_pending == EVX__HTTP_FREE_NONE)
+      h->free_pending = EVX__HTTP_FREE_REQUESTED; /* see the end of evx__on_request */
     return;
   }
   evx__http_do_free(h);
@@ -643,8 +653,8 @@ static void evx__on_request(struct evhttp_request *ev, void *arg) {
   }
 
   h->dispatching--;
-  if (h->dispatching == 0 && h->free_pending == 1) {
-    h->free_pending = 2; /* deferred once */
+  if (h->dispatching == 0 && h->free_pending == EVX__HTTP_FREE_REQUESTED) {
+    h->free_pending = EVX__HTTP_FREE_DEFERRED; /* deferred once */
     /* Not here: we are inside evhttp's read callback for this connection.
      * A deferred call runs after it returned (also inside evx_loop_free). */
     h->free_node.fn = evx__http_deferred_free;

@@ -29,6 +29,12 @@
 #define MAX_WORK_MS 60000
 #define DRAIN_GRACE_MS 10000
 
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static evx_loop *loop;
 static evx_http *http;
 static evx_executor *pool;
@@ -171,7 +177,7 @@ static void drain_check(evutil_socket_t fd, short what, void *arg) {
   evx_http_stats_get(http, &hs);
   evx_executor_stats_get(pool, &es);
   int idle = hs.live == 0 && es.queued == 0 && es.running == 0;
-  if (idle || evx_now_ns() - stop_started_ns > (uint64_t)DRAIN_GRACE_MS * 1000000) {
+  if (idle || now_ns() - stop_started_ns > (uint64_t)DRAIN_GRACE_MS * 1000000) {
     if (!idle) fprintf(stderr, "evx_hello: grace period over, %llu requests still open\n",
                        (unsigned long long)hs.live);
     evx_loop_stop(loop);
@@ -184,7 +190,7 @@ static void drain_check(evutil_socket_t fd, short what, void *arg) {
 static void on_signal(int sig, void *arg) {
   if (drain_ev) return; /* already stopping */
   fprintf(stderr, "evx_hello: signal %d, stopping\n", sig);
-  stop_started_ns = evx_now_ns();
+  stop_started_ns = now_ns();
   evx_http_stop_accepting(http);
   evx_executor_shutdown(pool, EVX_SHUTDOWN_DRAIN); /* running and queued jobs finish */
   evx_condition_free(cond); /* long polls end with EVX_ECLOSED -> 503 */

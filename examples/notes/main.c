@@ -177,7 +177,7 @@ static void drain_check(evutil_socket_t fd, short what, void *arg) {
     evx_loop_stop(app.loop);
     return;
   }
-  uint64_t spent_ms = (evx_now_ns() - stop_ns) / 1000000;
+  uint64_t spent_ms = (notes_now_ns() - stop_ns) / 1000000;
   if (spent_ms > (uint64_t)app.cfg.drain_ms) {
     cancel_rest("drain timeout");
     /* Requests still held end when the loop stops (finish says ECLOSED). */
@@ -199,7 +199,7 @@ static void on_signal(int sig, void *arg) {
   fprintf(stderr, "evx_notes: signal %d: stopping (%zu mail(s) pending)\n", sig,
           evx_mailer_pending(app.mailer));
   app.stopping = 1;
-  stop_ns = evx_now_ns();
+  stop_ns = notes_now_ns();
   evx_http_stop_accepting(app.http);
   /* Long polls end now (503); queued queries still run (DRAIN), and the
    * POSTs among them still queue their mail, so the mailer stays open until
@@ -246,7 +246,7 @@ int main(int argc, char **argv) {
   int rc = configure(argc, argv, &app.cfg);
   if (rc) return rc > 0 ? 0 : 2;
   signal(SIGPIPE, SIG_IGN);
-  app.started_ns = evx_now_ns();
+  app.started_ns = notes_now_ns();
   app.loop = evx_loop_new(NULL);
   if (!app.loop) return 1;
 

@@ -217,15 +217,22 @@ static void mailer_on_free(evx__loop_member *m) {
   evx_mailer_free(EVX__CONTAINER_OF(m, evx_mailer, member));
 }
 
-evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts) {
-  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
+/* The first layout of evx_mailer_opts (what the plain evx_mailer_new reads). */
+#define MAILER_OPTS_V0 (offsetof(evx_mailer_opts, name) + sizeof(const char *))
+
+evx_mailer *(evx_mailer_new)(evx_loop *loop, const evx_mailer_opts *opts) {
+  return evx_mailer_new_sized(loop, opts, MAILER_OPTS_V0);
+}
+
+evx_mailer *evx_mailer_new_sized(evx_loop *loop, const evx_mailer_opts *opts, size_t opts_size) {
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_mailer_opts o;
-  memset(&o, 0, sizeof o);
-  if (opts) o = *opts;
-  if (o.threads > 2) return NULL;
-  if (evx__mail_global_init() != EVX_OK) return NULL;
+  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) return evx__ctor_fail(EVX_EINVAL);
+  if (o.threads > 2) return evx__ctor_fail(EVX_EINVAL);
+  if (evx__mail_global_init() != EVX_OK) return evx__ctor_fail(EVX_EIO);
+  int err = EVX_ENOMEM;
   evx_mailer *m = evx_calloc(1, sizeof *m);
-  if (!m) return NULL;
+  if (!m) return evx__ctor_fail(EVX_ENOMEM);
   m->loop = loop;
   m->max_attempts = o.max_attempts ? o.max_attempts : 5;
   m->backoff_ms = o.backoff_ms ? o.backoff_ms : 500;
@@ -251,6 +258,7 @@ evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts) {
     else
       snprintf(m->smtp_url, n, "%s/%s", o.smtp_url, m->hostname);
   } else if (evx__mail_mkdirs(m->spool_dir) != 0) {
+    err = EVX_EIO;
     goto fail;
   }
   if (o.username) {
@@ -268,7 +276,10 @@ evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts) {
                           .max_queue = o.max_queue ? o.max_queue : 1024,
                           .name = o.name && *o.name ? o.name : "mail"};
   m->ex = evx_executor_new(loop, &eo);
-  if (!m->ex) goto fail;
+  if (!m->ex) {
+    err = evx_last_error();
+    goto fail;
+  }
   evx__loop_member_add(loop, &m->member, NULL, mailer_on_free);
   return m;
 fail:
@@ -279,7 +290,7 @@ fail:
   evx_free(m->username);
   evx_free(m->password);
   evx_free(m);
-  return NULL;
+  return evx__ctor_fail(err);
 }
 
 int evx_mail_check(evx_mailer *m, const evx_mail_msg *msg) {

@@ -669,8 +669,16 @@ static void sqlite_on_free(evx__loop_member *m) {
   evx_sqlite_close(EVX__CONTAINER_OF(m, evx_sqlite, member));
 }
 
-int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opts,
-                    evx_sqlite **out, char **errmsg) {
+/* The first layout of evx_sqlite_opts (what the plain evx_sqlite_open reads). */
+#define SQL_OPTS_V0 (offsetof(evx_sqlite_opts, name) + sizeof(const char *))
+
+int(evx_sqlite_open)(evx_loop *loop, const char *path, const evx_sqlite_opts *opts,
+                     evx_sqlite **out, char **errmsg) {
+  return evx_sqlite_open_sized(loop, path, opts, out, errmsg, SQL_OPTS_V0);
+}
+
+int evx_sqlite_open_sized(evx_loop *loop, const char *path, const evx_sqlite_opts *opts,
+                          evx_sqlite **out, char **errmsg, size_t opts_size) {
   if (errmsg) *errmsg = NULL;
   if (out) *out = NULL;
   if (!loop || !path || !out) return EVX_EINVAL;
@@ -680,8 +688,10 @@ int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opt
   }
   if (!evx__loop_thread_ok(loop)) return EVX_EINVAL;
   evx_sqlite_opts o;
-  memset(&o, 0, sizeof o);
-  if (opts) o = *opts;
+  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) {
+    set_err(errmsg, "an option this version of evexec_sqlite does not know is set");
+    return EVX_EINVAL;
+  }
   if (o.readers > SQL_MAX_READERS) {
     set_err(errmsg, "too many reader threads");
     return EVX_EINVAL;

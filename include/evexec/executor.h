@@ -83,12 +83,21 @@ typedef struct evx_executor_opts {
 
 /**
  * Create an executor bound to `loop` and start its threads. Loop thread only.
+ * A macro over evx_executor_new_sized (see "Options structs and the ABI" in
+ * common.h); source calling evx_executor_new(loop, opts) is unchanged.
  * @param opts options, or NULL for the defaults; copied.
  * @return the executor, owned by the caller (evx_executor_free; the loop frees
- *         any left at evx_loop_free), or NULL (NULL loop, threads > 1024,
- *         spin_us > 1000000, out of memory, or a thread could not be started).
+ *         any left at evx_loop_free), or NULL with evx_last_error() saying
+ *         why: EVX_EINVAL (NULL loop, wrong thread, threads > 1024,
+ *         spin_us > 1000000, a field this library does not know),
+ *         EVX_ENOMEM, EVX_EIO (a thread could not be started).
  */
-EVX_API evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts);
+#define evx_executor_new(loop, ...) \
+  evx_executor_new_sized((loop), (__VA_ARGS__), sizeof(evx_executor_opts))
+EVX_API evx_executor *evx_executor_new_sized(evx_loop *loop, const evx_executor_opts *opts,
+                                             size_t opts_size);
+/** The function behind the macro, for its address: reads the first layout of the options. */
+EVX_API evx_executor *(evx_executor_new)(evx_loop *loop, const evx_executor_opts *opts);
 
 /**
  * Submit a job. Safe from any thread.

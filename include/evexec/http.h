@@ -127,11 +127,18 @@ typedef struct evx_http_opts {
  * Create a server on `loop`. Loop thread only. It serves once bound.
  * Writing to a client that left raises SIGPIPE; when the program left
  * SIGPIPE at its default action (terminate), this sets it to SIG_IGN.
+ * A macro over evx_http_new_sized (see "Options structs and the ABI" in
+ * common.h); source calling evx_http_new(loop, opts) is unchanged.
  * @param opts options or NULL for the defaults; copied.
- * @return the server, owned by the caller (evx_http_free before the loop is
- *         freed), or NULL (NULL loop, wrong thread, out of memory).
+ * @return the server, owned by the caller (evx_http_free; evx_loop_free
+ *         frees one left open), or NULL with evx_last_error() saying why:
+ *         EVX_EINVAL (NULL loop, wrong thread, a field this library does
+ *         not know) or EVX_ENOMEM.
  */
-EVX_API evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts);
+#define evx_http_new(loop, ...) evx_http_new_sized((loop), (__VA_ARGS__), sizeof(evx_http_opts))
+EVX_API evx_http *evx_http_new_sized(evx_loop *loop, const evx_http_opts *opts, size_t opts_size);
+/** The function behind the macro, for its address: reads the first layout of the options. */
+EVX_API evx_http *(evx_http_new)(evx_loop *loop, const evx_http_opts *opts);
 
 /**
  * Listen on host:port. May be called more than once (several addresses).
@@ -276,9 +283,10 @@ typedef struct evx_http_stats {
 EVX_API int evx_http_stats_get(evx_http *http, evx_http_stats *out);
 
 /**
- * evx_request objects alive in the whole process (all servers, all threads),
- * including zombies and requests of freed servers. Thread-safe. For leak
- * checks: it returns to its earlier value once every request is released.
+ * Diagnostic: evx_request objects alive in the whole process (all servers,
+ * all threads), including zombies and requests of freed servers. Safe from
+ * any thread. For tests and leak checks (it returns to its earlier value
+ * once every request is released), not for flow control.
  */
 EVX_API uint64_t evx_request_live_count(void);
 

@@ -3,11 +3,17 @@
  * evx_loop: Tornado's IOLoop over a libevent event_base.
  *
  * One thread runs the loop (the "loop thread"): every handler, timer, future
- * callback and executor `done` runs there. evx_add_callback() and
- * evx_loop_stop() are the only calls that are safe from any thread; every
- * other call in evexec that takes an evx_loop (or an object bound to one)
- * must be made on the loop thread, and returns EVX_EINVAL (or NULL) when
- * made from another thread:
+ * callback and executor `done` runs there. The calls that are safe from any
+ * thread say so ("Safe from any thread") in their comment, and they are
+ * these: evx_add_callback() and evx_loop_stop() on a loop; the submits
+ * (evx_submit, evx_submit_job, evx_strand_submit, evx_strand_submit_job)
+ * and evx_executor_stats_get on an executor, which take its lock; the
+ * same for the optional libraries' queries and counters (sqlite.h,
+ * mail.h); and calls that touch no loop-bound object (evx_strerror,
+ * evx_last_error, evx_request_live_count...). Every other call in evexec
+ * that takes an evx_loop (or an object bound to one) must be made on the
+ * loop thread, and returns EVX_EINVAL (or NULL) when made from another
+ * thread:
  *  - the loop thread is the thread that called evx_loop_new, until a thread
  *    calls evx_loop_run (then that one, also after the run returns) or
  *    evx_loop_free (then that one);
@@ -49,8 +55,9 @@ typedef void (*evx_cb)(void *arg);
  *             hold as under evx_loop_run (see above). Dispatching it on another
  *             thread is not supported: every loop-thread call made there answers
  *             EVX_EINVAL. An owned base must only be run with evx_loop_run.
- * @return the loop, owned by the caller (free with evx_loop_free), or NULL when
- *         out of memory or when the wakeup channel cannot be created.
+ * @return the loop, owned by the caller (free with evx_loop_free), or NULL
+ *         with evx_last_error() saying why: EVX_ENOMEM, or EVX_EIO when
+ *         libevent or the wakeup channel (an eventfd) cannot be set up.
  */
 EVX_API evx_loop *evx_loop_new(struct event_base *base);
 
