@@ -30,6 +30,13 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The monotonic clock (evexec's evx_now_ns is private to the library). */
+static uint64_t ov_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 typedef struct ov_config {
   unsigned threads;        /* workers */
   unsigned job_ms;         /* work per request */
@@ -94,11 +101,11 @@ typedef struct ov_req {
 
 static void ov_work(void *arg) { /* worker */
   ov_req *r = arg;
-  if (evx_now_ns() > r->deadline_ns) atomic_fetch_add(&r->srv->late, 1);
+  if (ov_now_ns() > r->deadline_ns) atomic_fetch_add(&r->srv->late, 1);
   /* Sleep until the end, in slices of at most 5 ms, stopping early when the
    * job was cancelled while it ran (evx_job_cancel from the close hook). */
-  uint64_t end = evx_now_ns() + (uint64_t)r->ms * 1000000u, now;
-  while (!evx_job_cancelled() && (now = evx_now_ns()) < end) {
+  uint64_t end = ov_now_ns() + (uint64_t)r->ms * 1000000u, now;
+  while (!evx_job_cancelled() && (now = ov_now_ns()) < end) {
     uint64_t d = end - now < 5000000u ? end - now : 5000000u;
     struct timespec ts = {0, (long)d};
     nanosleep(&ts, NULL);
@@ -128,7 +135,7 @@ static void ov_on_work(evx_request *req, void *arg) {
     return;
   }
   *r = (ov_req){.srv = srv, .req = req, .ms = s ? (unsigned)atoi(s) : 0,
-                .deadline_ns = evx_now_ns() + (uint64_t)srv->timeout_ms * 1000000u};
+                .deadline_ns = ov_now_ns() + (uint64_t)srv->timeout_ms * 1000000u};
   int rc = evx_submit_job(srv->ex, ov_work, ov_done, r, &r->job);
   if (rc != EVX_OK) {
     free(r);
@@ -216,7 +223,7 @@ static int ov_get(int port, unsigned ms) {
 }
 
 static void ov_sleep_until(uint64_t t_ns) {
-  uint64_t now = evx_now_ns();
+  uint64_t now = ov_now_ns();
   if (t_ns <= now) return;
   uint64_t d = t_ns - now;
   struct timespec ts = {(time_t)(d / 1000000000u), (long)(d % 1000000000u)};
@@ -232,7 +239,7 @@ static void *ov_client_main(void *arg) {
   unsigned total = (unsigned)(c->rate * c->seconds);
   for (unsigned i = cl->index; i < total; i += c->clients) {
     ov_sleep_until(cl->start_ns + (uint64_t)i * 1000000000u / c->rate);
-    uint64_t t0 = evx_now_ns();
+    uint64_t t0 = ov_now_ns();
     int st = ov_get(cl->port, c->job_ms);
     if (cl->n == cl->cap) {
       unsigned cap = cl->cap ? cl->cap * 2 : 64;
@@ -241,7 +248,7 @@ static void *ov_client_main(void *arg) {
       cl->samples = s;
       cl->cap = cap;
     }
-    cl->samples[cl->n++] = (ov_sample){st, (double)(evx_now_ns() - t0) / 1e6};
+    cl->samples[cl->n++] = (ov_sample){st, (double)(ov_now_ns() - t0) / 1e6};
   }
   return NULL;
 }
@@ -255,7 +262,7 @@ typedef struct ov_driver {
 static void *ov_driver_main(void *arg) {
   ov_driver *d = arg;
   pthread_t *th = calloc(d->c->clients, sizeof *th);
-  uint64_t start = evx_now_ns() + 20000000u;
+  uint64_t start = ov_now_ns() + 20000000u;
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, 256 * 1024);

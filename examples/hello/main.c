@@ -63,8 +63,8 @@ static void work_run(void *arg) { /* worker thread */
    * kernel's timer slack (about 50-70 us on Linux). */
   if (w->ms == 0) return;
   /* In slices of at most 10 ms, so a cancelled job (the client left) stops. */
-  uint64_t end = evx_now_ns() + (uint64_t)w->ms * 1000000u, now;
-  while (!evx_job_cancelled() && (now = evx_now_ns()) < end) {
+  uint64_t end = now_ns() + (uint64_t)w->ms * 1000000u, now;
+  while (!evx_job_cancelled() && (now = now_ns()) < end) {
     uint64_t d = end - now < 10000000u ? end - now : 10000000u;
     struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)d};
     nanosleep(&ts, NULL);
