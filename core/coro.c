@@ -78,7 +78,7 @@
 #endif
 #endif
 
-#define EVX__CORO_POOL_MAX 64
+#define EVX__CORO_POOL_MAX 256
 #define EVX__CORO_STACK_MAX ((size_t)256 * 1024 * 1024)
 
 enum { EVX__CO_RUNNING, EVX__CO_SUSPENDED, EVX__CO_DONE };
@@ -130,8 +130,15 @@ typedef struct evx__coro_home {
   int in_close;     /* evx__coro_loop_close is iterating: it frees cl itself */
 } evx__coro_home;
 
-static _Thread_local evx__coro *evx__cur;
-static _Thread_local evx__ctx evx__main_ctx;
+/* initial-exec: read on every await; the default model costs a
+ * __tls_get_addr call per access in the shared library. */
+#if defined(__GNUC__)
+#define EVX__TLS_FAST __attribute__((tls_model("initial-exec")))
+#else
+#define EVX__TLS_FAST
+#endif
+static _Thread_local evx__coro *evx__cur EVX__TLS_FAST;
+static _Thread_local evx__ctx evx__main_ctx EVX__TLS_FAST;
 #ifdef EVX__ASAN
 static _Thread_local void *evx__main_asan_fake;
 #endif

@@ -96,6 +96,7 @@ struct evx_loop {
   /* Loop thread only. */
   evx__cbnode *batch; /* remaining nodes of the batch being run */
   evx__cbnode *defer_head, *defer_tail;
+  int in_deferred; /* evx__run_deferred is running: it picks up new nodes itself */
   evx__list timers;
   evx__list signals; /* evx__signal.link */
   evx__list members; /* evx__loop_member.link, oldest first (see evx-private.h) */
@@ -151,15 +152,26 @@ static void evx__run_batch(evx_loop *loop) {
   }
 }
 
+/* Nodes deferred while the list runs join this call (no libevent round trip
+ * per hop: a coroutine handoff is a chain of deferred calls), for at most
+ * EVX__DEFER_PASSES batches; then defer_ev is re-armed so that I/O and
+ * timers get their turn. */
+#define EVX__DEFER_PASSES 256
+
 static void evx__run_deferred(evx_loop *loop) {
-  evx__cbnode *n = loop->defer_head;
-  loop->defer_head = loop->defer_tail = NULL;
-  while (n) {
-    evx__cbnode *next = n->next;
-    n->next = NULL;
-    n->fn(n->arg); /* may free n: next was read first */
-    n = next;
+  loop->in_deferred = 1;
+  for (int pass = 0; loop->defer_head && pass < EVX__DEFER_PASSES; pass++) {
+    evx__cbnode *n = loop->defer_head;
+    loop->defer_head = loop->defer_tail = NULL;
+    while (n) {
+      evx__cbnode *next = n->next;
+      n->next = NULL;
+      n->fn(n->arg); /* may free n: next was read first */
+      n = next;
+    }
   }
+  loop->in_deferred = 0;
+  if (loop->defer_head) event_active(&loop->defer_ev, EV_TIMEOUT, 1);
 }
 
 static void evx__on_wake(evutil_socket_t fd, short what, void *arg) {
@@ -361,7 +373,7 @@ void evx__loop_defer(evx_loop *loop, evx__cbnode *node) {
     loop->defer_tail->next = node;
   } else {
     loop->defer_head = node;
-    event_active(&loop->defer_ev, EV_TIMEOUT, 1);
+    if (!loop->in_deferred) event_active(&loop->defer_ev, EV_TIMEOUT, 1);
   }
   loop->defer_tail = node;
 }

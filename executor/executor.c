@@ -370,6 +370,7 @@ static void evx__spin_locked(evx_executor *ex) {
 int evx__cancel_locked(evx_executor *ex, evx_job *job) {
   evx__list_remove(&job->link);
   ex->nqueued--;
+  evx__space_freed_locked(ex, 0);
   ex->stats.cancelled++;
   evx_strand *s = job->strand;
   if (s && s->active == job) evx__strand_advance_locked(s);
@@ -383,6 +384,8 @@ int evx_job_cancelled(void) {
   evx_job *job = evx__current_job;
   return job && atomic_load_explicit(&job->cancel_requested, memory_order_relaxed);
 }
+
+evx_executor *evx__current_executor(void) { return evx__current_job ? evx__current_job->ex : NULL; }
 
 static void *evx__worker(void *arg) {
   evx_executor *ex = arg;
@@ -426,6 +429,7 @@ static void *evx__worker(void *arg) {
       /* Waited past its deadline: end it unrun (done: EVX_ETIMEDOUT), and
        * take the next - whose deadline is later, as the queue is FIFO. */
       ex->nqueued--;
+      evx__space_freed_locked(ex, 0);
       ex->stats.cancelled++;
       ex->stats.expired++;
       if (job->strand) evx__strand_advance_locked(job->strand);
@@ -438,6 +442,7 @@ static void *evx__worker(void *arg) {
                 t0 > job->t_queued ? t0 - job->t_queued : 0);
     ex->nqueued--;
     ex->nrunning++;
+    evx__space_freed_locked(ex, 0);
     pthread_mutex_unlock(&ex->lock);
 
     evx__current_job = job;
@@ -556,6 +561,7 @@ evx_executor *evx_executor_new_sized(evx_loop *loop, const evx_executor_opts *op
     goto fail_mem;
   }
   evx__list_init(&ex->queue);
+  evx__list_init(&ex->space_waiters);
   evx__list_init(&ex->strands);
   evx__list_init(&ex->deferred);
   if (event_assign(&ex->wake_ev, evx_loop_base(loop), -1, 0, evx__on_wake_ev, ex) != 0) {
@@ -722,6 +728,7 @@ int evx_executor_shutdown(evx_executor *ex, int how) {
       post |= evx__cancel_locked(ex, EVX__CONTAINER_OF(n, evx_job, link));
   }
   pthread_cond_broadcast(&ex->work_cv);
+  evx__space_freed_locked(ex, 1); /* blocked submitters see EVX_ECLOSED */
   pthread_mutex_unlock(&ex->lock);
   if (post) evx__post(ex);
   return EVX_OK;

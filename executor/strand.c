@@ -7,6 +7,8 @@
  * max_queue counts waiting strand jobs too. All strand state is guarded by
  * its executor's lock.
  */
+#include <stdio.h>
+
 #include "executor-internal.h"
 
 void evx__strand_advance_locked(evx_strand *s) {
@@ -55,6 +57,11 @@ int evx_strand_submit_job(evx_strand *s, evx_work_fn work, evx_done_fn done, voi
 void evx_strand_free(evx_strand *s) {
   if (!s) return;
   evx_executor *ex = s->ex;
+  if (!evx__loop_thread_ok(ex->loop)) {
+    /* A job could still be submitted to it, or its done() be running. */
+    fprintf(stderr, "evexec: evx_strand_free called off the loop thread; ignored\n");
+    return;
+  }
   int post = 0;
   pthread_mutex_lock(&ex->lock);
   post |= evx__strand_cancel_waiting_locked(s);

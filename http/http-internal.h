@@ -86,6 +86,8 @@ struct evx_http {
   size_t conn_tab_cap, conn_tab_n;
   const struct timeval *header_tv, *body_tv; /* NULL: no deadline */
   int last_bad_status; /* the scanner's last rejection (for fuzz_http's oracle) */
+  /* evx_http_shutdown (http-shutdown.c): NULL until called. */
+  struct evx__shutdown *shut;
   /* Out of descriptors (http-conn.c): a spare descriptor to accept-and-close
    * with, the backoff timer, and the rate-limited log's state. */
   int reserve_fd;
@@ -191,8 +193,21 @@ void evx__request_reply_builtin(evx_request *r, int status, const char *extra_na
 
 /* The connection of a held request is being freed by evhttp. */
 void evx__request_conn_closed(evx_request *r, struct evhttp_connection *evcon);
+/* Ask evhttp to close the connection after this reply (shutting down). */
+void evx__request_close_after(evx_request *r);
 /* Forget r's tracker (finish, zombie, release, or the connection went away). */
 void evx__request_detach_conn(evx_request *r);
+
+/* http/http-shutdown.c */
+/* evx_http_free during a shutdown: settle its future now. */
+void evx__http_shutdown_free(evx_http *h);
+/* http-conn.c: close connections with nothing in progress (shutting down). */
+void evx__conn_close_idle(evx_http *h);
+/* http-conn.c: close every tracked connection (the shutdown's hard end). */
+void evx__conn_close_all(evx_http *h);
+/* http-conn.c: write a small reply straight to a connection's socket and
+ * prepare it for closing (its output buffer must be empty). */
+void evx__conn_send_raw(evutil_socket_t fd, const char *resp, size_t n);
 
 /* http/http-conn.c */
 struct bufferevent *evx__conn_bevcb(struct event_base *base, void *arg);

@@ -210,7 +210,8 @@ void evx__request_zombify(evx_request *r, int state, int close_conn) {
     evx__http_log(h, r, 504);
   } else {
     if (state == EVX_EGONE) h->st.gone++;
-    evx__http_log(h, r, 499);
+    /* answered 503 by evx_http_shutdown at the end of its grace */
+    evx__http_log(h, r, state == EVX_ECLOSED && h->shut && !h->freed && !r->streaming ? 503 : 499);
   }
   if (r->coro) evx__coro_interrupt(r->coro, state); /* its awaits answer `state` from now on */
   if (r->on_close && event_assign(&r->notify_ev, h->base, -1, 0, evx__on_notify, r) == 0) {
@@ -225,6 +226,11 @@ static void evx__on_conn_close(struct evhttp_connection *evcon, void *arg) {
   evx_request *r = arg;
   if (r->evcon != evcon) return;
   evx__request_zombify(r, r->http->freed ? EVX_ECLOSED : EVX_EGONE, 0);
+}
+
+void evx__request_close_after(evx_request *r) {
+  struct evkeyvalq *oh = evhttp_request_get_output_headers(r->ev);
+  if (!evhttp_find_header(oh, "Connection")) evhttp_add_header(oh, "Connection", "close");
 }
 
 void evx__request_conn_closed(evx_request *r, struct evhttp_connection *evcon) {
@@ -397,6 +403,7 @@ static void evx__set_ctype(evx_request *r, const char *ctype, size_t len) {
 static int evx__send(evx_request *r, int status, const char *ctype, const void *body, size_t len) {
   evx_http *h = r->http;
   evx__unhold(r);
+  if (h->shut) evx__request_close_after(r);
   struct evbuffer *out = evhttp_request_get_output_buffer(r->ev);
   int rc = EVX_OK;
   if (len && evbuffer_add(out, body, len) != 0) {
@@ -501,6 +508,7 @@ int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
     event_del(&r->timer_ev);
     r->timing = 0;
   }
+  if (r->http->shut) evx__request_close_after(r);
   evhttp_send_reply_start(r->ev, status, evx__http_reason(status));
   if (buffered) {
     evhttp_send_reply_chunk(r->ev, r->http->scratch);

@@ -446,6 +446,7 @@ static void evx__http_do_free(evx_http *h) {
             "each must still call evx_request_finish once\n",
             (unsigned long long)(h->st.held + h->st.zombies), (unsigned long long)h->st.held,
             (unsigned long long)h->st.zombies);
+  evx__http_shutdown_free(h);
   h->freed = 1;
   evx__loop_member_remove(&h->member);
   /* Held requests become zombies first, owning their evhttp requests, so
@@ -614,7 +615,9 @@ static void evx__on_request(struct evhttp_request *ev, void *arg) {
   atomic_fetch_add(&evx__live_requests, 1);
   h->dispatching++;
 
-  if (!r->path) {
+  if (h->shut) { /* evx_http_shutdown: every reply closes its connection */
+    evx__request_reply_builtin(r, 503, "Retry-After", "1", "shutting down\n");
+  } else if (!r->path) {
     evx__request_reply_builtin(r, 400, NULL, NULL, "bad request path\n");
   } else if (h->opts.max_header_size != EVX_HTTP_UNLIMITED &&
              evx__header_size(ev) > h->opts.max_header_size) {

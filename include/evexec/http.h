@@ -39,6 +39,7 @@
 #define EVEXEC_HTTP_H
 
 #include <evexec/common.h>
+#include <evexec/future.h>
 #include <evexec/loop.h>
 
 #ifdef __cplusplus
@@ -246,6 +247,29 @@ EVX_API int evx_http_route_metrics(evx_http *http, const char *path);
  * @return EVX_OK or EVX_EINVAL.
  */
 EVX_API int evx_http_stop_accepting(evx_http *http);
+
+/**
+ * Shut the server down so that every client gets an answer:
+ *  - at once: stop listening; from now on every reply carries
+ *    `Connection: close`, and a new request on a kept-alive connection is
+ *    answered 503 + Retry-After at once; connections with nothing in
+ *    progress are closed once no request is held (or the grace ended);
+ *  - held requests may finish normally for `grace_ms`;
+ *  - then each request still held is answered 503 and becomes an
+ *    EVX_ECLOSED zombie: its on_close callback runs (cancel its job there;
+ *    a running job sees evx_job_cancelled()), its handler's finish returns
+ *    EVX_ECLOSED; a chunked reply in progress is cut off;
+ *  - the future settles (EVX_OK) once nothing is held and every connection
+ *    closed after writing its last reply, at most grace_ms + 1 s after the call.
+ * Then cancel the executors' queued jobs (evx_executor_shutdown(ex,
+ * EVX_SHUTDOWN_CANCEL): jobs of clients already answered never run) and
+ * tear down in the order of docs/GUIDE.md ("Shutdown"). Calling it again
+ * shortens the grace (0: end it now - a second SIGTERM) and returns the same
+ * future. Loop thread only.
+ * @return a future (one reference, the caller's; release it), or NULL
+ *         (NULL http, after evx_http_free, wrong thread, out of memory).
+ */
+EVX_API evx_future *evx_http_shutdown(evx_http *http, uint64_t grace_ms);
 
 /**
  * Free the server: stop listening and close every connection. Loop thread

@@ -5,15 +5,19 @@
  * One thread runs the loop (the "loop thread"): every handler, timer, future
  * callback and executor `done` runs there. The calls that are safe from any
  * thread say so ("Safe from any thread") in their comment, and they are
- * these: evx_add_callback() and evx_loop_stop() on a loop; the submits
- * (evx_submit, evx_submit_job, evx_strand_submit, evx_strand_submit_job)
- * and evx_executor_stats_get on an executor, which take its lock; the
- * same for the optional libraries' queries and counters (sqlite.h,
- * mail.h); and calls that touch no loop-bound object (evx_strerror,
- * evx_last_error, evx_request_live_count...). Every other call in evexec
+ * these: evx_add_callback() and evx_loop_stop() on a loop; on an
+ * executor, which take its lock: the submits (evx_submit, evx_submit_job,
+ * evx_strand_submit, evx_strand_submit_job), evx_executor_shutdown and
+ * evx_executor_stats_get, and evx_submit_wait, which is for the other
+ * threads only (refused on the thread running the loop); inside a job's
+ * work, evx_job_cancelled; the optional libraries' queries and counters
+ * (sqlite.h, mail.h) and the task accessors tasks.h names; and calls that
+ * touch no loop-bound object (evx_strerror, evx_last_error,
+ * evx_stats_quantile_us, evx_request_live_count...). Every other call in evexec
  * that takes an evx_loop (or an object bound to one) must be made on the
- * loop thread, and returns EVX_EINVAL (or NULL) when made from another
- * thread:
+ * loop thread; the ones that change state or call back refuse a call from
+ * another thread with EVX_EINVAL (or NULL; a void free ignores it, with one
+ * line on stderr), and changes nothing:
  *  - the loop thread is the thread that called evx_loop_new, until a thread
  *    calls evx_loop_run (then that one, also after the run returns) or
  *    evx_loop_free (then that one);
