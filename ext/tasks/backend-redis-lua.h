@@ -69,7 +69,8 @@
 
 /* LEASE  KEYS: stream, delayed, dead, dead index
  *        ARGV: group, consumer, count, visibility ms, now ms, delayed-hash
- *              prefix, claim cursor
+ *              prefix, claim cursor, "1" to look for expired leases (the
+ *              PEL scan is the costly part: the caller does it now and then)
  * Moves due delayed tasks onto the stream, takes over leases idle longer
  * than the visibility timeout (XAUTOCLAIM from the cursor), dead-letters
  * those that used their last attempt, then reads new entries (XREADGROUP,
@@ -86,7 +87,7 @@
   "  redis.call('ZREM', z, id)\n"                                                          \
   "end\n"                                                                                  \
   "local out, cursor = {}, ARGV[7]\n"                                                      \
-  "if n > 0 then\n"                                                                        \
+  "if n > 0 and ARGV[8] == '1' then\n"                                                     \
   "  local r = redis.call('XAUTOCLAIM', s, g, c, vis, cursor, 'COUNT', n)\n"               \
   "  cursor = r[1]\n"                                                                      \
   "  for _, e in ipairs(r[2]) do\n"                                                        \
@@ -113,6 +114,7 @@
 /* SETTLE  KEYS: stream, delayed, dead, dead index
  *         ARGV: group, mode (done|retry|release|fail), entry id, consumer,
  *               deliveries, attempt, error, due ms, now ms, delayed-hash prefix
+ * (DONE is not a script: XACK + XDEL, see backend-redis.c.)
  * Changes nothing (-> 0) unless the entry is still leased by this consumer
  * with this delivery count (a late answer for a lease that expired and was
  * taken over). done: ack + delete. retry: a copy with a = attempt and the

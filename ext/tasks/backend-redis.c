@@ -68,6 +68,7 @@ typedef struct rstate {
   evx_timer *closed_timer;
   evx_timer *shutdown_timer;
   size_t lease_max;
+  uint64_t last_claim_ns; /* last lease that looked for expired leases */
   uint32_t lease_vis;
   uint64_t malformed; /* entries dead-lettered as malformed */
 } rstate;
@@ -406,12 +407,21 @@ static int r_lease(void *state, size_t max, uint32_t visibility_ms) {
   if (max == 0) max = 1;
   st->lease_max = max;
   st->lease_vis = visibility_ms;
+  /* look for expired leases at most every visibility/4 (at least 20 ms):
+   * the PEL scan costs Redis far more than the read */
+  uint64_t now_ns = evx_now_ns();
+  uint64_t every = (uint64_t)(visibility_ms / 4 < 20 ? 20 : visibility_ms / 4) * 1000000u;
+  const char *claim = "0";
+  if (now_ns - st->last_claim_ns >= every) {
+    claim = "1";
+    st->last_claim_ns = now_ns;
+  }
   char count[24], vis[24], now[24];
   snprintf(count, sizeof count, "%zu", max);
   snprintf(vis, sizeof vis, "%u", (unsigned)visibility_ms);
   snprintf(now, sizeof now, "%lld", (long long)wall_ms());
   const char *argv[] = {"EVALSHA", sha, "4", st->k_stream, st->k_delayed, st->k_dead, st->k_idx,
-                        GROUP, st->consumer, count, vis, now, st->k_dprefix, st->cursor};
+                        GROUP, st->consumer, count, vis, now, st->k_dprefix, st->cursor, claim};
   int rc = evx__redis_cmd(st->main, lease_reply, st, (int)(sizeof argv / sizeof argv[0]), argv,
                           NULL);
   if (rc == EVX_OK) st->owed++;
@@ -423,20 +433,32 @@ static int r_lease(void *state, size_t max, uint32_t visibility_ms) {
 typedef struct settle_op {
   rstate *st;
   evx__task_rec *r;
+  int acked;  /* DONE: the XACK reply (1: it was leased; 0: not any more) */
+  int orphan; /* DONE whose XDEL could not be queued: the XACK callback frees it */
 } settle_op;
+
+/* DONE: the XACK reply; the XDEL reply that follows completes the op. */
+static void ack_reply(evx__redis *r, redisReply *rep, void *arg) {
+  (void)r;
+  settle_op *op = arg;
+  op->acked = rep && rep->type == REDIS_REPLY_INTEGER ? (int)rep->integer : -1;
+  if (op->orphan) evx_free(op);
+}
 
 static void settle_reply(evx__redis *r, redisReply *rep, void *arg) {
   (void)r;
   settle_op *op = arg;
   rstate *st = op->st;
   evx__task_rec *rec = op->r;
+  int acked = op->acked;
   evx_free(op);
   if (st->freed) return;
   st->owed--;
   int rc = reply_error(st, rep, "settle");
   if (rc == EVX_OK && rep->type != REDIS_REPLY_INTEGER) rc = EVX_EIO;
+  if (rc == EVX_OK && acked == -1) rc = EVX_EIO; /* DONE: the XACK failed */
   /* 0: the lease was no longer ours (expired and taken over): nothing changed */
-  if (rc == EVX_OK && rep->integer == 0) rc = EVX_EGONE;
+  if (rc == EVX_OK && (acked == 0 || rep->integer == 0)) rc = EVX_EGONE;
   evx__tasks_settled(st->q, rec, rc);
   maybe_closed(st);
 }
@@ -458,7 +480,29 @@ static int settle_cmd(rstate *st, evx__task_rec *r, const char *mode, uint64_t d
   snprintf(now, sizeof now, "%lld", (long long)now_ms);
   settle_op *op = evx_malloc(sizeof *op);
   if (!op) return EVX_ENOMEM;
-  *op = (settle_op){st, r};
+  *op = (settle_op){st, r, 1, 0};
+  if (strcmp(mode, "done") == 0) {
+    /* DONE is the common case: XACK + XDEL (no script; pipelined with the
+     * other settles of this iteration). XACK answers 0 when the entry is not
+     * leased any more (its lease expired and another consumer finished or
+     * retried it): nothing is deleted then but an id nobody holds. A late
+     * DONE for a lease another consumer took over acks that lease: the task
+     * did complete, and the other consumer's answer finds it gone. */
+    const char *ack[] = {"XACK", st->k_stream, GROUP, entry};
+    const char *del[] = {"XDEL", st->k_stream, entry};
+    if (evx__redis_cmd(st->main, ack_reply, op, 4, ack, NULL) != EVX_OK) {
+      evx_free(op);
+      return EVX_EIO;
+    }
+    /* queued right after the XACK on the same connection: only no memory
+     * fails it; the XACK may still apply (the task did complete) */
+    if (evx__redis_cmd(st->main, settle_reply, op, 3, del, NULL) != EVX_OK) {
+      op->orphan = 1;
+      return EVX_EIO;
+    }
+    st->owed++;
+    return EVX_OK;
+  }
   const char *argv[] = {"EVALSHA", sha, "4", st->k_stream, st->k_delayed, st->k_dead, st->k_idx,
                         GROUP, mode, entry, st->consumer, slash + 1, att,
                         r->last_error ? r->last_error : "", due, now, st->k_dprefix};
