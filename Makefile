@@ -8,6 +8,7 @@ PREFIX   ?= $(CURDIR)/$(BUILD)/stage
 # Runtime + test dependencies (Debian package names).
 DEPS      = build-essential cmake pkg-config libevent-dev check libsqlite3-dev \
             libcurl4-openssl-dev libjansson-dev libuv1-dev curl python3 python3-aiosmtpd \
+            python3-prometheus-client \
             redis-server libhiredis-dev
 # The Redis suites start their own redis-server; ext/tasks' Redis backend
 # needs hiredis (with its libevent adapter). Celery and RQ are the task-queue

@@ -36,4 +36,13 @@ static inline evx__list *evx__list_pop_head(evx__list *h) {
   return n;
 }
 
+/* This thread's identity for lock-free "is this the loop thread" checks: the
+ * address of a thread-local, distinct for every live thread. */
+const void *evx__thread_me(void);
+
+/* A loop exists that was allocated with the current allocator (one hold per
+ * live loop): evx_set_allocator refuses to switch while any is held. */
+void evx__alloc_hold(void);
+void evx__alloc_release(void);
+
 #endif

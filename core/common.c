@@ -4,9 +4,13 @@
  * DESIGN: every allocation in evexec goes through evx__alloc (the hook set by
  * evx_set_allocator), so tests can fail the Nth allocation and count leaks.
  * The hook is set once before any object exists; it is read without a lock.
+ * Every evexec object hangs off a loop, so a count of live loops
+ * (evx__alloc_hold/release) is what evx_set_allocator checks before it
+ * switches: memory from the old allocator must never reach the new free.
  */
 #include "common-internal.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -46,17 +50,25 @@ static struct {
   void (*free_fn)(void *);
 } evx__allocator = {malloc, realloc, calloc, free};
 
+static atomic_long evx__live_loops;
+
+void evx__alloc_hold(void) { atomic_fetch_add(&evx__live_loops, 1); }
+void evx__alloc_release(void) { atomic_fetch_sub(&evx__live_loops, 1); }
+
 int evx_set_allocator(void *(*malloc_fn)(size_t), void *(*realloc_fn)(void *, size_t),
                       void *(*calloc_fn)(size_t, size_t), void (*free_fn)(void *)) {
   int given = (malloc_fn != NULL) + (realloc_fn != NULL) + (calloc_fn != NULL) + (free_fn != NULL);
+  if (given != 0 && given != 4) return EVX_EINVAL;
   if (given == 0) {
-    evx__allocator.malloc_fn = malloc;
-    evx__allocator.realloc_fn = realloc;
-    evx__allocator.calloc_fn = calloc;
-    evx__allocator.free_fn = free;
-    return EVX_OK;
+    malloc_fn = malloc;
+    realloc_fn = realloc;
+    calloc_fn = calloc;
+    free_fn = free;
   }
-  if (given != 4) return EVX_EINVAL;
+  int same = evx__allocator.malloc_fn == malloc_fn && evx__allocator.realloc_fn == realloc_fn &&
+             evx__allocator.calloc_fn == calloc_fn && evx__allocator.free_fn == free_fn;
+  if (same) return EVX_OK;
+  if (atomic_load(&evx__live_loops) > 0) return EVX_EBUSY;
   evx__allocator.malloc_fn = malloc_fn;
   evx__allocator.realloc_fn = realloc_fn;
   evx__allocator.calloc_fn = calloc_fn;
@@ -80,6 +92,10 @@ char *evx_strdup(const char *s) {
   if (d) memcpy(d, s, n);
   return d;
 }
+
+static _Thread_local char evx__thread_token;
+
+const void *evx__thread_me(void) { return &evx__thread_token; }
 
 uint64_t evx_now_ns(void) {
   struct timespec ts;

@@ -13,6 +13,8 @@
 #include "future-internal.h"
 #include "loop-internal.h"
 
+#include <stdio.h>
+
 struct evx_condition {
   evx_loop *loop;
   evx__list waiters;
@@ -105,6 +107,11 @@ size_t evx_condition_waiters(const evx_condition *c) { return c ? c->n : 0; }
 
 void evx_condition_free(evx_condition *c) {
   if (!c) return;
+  if (!evx__loop_thread_ok(c->loop)) {
+    /* Off the loop thread it would race the loop over the waiters' futures. */
+    fprintf(stderr, "evexec: evx_condition_free called off the loop thread; ignored\n");
+    return;
+  }
   while (!evx__list_empty(&c->waiters))
     evx__waiter_end(EVX__CONTAINER_OF(c->waiters.next, evx__waiter, link), EVX_ECLOSED);
   evx_free(c);

@@ -40,16 +40,30 @@ extern "C" {
 typedef struct evx__loop_member evx__loop_member;
 typedef void (*evx__member_fn)(evx__loop_member *m);
 
+struct evx_metrics;
 struct evx__loop_member {
   evx__list link;             /* in the loop's member list, oldest first */
   evx__member_fn on_run_exit; /* may be NULL */
   evx__member_fn on_free;     /* never NULL */
+  /* Adds the member's samples to the text evx_loop_metrics_text builds;
+   * NULL: the member has none. Set with evx__loop_member_set_metrics. */
+  void (*on_metrics)(evx__loop_member *m, struct evx_metrics *out);
 };
 
 /* Register m (embedded in the object; zero-initialised or never added) with
  * loop. on_free must not be NULL. Loop thread only. */
 EVX_API void evx__loop_member_add(evx_loop *loop, evx__loop_member *m, evx__member_fn on_run_exit,
                                   evx__member_fn on_free);
+
+/* Export metrics from m (after evx__loop_member_add). Members are asked in
+ * the order they were added. Loop thread only. */
+EVX_API void evx__loop_member_set_metrics(evx__loop_member *m,
+                                          void (*fn)(evx__loop_member *m, struct evx_metrics *out));
+
+/* Call fn(m, arg) for every member, oldest first. fn must not add or
+ * remove members. Loop thread only. */
+EVX_API void evx__loop_member_foreach(evx_loop *loop, void (*fn)(evx__loop_member *m, void *arg),
+                                      void *arg);
 
 /* Unregister m; a no-op when it is not registered (never added, already
  * removed, or being closed by evx_loop_free). Loop thread only. */

@@ -11,4 +11,7 @@
 typedef void (*evx__cancel_hook)(evx_future *f, void *ctx);
 void evx__future_set_cancel_hook(evx_future *f, evx__cancel_hook fn, void *ctx);
 
+/* Undo evx_future_on_done(f, cb, arg) if that callback has not started yet. */
+void evx__future_remove_cb(evx_future *f, evx_future_cb cb, void *arg);
+
 #endif

@@ -163,8 +163,8 @@ int evx_future_on_done(evx_future *f, evx_future_cb cb, void *arg) {
   return EVX_OK;
 }
 
-/* Undo an evx_future_on_done whose callback has not run. */
-static void evx__future_remove_cb(evx_future *f, evx_future_cb cb, void *arg) {
+/* Undo an evx_future_on_done whose callback has not run (a no-op once it ran). */
+void evx__future_remove_cb(evx_future *f, evx_future_cb cb, void *arg) {
   for (size_t i = f->next_cb; i < f->ncbs; i++) {
     if (f->cbs[i].cb == cb && f->cbs[i].arg == arg) {
       memmove(&f->cbs[i], &f->cbs[i + 1], (f->ncbs - i - 1) * sizeof f->cbs[0]);

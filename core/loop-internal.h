@@ -40,4 +40,13 @@ void evx__loop_defer(evx_loop *loop, evx__cbnode *node);
  * thread-local check: cheap, and never true on another thread. */
 int evx__loop_running_here(evx_loop *loop);
 
+/* The newest registered member closed by on_free, or NULL: for per-loop
+ * state of core/ modules that has no owner object of its own (coroutines).
+ * Loop thread only. */
+evx__loop_member *evx__loop_member_find(evx_loop *loop, evx__member_fn on_free);
+
+/* 1 once evx_loop_free(loop) has started (objects that would register a
+ * new member then refuse). */
+int evx__loop_freeing(evx_loop *loop);
+
 #endif

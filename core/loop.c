@@ -23,11 +23,14 @@
  */
 #include "loop-internal.h"
 
+#include "handle-internal.h"
+
 #include <errno.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -36,14 +39,28 @@
 #define EVX__NODE_CACHE_MAX 4096
 #define EVX__FREE_DRAIN_ROUNDS 1000
 
-struct evx_timer {
+/* A pending timer. The public evx_timer * is not its address but its
+ * handle (handle-internal.h), live exactly while the timer is pending: from
+ * evx_call_later until it fires (dropped before fn runs) or is cancelled.
+ * A handle kept past that names nothing, so evx_timer_cancel on it answers
+ * EVX_EINVAL instead of freeing memory twice or cancelling a later timer. */
+typedef struct evx__timer {
   evx__list link; /* in loop->timers while pending */
   struct event ev;
   evx_loop *loop;
   evx_cb fn;
   void *arg;
-  int firing;
-};
+  evx__hid id;
+} evx__timer;
+
+/* One evx_loop_on_signal registration. */
+typedef struct evx__signal {
+  evx__list link; /* in loop->signals */
+  struct event ev;
+  int signum;
+  evx_signal_fn fn;
+  void *arg;
+} evx__signal;
 
 struct evx_loop {
   struct event_base *base;
@@ -62,16 +79,23 @@ struct evx_loop {
 
   atomic_int stop_requested;
   atomic_int running;
-  /* Written under lock before running is set. Read either after running was
-   * seen set (lock-free), or under lock (evx_loop_in_thread, which may run on
-   * any thread at any time, also while evx_loop_run starts). */
-  pthread_t thread;
+  /* The loop thread, as the address of that thread's evx__thread_token (a
+   * thread-local, so each live thread has its own): set by evx_loop_new,
+   * evx_loop_run and evx_loop_free. An atomic pointer, so any thread may
+   * compare itself against it at any time without a lock. */
+  _Atomic(const void *) owner;
+  /* The base was adopted: the caller may run it with event_base_dispatch(),
+   * which evexec cannot see, so the thread checks hold whether or not
+   * evx_loop_run is running (see evx__loop_thread_ok). Constant. */
+  int adopted;
 
   /* Loop thread only. */
   evx__cbnode *batch; /* remaining nodes of the batch being run */
   evx__cbnode *defer_head, *defer_tail;
   evx__list timers;
+  evx__list signals; /* evx__signal.link */
   evx__list members; /* evx__loop_member.link, oldest first (see evx-private.h) */
+  int freeing;       /* evx_loop_free has started */
 };
 
 static void evx__loop_wake(evx_loop *loop) {
@@ -160,6 +184,7 @@ evx_loop *evx_loop_new(struct event_base *base) {
   }
   if (base) {
     loop->base = base;
+    loop->adopted = 1;
   } else {
     /* PRECISE_TIMER: libevent's default monotonic clock is the coarse one
      * (one tick is 1-10 ms), which lets timers fire up to a tick early. */
@@ -183,9 +208,11 @@ evx_loop *evx_loop_new(struct event_base *base) {
   }
   atomic_init(&loop->stop_requested, 0);
   atomic_init(&loop->running, 0);
-  loop->thread = pthread_self();
+  atomic_init(&loop->owner, evx__thread_me());
   evx__list_init(&loop->timers);
+  evx__list_init(&loop->signals);
   evx__list_init(&loop->members);
+  evx__alloc_hold();
   return loop;
 
 fail:
@@ -206,9 +233,7 @@ int evx_loop_run(evx_loop *loop) {
    * readers treat 2 like 0 until the thread is recorded and 1 is stored. */
   int idle = 0;
   if (!atomic_compare_exchange_strong(&loop->running, &idle, 2)) return EVX_EINVAL;
-  pthread_mutex_lock(&loop->lock);
-  loop->thread = pthread_self();
-  pthread_mutex_unlock(&loop->lock);
+  atomic_store(&loop->owner, evx__thread_me());
   atomic_store(&loop->running, 1);
   evx_loop *outer = evx__running_loop;
   evx__running_loop = loop;
@@ -228,7 +253,7 @@ int evx__loop_running_here(evx_loop *loop) { return evx__running_loop == loop; }
 
 int evx_loop_stop(evx_loop *loop) {
   if (!loop) return EVX_EINVAL;
-  if (atomic_load(&loop->running) == 1 && pthread_equal(pthread_self(), loop->thread)) {
+  if (atomic_load(&loop->running) == 1 && atomic_load(&loop->owner) == evx__thread_me()) {
     event_base_loopbreak(loop->base);
     return EVX_OK;
   }
@@ -239,14 +264,16 @@ int evx_loop_stop(evx_loop *loop) {
 
 int evx_loop_in_thread(evx_loop *loop) {
   if (!loop) return 0;
-  pthread_mutex_lock(&loop->lock);
-  int in = pthread_equal(pthread_self(), loop->thread) != 0;
-  pthread_mutex_unlock(&loop->lock);
-  return in;
+  return atomic_load(&loop->owner) == evx__thread_me();
 }
 
+/* The loop thread always passes. Another thread passes only while an owned
+ * base is not running (set-up and teardown around evx_loop_run): an adopted
+ * base may be inside event_base_dispatch() on its thread at any moment, which
+ * `running` cannot tell, so for it the check never relaxes. */
 int evx__loop_thread_ok(evx_loop *loop) {
-  return atomic_load(&loop->running) != 1 || pthread_equal(pthread_self(), loop->thread);
+  if (atomic_load(&loop->owner) == evx__thread_me()) return 1;
+  return !loop->adopted && atomic_load(&loop->running) != 1;
 }
 
 struct event_base *evx_loop_base(evx_loop *loop) { return loop ? loop->base : NULL; }
@@ -339,7 +366,29 @@ void evx__loop_member_add(evx_loop *loop, evx__loop_member *m, evx__member_fn on
                           evx__member_fn on_free) {
   m->on_run_exit = on_run_exit;
   m->on_free = on_free;
+  m->on_metrics = NULL;
   evx__list_insert_tail(&loop->members, &m->link);
+}
+
+int evx__loop_freeing(evx_loop *loop) { return loop->freeing; }
+
+evx__loop_member *evx__loop_member_find(evx_loop *loop, evx__member_fn on_free) {
+  for (evx__list *l = loop->members.prev; l != &loop->members; l = l->prev) {
+    evx__loop_member *m = EVX__CONTAINER_OF(l, evx__loop_member, link);
+    if (m->on_free == on_free) return m;
+  }
+  return NULL;
+}
+
+void evx__loop_member_set_metrics(evx__loop_member *m,
+                                  void (*fn)(evx__loop_member *m, struct evx_metrics *out)) {
+  m->on_metrics = fn;
+}
+
+void evx__loop_member_foreach(evx_loop *loop, void (*fn)(evx__loop_member *m, void *arg),
+                              void *arg) {
+  for (evx__list *l = loop->members.next; l != &loop->members; l = l->next)
+    fn(EVX__CONTAINER_OF(l, evx__loop_member, link), arg);
 }
 
 void evx__loop_member_remove(evx__loop_member *m) {
@@ -352,6 +401,10 @@ void evx_loop_free(evx_loop *loop) {
     fprintf(stderr, "evexec: evx_loop_free called while the loop runs; ignored\n");
     return;
   }
+  loop->freeing = 1;
+  /* The freeing thread is the loop thread from here on: the teardown below
+   * makes loop-thread calls (members' free functions, callbacks). */
+  atomic_store(&loop->owner, evx__thread_me());
   /* The ownership rule (evx-private.h): close every member, newest first.
    * Unlinked before on_free, which may close other members too. */
   while (!evx__list_empty(&loop->members)) {
@@ -386,9 +439,15 @@ void evx_loop_free(evx_loop *loop) {
 
   evx__list *l;
   while ((l = evx__list_pop_head(&loop->timers)) != NULL) {
-    evx_timer *t = EVX__CONTAINER_OF(l, evx_timer, link);
+    evx__timer *t = EVX__CONTAINER_OF(l, evx__timer, link);
     event_del(&t->ev);
+    evx__handle_drop(t->id);
     evx_free(t);
+  }
+  while ((l = evx__list_pop_head(&loop->signals)) != NULL) {
+    evx__signal *sg = EVX__CONTAINER_OF(l, evx__signal, link);
+    event_del(&sg->ev);
+    evx_free(sg);
   }
   for (evx__cbnode *n = loop->free_nodes, *next; n; n = next) {
     next = n->next;
@@ -400,39 +459,91 @@ void evx_loop_free(evx_loop *loop) {
   if (loop->owns_base) event_base_free(loop->base);
   pthread_mutex_destroy(&loop->lock);
   evx_free(loop);
+  evx__alloc_release();
 }
 
 static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
-  evx_timer *t = arg;
+  evx__timer *t = arg;
   evx__list_remove(&t->link);
-  t->firing = 1;
+  evx__handle_drop(t->id); /* from here on a cancel of this timer is EVX_EINVAL */
   t->fn(t->arg);
   evx_free(t);
 }
 
 evx_timer *evx_call_later(evx_loop *loop, uint64_t ms, evx_cb fn, void *arg) {
   if (!loop || !fn || !evx__loop_thread_ok(loop)) return NULL;
-  evx_timer *t = evx_calloc(1, sizeof *t);
+  evx__timer *t = evx_calloc(1, sizeof *t);
   if (!t) return NULL;
   t->loop = loop;
   t->fn = fn;
   t->arg = arg;
   struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)((ms % 1000) * 1000)};
+  if (evx__handle_new(t, &t->id) != EVX_OK) {
+    evx_free(t);
+    return NULL;
+  }
   if (event_assign(&t->ev, loop->base, -1, 0, evx__on_timer, t) != 0 ||
       event_add(&t->ev, &tv) != 0) {
+    evx__handle_drop(t->id);
     evx_free(t);
     return NULL;
   }
   evx__list_insert_tail(&loop->timers, &t->link);
-  return t;
+  return (evx_timer *)t->id;
 }
 
-int evx_timer_cancel(evx_timer *t) {
-  if (!t || t->firing || !evx__loop_thread_ok(t->loop)) return EVX_EINVAL;
+/* Under the handle table's lock: only the timer's loop thread may take it. */
+static int evx__timer_take_ok(void *obj) { return evx__loop_thread_ok(((evx__timer *)obj)->loop); }
+
+int evx_timer_cancel(evx_timer *handle) {
+  if (!handle) return EVX_EINVAL;
+  evx__timer *t = evx__handle_take((evx__hid)handle, evx__timer_take_ok);
+  if (!t) return EVX_EINVAL; /* fired, cancelled, never issued, or not our thread */
   event_del(&t->ev);
   evx__list_remove(&t->link);
   evx_free(t);
+  return EVX_OK;
+}
+
+/* ---- signals ---------------------------------------------------------- */
+
+static void evx__on_signal(evutil_socket_t sig, short what, void *arg) {
+  (void)sig;
+  (void)what;
+  evx__signal *sg = arg;
+  sg->fn(sg->signum, sg->arg);
+}
+
+int evx_loop_on_signal(evx_loop *loop, int signum, evx_signal_fn fn, void *arg) {
+  if (!loop || signum <= 0 || signum >= NSIG || signum == SIGKILL || signum == SIGSTOP ||
+      !evx__loop_thread_ok(loop))
+    return EVX_EINVAL;
+  for (evx__list *l = loop->signals.next; l != &loop->signals; l = l->next) {
+    evx__signal *sg = EVX__CONTAINER_OF(l, evx__signal, link);
+    if (sg->signum != signum) continue;
+    if (fn) { /* replace: the event stays, only the callback changes */
+      sg->fn = fn;
+      sg->arg = arg;
+    } else {
+      event_del(&sg->ev);
+      evx__list_remove(&sg->link);
+      evx_free(sg);
+    }
+    return EVX_OK;
+  }
+  if (!fn) return EVX_OK;
+  evx__signal *sg = evx_calloc(1, sizeof *sg);
+  if (!sg) return EVX_ENOMEM;
+  sg->signum = signum;
+  sg->fn = fn;
+  sg->arg = arg;
+  if (evsignal_assign(&sg->ev, loop->base, signum, evx__on_signal, sg) != 0 ||
+      evsignal_add(&sg->ev, NULL) != 0) {
+    evx_free(sg);
+    return EVX_EIO;
+  }
+  evx__list_insert_tail(&loop->signals, &sg->link);
   return EVX_OK;
 }

@@ -21,28 +21,24 @@
  *   only the worker that makes the completed list non-empty posts
  *   ex->post_node to the loop (one wakeup per batch); the loop takes the
  *   whole list at once.
- * - Submits from our own done() callbacks are batched (the "next job"
- *   pattern: the loop thread runs done() and submits again). The first one
- *   of a drain takes the locked path and wakes a worker at once, so a lone
- *   job starts without waiting for the drain to end. After it, while the
- *   loop thread drains ex's completions (evx__draining_ex == ex), evx_submit
- *   takes no lock: it uses a queue slot reserved in advance and a node recycled by
- *   this drain, and appends the job to ex->deferred, which only the draining
- *   thread touches. Every EVX__WAKE_BATCH jobs and when the batch of done()
- *   callbacks ends, evx__refill() moves them onto ex->queue under one lock
- *   and wakes the idle workers they need (one signal per batch, not one per
- *   job). Reservation keeps max_queue exact: ex->reserved (under the lock)
- *   counts slots handed to the draining thread and not yet spliced, and
- *   every submitter checks nqueued + reserved < max_queue. Consequences, all
- *   bounded by one batch and confined to the drain: another thread may see
- *   EVX_EBUSY up to EVX__WAKE_BATCH - 1 jobs early, stats read from another
- *   thread may miss up to that many accepted jobs (the draining thread's own
- *   stats_get, cancel and shutdown splice first, so it sees them), and a
- *   deferred job's queue wait is counted from the splice. A job waits on
- *   ex->deferred only while the draining thread runs done() callbacks.
+ * - The in-drain fast path (kept because it is measured: the roundtrip
+ *   benchmark, a done() that submits the next job, runs at 2.2-2.4x libuv's
+ *   uv_queue_work with it and 0.6-0.9x without). While the loop thread
+ *   drains ex's completions, the second and later submits to ex from its
+ *   done() callbacks take no lock: evx__submit_deferred queues the job on
+ *   ex->deferred, in a slot and on a node taken in advance, and
+ *   evx__refill / the drain's end splice the batch onto ex->queue under one
+ *   lock and one wakeup (every EVX__WAKE_BATCH jobs, and when the drain
+ *   ends). The first submit of a drain takes the locked path and wakes a
+ *   worker at once, so a lone job does not wait for the drain to end. The
+ *   invariants are written at the fields they guard (executor-internal.h:
+ *   reserved, slots, deferred, ndeferred, lfree, closed_pub, cancel_all);
+ *   every entry point that must see deferred jobs opens with
+ *   evx__lock_spliced. What users can observe is in executor.h (stats
+ *   from other threads during a drain).
  *   Submits that cannot take the fast path (other threads, strands, nested
  *   drains) take the lock; inside a drain they too leave their wakeups owed
- *   (ex->wakes_owed), paid by the same refill.
+ *   (ex->wakes_owed), paid by the same splice.
  * - Wakeups owed by the loop thread: on the thread running the loop (an
  *   HTTP handler, a timer, a future callback), the first submit of a loop
  *   iteration wakes a worker at once, so a lone job starts without delay,
@@ -165,6 +161,36 @@ static void evx__list_append_all(evx__list *dst, evx__list *src) {
   evx__list_init(src);
 }
 
+/* ---- the job free list (ex->free_jobs, under the lock) ---- */
+
+/* A cached node, or NULL. */
+static evx_job *evx__free_pop_locked(evx_executor *ex) {
+  evx_job *job = ex->free_jobs;
+  if (job) {
+    ex->free_jobs = job->next_done;
+    ex->nfree--;
+  }
+  return job;
+}
+
+/* Cache a node whose done() ran; 0 when the cache is full (free it unlocked). */
+static int evx__free_push_locked(evx_executor *ex, evx_job *job) {
+  if (ex->nfree >= EVX__JOB_CACHE_MAX) return 0;
+  job->next_done = ex->free_jobs;
+  ex->free_jobs = job;
+  ex->nfree++;
+  return 1;
+}
+
+/* Free a chain of nodes linked by next_done. */
+static void evx__free_chain(evx_job *job) {
+  while (job) {
+    evx_job *next = job->next_done;
+    evx_free(job);
+    job = next;
+  }
+}
+
 /* ex->lock held, by ex's draining thread. Move the deferred jobs onto the run
  * queue - or cancel them, when a shutdown(CANCEL) came after they were
  * accepted - give back the unused slots and pay the wakeups owed. `now` is
@@ -197,14 +223,50 @@ static int evx__splice_locked(evx_executor *ex, uint64_t now) {
   return post;
 }
 
+/* ex->lock held. Estimated queue wait of a job submitted now: 0 while a
+ * worker is free for it; else, with every worker busy and k jobs ahead, it
+ * starts after k + 1 completions, which n workers deliver every run_ewma / n
+ * on average, the first after about half of that: ewma * (2k + 1) / (2n).
+ * Before the first job completed the run time is unknown: 0 (then only the
+ * deadline at the worker sheds load). */
+static uint64_t evx__wait_estimate_locked(evx_executor *ex) {
+  size_t n = ex->nthreads, busy = ex->nrunning < n ? ex->nrunning : n;
+  size_t ahead = ex->nqueued + ex->reserved;
+  if (ahead < n - busy) return 0;
+  uint64_t k = ahead - (n - busy);
+  return ex->run_ewma_ns * (2 * k + 1) / (2 * (uint64_t)n);
+}
+
+/* ex->lock held. 1 when load shedding refuses a new job (counted). */
+static int evx__shed_locked(evx_executor *ex) {
+  if (!ex->target_ns || evx__wait_estimate_locked(ex) <= ex->target_ns) return 0;
+  ex->stats.rejected++;
+  ex->stats.shed++;
+  return 1;
+}
+
+/* The opening of every entry point that must see the jobs a drain deferred:
+ * lock ex and, when `own` - the caller is the thread running ex's drain, the
+ * only one that may touch ex->deferred - splice them onto the queue first.
+ * `now` dates them (0: read the clock if there is anything to splice).
+ * Returns with ex->lock held: 1 when the caller must evx__post(ex) after
+ * unlocking. */
+static int evx__lock_spliced(evx_executor *ex, int own, uint64_t now) {
+  if (own && !now && ex->ndeferred) now = evx_now_ns();
+  pthread_mutex_lock(&ex->lock);
+  return own ? evx__splice_locked(ex, now) : 0;
+}
+
+int evx__lock_seeing_deferred(evx_executor *ex) {
+  return evx__lock_spliced(ex, evx__draining_ex == ex, 0);
+}
+
 /* ex's draining thread: splice the deferred jobs, then reserve up to `want`
  * new slots (and take as many free nodes). Returns EVX_OK, or EVX_ECLOSED /
  * EVX_EBUSY when want > 0 and no slot could be reserved. */
 static int evx__refill(evx_executor *ex, size_t want) {
-  uint64_t now = ex->ndeferred ? evx_now_ns() : 0;
   int rc = EVX_OK;
-  pthread_mutex_lock(&ex->lock);
-  int post = evx__splice_locked(ex, now);
+  int post = evx__lock_spliced(ex, 1, 0);
   if (want && ex->closed) {
     rc = EVX_ECLOSED;
   } else if (want) {
@@ -213,13 +275,13 @@ static int evx__refill(evx_executor *ex, size_t want) {
     if (avail == 0) {
       ex->stats.rejected++;
       rc = EVX_EBUSY;
+    } else if (evx__shed_locked(ex)) {
+      rc = EVX_EBUSY;
     } else {
       ex->slots = avail < want ? avail : want;
       ex->reserved += ex->slots;
-      for (size_t i = 0; i < ex->slots && ex->free_jobs; i++) {
-        evx_job *job = ex->free_jobs;
-        ex->free_jobs = job->next_done;
-        ex->nfree--;
+      evx_job *job;
+      for (size_t i = 0; i < ex->slots && (job = evx__free_pop_locked(ex)) != NULL; i++) {
         job->next_done = ex->lfree;
         ex->lfree = job;
       }
@@ -239,6 +301,8 @@ static void evx__job_fill(evx_job *job, evx_executor *ex, evx_strand *s, evx_wor
   job->ex = ex;
   job->strand = s;
   job->state = JOB_QUEUED;
+  job->hid = 0;
+  atomic_store_explicit(&job->cancel_requested, 0, memory_order_relaxed);
 }
 
 /* evx_submit from one of ex's own done() callbacks: no lock (see DESIGN). */
@@ -259,10 +323,15 @@ static int evx__submit_deferred(evx_executor *ex, evx_work_fn work, evx_done_fn 
     if (!job) return EVX_ENOMEM; /* the slot stays unused; the next splice returns it */
   }
   evx__job_fill(job, ex, NULL, work, done, arg);
+  if (handle && evx__handle_new(job, &job->hid) != EVX_OK) {
+    job->next_done = ex->lfree; /* unused: the slot returns at the next splice */
+    ex->lfree = job;
+    return EVX_ENOMEM;
+  }
   evx__list_insert_tail(&ex->deferred, &job->link);
   ex->slots--;
   ex->ndeferred++;
-  if (handle) *handle = job;
+  if (handle) *handle = (evx_job *)job->hid;
   return EVX_OK;
 }
 
@@ -305,6 +374,14 @@ int evx__cancel_locked(evx_executor *ex, evx_job *job) {
   return evx__complete_locked(ex, job, JOB_CANCELLED);
 }
 
+/* The job whose work runs on this worker thread now (evx_job_cancelled). */
+static _Thread_local evx_job *evx__current_job;
+
+int evx_job_cancelled(void) {
+  evx_job *job = evx__current_job;
+  return job && atomic_load_explicit(&job->cancel_requested, memory_order_relaxed);
+}
+
 static void *evx__worker(void *arg) {
   evx_executor *ex = arg;
   int post = 0; /* our last completion made ex->completed non-empty: post it, unlocked */
@@ -342,8 +419,18 @@ static void *evx__worker(void *arg) {
     if (evx__list_empty(&ex->queue)) break;
 
     evx_job *job = EVX__CONTAINER_OF(evx__list_pop_head(&ex->queue), evx_job, link);
-    job->state = JOB_RUNNING;
     uint64_t t0 = now ? now : evx_now_ns();
+    if (ex->target_ns && t0 > job->t_queued + ex->target_ns) {
+      /* Waited past its deadline: end it unrun (done: EVX_ETIMEDOUT), and
+       * take the next - whose deadline is later, as the queue is FIFO. */
+      ex->nqueued--;
+      ex->stats.cancelled++;
+      ex->stats.expired++;
+      if (job->strand) evx__strand_advance_locked(job->strand);
+      post |= evx__complete_locked(ex, job, JOB_EXPIRED);
+      continue;
+    }
+    job->state = JOB_RUNNING;
     /* A job queued after `now` was read has not waited at all. */
     evx__record(&ex->stats.wait_ns_total, &ex->stats.wait_ns_max, ex->stats.wait_hist,
                 t0 > job->t_queued ? t0 - job->t_queued : 0);
@@ -351,12 +438,16 @@ static void *evx__worker(void *arg) {
     ex->nrunning++;
     pthread_mutex_unlock(&ex->lock);
 
+    evx__current_job = job;
     job->work(job->arg);
+    evx__current_job = NULL;
     now = evx_now_ns();
     uint64_t run_ns = now - t0;
 
     pthread_mutex_lock(&ex->lock);
     evx__record(&ex->stats.run_ns_total, &ex->stats.run_ns_max, ex->stats.run_hist, run_ns);
+    if (ex->target_ns)
+      ex->run_ewma_ns = ex->run_ewma_ns ? ex->run_ewma_ns - ex->run_ewma_ns / 8 + run_ns / 8 : run_ns;
     if (job->strand) evx__strand_advance_locked(job->strand);
     post = evx__complete_locked(ex, job, JOB_DONE);
     ex->nrunning--;
@@ -382,7 +473,11 @@ static void evx__executor_drain(void *arg) {
   evx__draining_ex = ex;
   for (evx_job *job = list, *next; job; job = next) {
     next = job->next_done;
-    if (job->done) job->done(job->arg, job->state == JOB_CANCELLED ? EVX_ECANCELED : EVX_OK);
+    if (job->done)
+      job->done(job->arg, job->state == JOB_CANCELLED  ? EVX_ECANCELED
+                          : job->state == JOB_EXPIRED ? EVX_ETIMEDOUT
+                                                      : EVX_OK);
+    if (job->hid) evx__handle_drop(job->hid); /* done ran: the handle is stale from now on */
     /* done() ran: the node is free, and the next deferred submit reuses it. */
     job->next_done = ex->lfree;
     ex->lfree = job;
@@ -391,29 +486,19 @@ static void evx__executor_drain(void *arg) {
   ex->draining = 0;
 
   /* Splice what our done() callbacks submitted, and recycle the nodes. */
-  uint64_t now = ex->ndeferred ? evx_now_ns() : 0;
   evx_job *extra = NULL;
-  pthread_mutex_lock(&ex->lock);
-  int post = evx__splice_locked(ex, now);
+  int post = evx__lock_spliced(ex, 1, 0);
   while (ex->lfree) {
     evx_job *job = ex->lfree;
     ex->lfree = job->next_done;
-    if (ex->nfree < EVX__JOB_CACHE_MAX) {
-      job->next_done = ex->free_jobs;
-      ex->free_jobs = job;
-      ex->nfree++;
-    } else {
+    if (!evx__free_push_locked(ex, job)) {
       job->next_done = extra;
       extra = job;
     }
   }
   pthread_mutex_unlock(&ex->lock);
   if (post) evx__post(ex);
-  while (extra) {
-    evx_job *next = extra->next_done;
-    evx_free(extra);
-    extra = next;
-  }
+  evx__free_chain(extra);
   if (ex->free_requested && !ex->freeing) evx_executor_free(ex);
 }
 
@@ -436,7 +521,9 @@ evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
   if (opts) o = *opts;
   if (o.threads == 0) o.threads = EVX__DEFAULT_THREADS;
   if (o.max_queue == 0) o.max_queue = EVX__DEFAULT_MAX_QUEUE;
-  if (o.threads > EVX__MAX_THREADS || o.spin_us > EVX__MAX_SPIN_US) return NULL;
+  if (o.threads > EVX__MAX_THREADS || o.spin_us > EVX__MAX_SPIN_US ||
+      o.target_wait_us > EVX__MAX_TARGET_WAIT_US)
+    return NULL;
 
   evx_executor *ex = evx_calloc(1, sizeof *ex);
   if (!ex) return NULL;
@@ -472,6 +559,7 @@ evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
   atomic_init(&ex->closed_pub, 0);
   atomic_init(&ex->queue_gen, 0);
   ex->spin_ns = (uint64_t)o.spin_us * 1000;
+  ex->target_ns = (uint64_t)o.target_wait_us * 1000;
   ex->stats.threads = o.threads;
   ex->post_node.fn = evx__executor_drain;
   ex->post_node.arg = ex;
@@ -494,6 +582,7 @@ evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
     ex->started++;
   }
   evx__loop_member_add(loop, &ex->member, evx__executor_on_run_exit, evx__executor_on_free);
+  evx__loop_member_set_metrics(&ex->member, evx__executor_metrics);
   return ex;
 
 fail_mem:
@@ -510,14 +599,9 @@ static int evx__job_new_locked(evx_executor *ex, evx_job **out) {
     ex->stats.rejected++;
     return EVX_EBUSY;
   }
-  evx_job *job = ex->free_jobs;
-  if (job) {
-    ex->free_jobs = job->next_done;
-    ex->nfree--;
-  } else {
-    job = evx_malloc(sizeof *job);
-    if (!job) return EVX_ENOMEM;
-  }
+  if (evx__shed_locked(ex)) return EVX_EBUSY;
+  evx_job *job = evx__free_pop_locked(ex);
+  if (!job && (job = evx_malloc(sizeof *job)) == NULL) return EVX_ENOMEM;
   *out = job;
   return EVX_OK;
 }
@@ -532,12 +616,14 @@ int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_done_fn d
    * submit, which wakes at once and arms wake_ev (see DESIGN). */
   int loop_here = !own_drain && evx__loop_running_here(ex->loop);
   int schedule = loop_here && !ex->wake_ev_active;
+  /* The handle first, so that a job once accepted cannot fail after. */
+  evx__hid hid = 0;
+  if (handle && evx__handle_new(&evx__handle_reserved, &hid) != EVX_OK) return EVX_ENOMEM;
   uint64_t now = evx_now_ns();
   evx_job *job;
-  pthread_mutex_lock(&ex->lock);
   /* A strand submit from our own done(): splice first, so that the slots
    * this thread holds do not count against it. */
-  int post = own_drain ? evx__splice_locked(ex, now) : 0;
+  int post = evx__lock_spliced(ex, own_drain, now);
   int rc = evx__job_new_locked(ex, &job);
   if (rc == EVX_OK) {
     evx__job_fill(job, ex, s, work, done, arg);
@@ -550,11 +636,16 @@ int evx__submit(evx_executor *ex, evx_strand *s, evx_work_fn work, evx_done_fn d
       if (s) s->active = job;
       evx__enqueue_locked(ex, job, (own_drain && !lead) || (loop_here && !schedule));
     }
-    if (handle) *handle = job;
+    if (handle) {
+      job->hid = hid;
+      evx__handle_bind(hid, job);
+      *handle = (evx_job *)hid;
+    }
   } else {
     schedule = 0;
   }
   pthread_mutex_unlock(&ex->lock);
+  if (rc != EVX_OK && hid) evx__handle_drop(hid);
   if (schedule) {
     ex->wake_ev_active = 1;
     event_active(&ex->wake_ev, EV_TIMEOUT, 1);
@@ -574,19 +665,28 @@ int evx_submit_job(evx_executor *ex, evx_work_fn work, evx_done_fn done, void *a
   return evx__submit(ex, NULL, work, done, arg, job);
 }
 
-int evx_job_cancel(evx_job *job) {
-  if (!job) return EVX_EINVAL;
+/* Under the handle table's lock: only the job's loop thread may use it. A
+ * live handle's node is not recycled before its done() returned, which
+ * happens on that thread - so on it, the node stays valid through the call. */
+static int evx__job_handle_ok(void *obj) {
+  return evx__loop_thread_ok(((evx_job *)obj)->ex->loop);
+}
+
+int evx_job_cancel(evx_job *handle) {
+  if (!handle) return EVX_EINVAL;
+  evx_job *job = evx__handle_get((evx__hid)handle, evx__job_handle_ok);
+  if (!job) return EVX_EINVAL; /* stale (done ran), never issued, or not our thread */
   evx_executor *ex = job->ex;
-  if (!evx__loop_thread_ok(ex->loop)) return EVX_EINVAL;
-  /* On the loop thread, ex->draining means this thread runs ex's drain and
-   * owns its deferred jobs: splice them so that `job` is on a real queue. */
-  uint64_t now = ex->draining && ex->ndeferred ? evx_now_ns() : 0;
-  pthread_mutex_lock(&ex->lock);
-  int post = ex->draining ? evx__splice_locked(ex, now) : 0;
+  /* On the loop thread, ex->draining means this thread runs ex's drain
+   * (maybe with another executor's drain nested in it) and owns its deferred
+   * jobs: splice them so that `job` is on a real queue. */
+  int post = evx__lock_spliced(ex, ex->draining, 0);
   int rc = EVX_EBUSY;
   if (job->state == JOB_QUEUED) {
     post |= evx__cancel_locked(ex, job);
     rc = EVX_OK;
+  } else if (job->state == JOB_RUNNING) {
+    atomic_store_explicit(&job->cancel_requested, 1, memory_order_relaxed);
   }
   pthread_mutex_unlock(&ex->lock);
   if (post) evx__post(ex);
@@ -597,25 +697,14 @@ int evx_executor_shutdown(evx_executor *ex, int how) {
   if (!ex || (how != EVX_SHUTDOWN_DRAIN && how != EVX_SHUTDOWN_CANCEL)) return EVX_EINVAL;
   /* From our own done(): splice the deferred jobs first, so that they are
    * drained or cancelled with the rest right here. */
-  int own_drain = evx__draining_ex == ex;
-  uint64_t now = own_drain ? evx_now_ns() : 0;
-  pthread_mutex_lock(&ex->lock);
-  int post = own_drain ? evx__splice_locked(ex, now) : 0;
+  int post = evx__lock_seeing_deferred(ex);
   ex->closed = 1;
   atomic_store_explicit(&ex->closed_pub, 1, memory_order_release);
   if (how == EVX_SHUTDOWN_CANCEL) {
     ex->cancel_all = 1; /* deferred jobs of a running drain are cancelled at their splice */
     /* Waiting strand jobs first: cancelling an active one must not promote them. */
-    for (evx__list *l = ex->strands.next; l != &ex->strands; l = l->next) {
-      evx_strand *s = EVX__CONTAINER_OF(l, evx_strand, link);
-      evx__list *n;
-      while ((n = evx__list_pop_head(&s->waiting)) != NULL) {
-        evx_job *job = EVX__CONTAINER_OF(n, evx_job, link);
-        ex->nqueued--;
-        ex->stats.cancelled++;
-        post |= evx__complete_locked(ex, job, JOB_CANCELLED);
-      }
-    }
+    for (evx__list *l = ex->strands.next; l != &ex->strands; l = l->next)
+      post |= evx__strand_cancel_waiting_locked(EVX__CONTAINER_OF(l, evx_strand, link));
     evx__list *n;
     while ((n = ex->queue.next) != &ex->queue)
       post |= evx__cancel_locked(ex, EVX__CONTAINER_OF(n, evx_job, link));
@@ -656,11 +745,8 @@ void evx_executor_free(evx_executor *ex) {
   evx__list *l;
   while ((l = evx__list_pop_head(&ex->strands)) != NULL)
     evx_free(EVX__CONTAINER_OF(l, evx_strand, link));
-  while (ex->free_jobs) {
-    evx_job *next = ex->free_jobs->next_done;
-    evx_free(ex->free_jobs);
-    ex->free_jobs = next;
-  }
+  evx__free_chain(ex->free_jobs);
+  ex->free_jobs = NULL;
   evx__loop_member_remove(&ex->member);
   pthread_cond_destroy(&ex->work_cv);
   pthread_mutex_destroy(&ex->lock);
@@ -672,19 +758,4 @@ void evx_executor_free(evx_executor *ex) {
 evx_loop *evx_executor_loop(evx_executor *ex) { return ex ? ex->loop : NULL; }
 
 const char *evx_executor_name(evx_executor *ex) { return ex ? ex->name : NULL; }
-
-int evx_executor_stats_get(evx_executor *ex, evx_executor_stats *out) {
-  if (!ex || !out) return EVX_EINVAL;
-  /* From our own done(): splice first, so the deferred jobs are counted. */
-  int own_drain = evx__draining_ex == ex;
-  uint64_t now = own_drain ? evx_now_ns() : 0;
-  pthread_mutex_lock(&ex->lock);
-  int post = own_drain ? evx__splice_locked(ex, now) : 0;
-  *out = ex->stats;
-  out->queued = ex->nqueued;
-  out->running = ex->nrunning;
-  pthread_mutex_unlock(&ex->lock);
-  if (post) evx__post(ex);
-  return EVX_OK;
-}
 

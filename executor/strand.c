@@ -17,6 +17,18 @@ void evx__strand_advance_locked(evx_strand *s) {
   evx__enqueue_locked(s->ex, s->active, 0);
 }
 
+int evx__strand_cancel_waiting_locked(evx_strand *s) {
+  evx_executor *ex = s->ex;
+  int post = 0;
+  evx__list *n;
+  while ((n = evx__list_pop_head(&s->waiting)) != NULL) {
+    ex->nqueued--;
+    ex->stats.cancelled++;
+    post |= evx__complete_locked(ex, EVX__CONTAINER_OF(n, evx_job, link), JOB_CANCELLED);
+  }
+  return post;
+}
+
 evx_strand *evx_strand_new(evx_executor *ex) {
   if (!ex || !evx__loop_thread_ok(ex->loop)) return NULL;
   evx_strand *s = evx_calloc(1, sizeof *s);
@@ -45,13 +57,7 @@ void evx_strand_free(evx_strand *s) {
   evx_executor *ex = s->ex;
   int post = 0;
   pthread_mutex_lock(&ex->lock);
-  evx__list *n;
-  while ((n = evx__list_pop_head(&s->waiting)) != NULL) {
-    evx_job *job = EVX__CONTAINER_OF(n, evx_job, link);
-    ex->nqueued--;
-    ex->stats.cancelled++;
-    post |= evx__complete_locked(ex, job, JOB_CANCELLED);
-  }
+  post |= evx__strand_cancel_waiting_locked(s);
   /* The active job: cancelled too when it has not started (it sits on
    * ex->queue); a running one finishes as a plain job. */
   if (s->active && s->active->state == JOB_QUEUED)

@@ -34,6 +34,7 @@
 
 #include "fuzz.h"
 #include "http-test.h" /* evx__http_evhttp: attach a Unix listener */
+#include "http_oracle.h"
 
 typedef struct held {
   evx_request *req;
@@ -235,6 +236,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   deadline = now_ms() + PHASE2_MS;
   while (g_outstanding > 0 && now_ms() < deadline) run_for(base, 1);
   EVX_FUZZ_CHECK(g_outstanding == 0);
+
+  /* Differential check on framing: evexec never dispatches more messages
+   * than the independent reading finds complete and valid before the first
+   * bad one (no smuggled request), and rejects only what it finds bad - with
+   * the same status - or a message the input cuts off. */
+  evx_oracle orc = evx_oracle_run(data, size);
+  evx_http_stats st;
+  evx_http_stats_get(http, &st);
+  if (st.requests > (uint64_t)orc.complete) {
+    fprintf(stderr, "framing: %llu requests dispatched, oracle: %d complete (bad %d)\n",
+            (unsigned long long)st.requests, orc.complete, orc.bad);
+    EVX_FUZZ_CHECK(0);
+  }
+  if (st.bad_requests) {
+    if (!(orc.bad ? orc.bad == evx__http_last_bad_status(http) : orc.incomplete)) {
+      fprintf(stderr, "framing: evexec rejected with %d, oracle: bad %d incomplete %d\n",
+              evx__http_last_bad_status(http), orc.bad, orc.incomplete);
+      EVX_FUZZ_CHECK(0);
+    }
+  }
 
   close(cfd);
   evx_http_free(http);

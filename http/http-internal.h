@@ -14,8 +14,17 @@
 #include "http-test.h"
 #include "loop-internal.h"
 
+/* Methods counted apart in the metrics (GET POST HEAD PUT DELETE OPTIONS
+ * PATCH, then everything else), and the buckets of the duration histogram
+ * (the layout of evx_executor_stats' histograms). */
+#define EVX__HTTP_NMETHODS 8
+#define EVX__HTTP_HIST_BUCKETS 32
+
 /* Most {name} segments in one route pattern. */
 #define EVX__ROUTE_MAX_PARAMS 16
+
+/* One accepted connection (http-conn.c). */
+typedef struct evx__conn evx__conn;
 
 /* A route (public handle: evx_route). Owned by its server, freed with it. */
 typedef struct evx_route {
@@ -29,20 +38,32 @@ typedef struct evx_route {
   size_t literal; /* characters outside {name} segments (ranks pattern routes) */
   evx_handler_fn fn;
   void *arg;
+  /* evx_http_route_coro: fn is the coroutine dispatcher, arg the route, and
+   * these are the user's handler and argument. */
+  evx_handler_fn coro_fn;
+  void *coro_arg;
   /* Per-route options (evx_route_set_*). One block that later options join:
    * each field's zero value means "the server's setting". */
   struct {
     uint64_t timeout_ms; /* 0: server's request_timeout_ms */
+    size_t max_held;     /* 0: only the server's max_held */
   } opt;
   /* Derived from opt.timeout_ms: the timer's second leg for this route
    * (see evx_http.rest_tv). Valid while the route exists. */
   const struct timeval *rest_tv;
   struct timeval rest_tv_plain;
+  size_t held; /* its requests held now (counted while held, so never after the route is freed) */
 } evx__route;
 
 struct evx_http {
   evx_loop *loop;
   evx__loop_member member; /* until evx_http_free: the loop closes a server left open */
+  /* For evx_loop_metrics_text (http-metrics.c): responses by method
+   * (EVX__HTTP_NMETHODS, the last one "other") and status class (as
+   * st.status), and the request durations in log2-microsecond buckets. */
+  uint64_t resp[EVX__HTTP_NMETHODS][6];
+  uint64_t dur_hist[EVX__HTTP_HIST_BUCKETS];
+  uint64_t dur_sum_ns;
   struct event_base *base;
   struct evhttp *evh; /* NULL once freed (the struct may outlive it, see `freed`) */
   evx_http_opts opts;
@@ -56,6 +77,23 @@ struct evx_http {
   evx__list routes;
   evx__list held; /* evx_request.held_link: held requests with state 0 */
   struct evbuffer *scratch; /* for chunks; always empty between calls */
+  struct evbuffer *edit_buf; /* for the framing scanner's edits; empty between calls */
+  /* Connections (http-conn.c): bound ones by activity (least recent first),
+   * ones created by evhttp_set_bevcb but not bound yet, and a pointer hash
+   * from evhttp connection to tracker. */
+  evx__list conns, pending_conns;
+  evx__conn **conn_tab;
+  size_t conn_tab_cap, conn_tab_n;
+  const struct timeval *header_tv, *body_tv; /* NULL: no deadline */
+  int last_bad_status; /* the scanner's last rejection (for fuzz_http's oracle) */
+  /* Out of descriptors (http-conn.c): a spare descriptor to accept-and-close
+   * with, the backoff timer, and the rate-limited log's state. */
+  int reserve_fd;
+  int accept_paused, accept_ev_set, registered;
+  evx_http *reg_next; /* in http-conn.c's registry while listening */
+  struct event accept_ev;
+  uint64_t accept_errs_unlogged, accept_log_ns;
+  struct timeval header_tv_plain, body_tv_plain;
   evx_handler_fn before; /* evx_http_set_before: runs ahead of every handler */
   void *before_arg;
   struct evhttp_bound_socket **bound;
@@ -100,6 +138,7 @@ struct evx_request {
   unsigned query_parsed : 1;
   unsigned body_ready : 1;
   unsigned hdr_set : 1; /* a Content-Type was given through set_header */
+  unsigned coro_alive : 1; /* a coroutine handler runs or is suspended: release waits for it */
   const char *method;
   const char *path; /* path_buf or evhttp's own path string */
   char *path_buf;
@@ -114,14 +153,18 @@ struct evx_request {
   /* The second leg of timer_ev (request timeout) for this request's route;
    * NULL: no timeout. Only read while held, when the route is alive. */
   const struct timeval *rest_tv;
+  evx__route *route; /* set at dispatch; followed only while held (routes outlive held requests) */
   const char *body;
   size_t body_len;
   evx_request_cb on_close;
   void *on_close_arg;
+  struct evx__coro *coro; /* the coroutine handler while it runs (interrupted when gone) */
   uint64_t t0_ns;
   uint64_t bytes;
   char peer[64];
   evx__list held_link;
+  evx__conn *conn;     /* its connection's tracker while live and not finished, or NULL */
+  evx__list conn_link; /* in the tracker's list of requests */
   evx_request *reap_next;
   struct event watch_ev;  /* the client socket, while held (after the watch delay) */
   struct event timer_ev;  /* the watch delay, then request_timeout_ms (not while streaming) */
@@ -134,9 +177,35 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
 void evx__request_after_handler(evx_request *r);
 /* Turn a held request into a zombie: gone/timed out/closed. close_conn: also free its connection. */
 void evx__request_zombify(evx_request *r, int state, int close_conn);
+/* A coroutine handler returned: finish the request with what it set (Tornado's
+ * auto-finish) unless it finished, and release it once nothing holds it. */
+void evx__request_coro_done(evx_request *r);
 /* Answer a request that no handler will see (404, 405, 431, 503) and release it. */
 void evx__request_reply_builtin(evx_request *r, int status, const char *extra_name,
                                 const char *extra_value, const char *body);
+
+/* The connection of a held request is being freed by evhttp. */
+void evx__request_conn_closed(evx_request *r, struct evhttp_connection *evcon);
+/* Forget r's tracker (finish, zombie, release, or the connection went away). */
+void evx__request_detach_conn(evx_request *r);
+
+/* http/http-conn.c */
+struct bufferevent *evx__conn_bevcb(struct event_base *base, void *arg);
+evx__conn *evx__conn_find(evx_http *h, struct evhttp_connection *evcon);
+void evx__conn_touch(evx__conn *c);
+void evx__conn_set_held(evx__conn *c, evx_request *r);
+evx__list *evx__conn_reqs(evx__conn *c);
+void evx__conn_drop_pending(evx_http *h);
+/* A listener was added: handle its accept errors. / Stop that (free, stop_accepting). */
+void evx__conn_listening(evx_http *h, struct evhttp_bound_socket *b);
+void evx__conn_stop_listening(evx_http *h);
+
+/* http/http-metrics.c */
+/* Count one response (status 499: the client left) that took dur_ns. */
+void evx__http_metrics_record(evx_http *h, const char *method, int status, uint64_t dur_ns);
+/* The server's loop-member on_metrics. */
+struct evx_metrics;
+void evx__http_metrics(evx__loop_member *m, struct evx_metrics *out);
 
 /* http/http.c */
 void evx__http_log(evx_http *h, evx_request *r, int status);

@@ -52,6 +52,8 @@
  * request stays intact for the handler's late finish.
  */
 #include "http-internal.h"
+
+#include "coro-internal.h"
 #include "http-util.h"
 #include "http-test.h"
 
@@ -86,6 +88,11 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
   r->ev = ev;
   r->evcon = evhttp_request_get_connection(ev);
   r->t0_ns = t0;
+  r->conn = evx__conn_find(h, r->evcon);
+  if (r->conn) {
+    evx__list_insert_tail(evx__conn_reqs(r->conn), &r->conn_link);
+    evx__conn_touch(r->conn);
+  }
   r->method = evx__method_name(evhttp_request_get_command(ev));
   if (r->evcon) {
     char *addr = NULL;
@@ -103,6 +110,7 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
       size_t n = strlen(raw);
       r->path_buf = evx_malloc(n + 1);
       if (!r->path_buf) {
+        evx__request_detach_conn(r);
         evx_free(r);
         return NULL;
       }
@@ -120,15 +128,23 @@ static void evx__on_conn_close(struct evhttp_connection *evcon, void *arg);
 static void evx__on_watch(evutil_socket_t fd, short what, void *arg);
 static void evx__on_timer(evutil_socket_t fd, short what, void *arg);
 
+void evx__request_detach_conn(evx_request *r) {
+  if (!r->conn) return;
+  evx__list_remove(&r->conn_link);
+  r->conn = NULL;
+}
+
 static void evx__unhold(evx_request *r) {
   if (!r->held) return;
   r->held = 0;
   if (r->watching) event_del(&r->watch_ev);
   if (r->timing) event_del(&r->timer_ev);
   r->watching = r->timing = 0;
-  if (r->evcon) evhttp_connection_set_closecb(r->evcon, NULL, NULL);
+  if (r->conn) evx__conn_set_held(r->conn, NULL);
+  else if (r->evcon) evhttp_connection_set_closecb(r->evcon, NULL, NULL);
   evx__list_remove(&r->held_link);
   r->http->st.held--;
+  if (r->route) r->route->held--;
 }
 
 static void evx__arm_watch(evx_request *r) {
@@ -146,7 +162,10 @@ static void evx__hold(evx_request *r) {
   r->held = 1;
   evx__list_insert_tail(&h->held, &r->held_link);
   h->st.held++;
-  evhttp_connection_set_closecb(r->evcon, evx__on_conn_close, r);
+  if (r->route) r->route->held++;
+  /* the tracker owns the close callback and forwards it (http-conn.c) */
+  if (r->conn) evx__conn_set_held(r->conn, r);
+  else evhttp_connection_set_closecb(r->evcon, evx__on_conn_close, r);
   /* first the watch delay (see EVX__HTTP_WATCH_DELAY_MS), then the timeout */
   if (evtimer_assign(&r->timer_ev, h->base, evx__on_timer, r) == 0 &&
       evtimer_add(&r->timer_ev, h->watch_tv) == 0)
@@ -157,7 +176,7 @@ static void evx__hold(evx_request *r) {
 
 void evx__request_after_handler(evx_request *r) {
   if (r->finished) {
-    evx__http_release(r);
+    if (!r->coro_alive) evx__http_release(r); /* else evx__request_coro_done does */
     return;
   }
   if (r->state == 0) evx__hold(r);
@@ -178,6 +197,7 @@ void evx__request_zombify(evx_request *r, int state, int close_conn) {
   if (r->state || r->finished) return;
   struct evhttp_connection *evcon = r->evcon;
   evx__unhold(r); /* clears the close callback: our own connection_free below stays quiet */
+  evx__request_detach_conn(r);
   r->state = state;
   r->evcon = NULL;
   int attached = evcon && evhttp_request_get_connection(r->ev) == evcon;
@@ -192,6 +212,7 @@ void evx__request_zombify(evx_request *r, int state, int close_conn) {
     if (state == EVX_EGONE) h->st.gone++;
     evx__http_log(h, r, 499);
   }
+  if (r->coro) evx__coro_interrupt(r->coro, state); /* its awaits answer `state` from now on */
   if (r->on_close && event_assign(&r->notify_ev, h->base, -1, 0, evx__on_notify, r) == 0) {
     r->notify_set = 1;
     event_active(&r->notify_ev, EV_TIMEOUT, 1);
@@ -204,6 +225,10 @@ static void evx__on_conn_close(struct evhttp_connection *evcon, void *arg) {
   evx_request *r = arg;
   if (r->evcon != evcon) return;
   evx__request_zombify(r, r->http->freed ? EVX_ECLOSED : EVX_EGONE, 0);
+}
+
+void evx__request_conn_closed(evx_request *r, struct evhttp_connection *evcon) {
+  evx__on_conn_close(evcon, r);
 }
 
 static void evx__on_watch(evutil_socket_t fd, short what, void *arg) {
@@ -346,11 +371,12 @@ int evx_request_on_close(evx_request *r, evx_request_cb fn, void *arg) {
 /* Mark finished and schedule the release (or leave it to dispatch). */
 static void evx__finished(evx_request *r) {
   r->finished = 1;
+  evx__request_detach_conn(r);
   if (r->notify_set) {
     event_del(&r->notify_ev);
     r->notify_set = 0;
   }
-  if (!r->in_dispatch) evx__http_schedule_release(r->http, r);
+  if (!r->in_dispatch && !r->coro_alive) evx__http_schedule_release(r->http, r);
 }
 
 /* A zombie's finish: nothing to send. */
@@ -379,6 +405,7 @@ static int evx__send(evx_request *r, int status, const char *ctype, const void *
     len = 0;
     rc = EVX_ENOMEM;
   }
+  len = evbuffer_get_length(out); /* with what evx_request_write_body buffered */
   evx__set_ctype(r, ctype, len);
   r->status = status;
   r->bytes = len;
@@ -464,6 +491,10 @@ int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
     return EVX_EINVAL;
   if (r->state) return r->state;
   evx__set_ctype(r, ctype, 1);
+  /* Buffered body bytes become the first chunk (evhttp would send them raw). */
+  struct evbuffer *out = evhttp_request_get_output_buffer(r->ev);
+  size_t buffered = evbuffer_get_length(out);
+  if (buffered) evbuffer_add_buffer(r->http->scratch, out);
   r->streaming = 1;
   r->status = status;
   if (r->timing && r->armed) { /* the request timeout ends here; a pending watch delay stays */
@@ -471,7 +502,50 @@ int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
     r->timing = 0;
   }
   evhttp_send_reply_start(r->ev, status, evx__http_reason(status));
+  if (buffered) {
+    evhttp_send_reply_chunk(r->ev, r->http->scratch);
+    evbuffer_drain(r->http->scratch, evbuffer_get_length(r->http->scratch));
+    r->bytes += buffered;
+    r->http->st.bytes_out += buffered;
+  }
   return EVX_OK;
+}
+
+/* ---- buffered replies (coroutine handlers, or any handler) ------------- */
+
+int evx_request_set_status(evx_request *r, int status) {
+  if (!r || !evx__thread_ok(r) || r->finished || r->streaming || status < 200 || status > 599)
+    return EVX_EINVAL;
+  if (r->state) return r->state;
+  r->status = status;
+  return EVX_OK;
+}
+
+int evx_request_write_body(evx_request *r, const void *data, size_t len) {
+  if (!r || !evx__thread_ok(r) || r->finished || r->streaming || (!data && len)) return EVX_EINVAL;
+  if (r->state) return r->state;
+  if (len && evbuffer_add(evhttp_request_get_output_buffer(r->ev), data, len) != 0)
+    return EVX_ENOMEM;
+  return EVX_OK;
+}
+
+int evx_request_write_str(evx_request *r, const char *s) {
+  return evx_request_write_body(r, s, s ? strlen(s) : 0);
+}
+
+void evx__request_coro_done(evx_request *r) {
+  r->coro = NULL;
+  r->coro_alive = 0;
+  if (!r->finished) {
+    if (r->state) (void)evx__finish_zombie(r);
+    else if (r->streaming) (void)evx_request_end(r);
+    else {
+      (void)evx__send(r, r->status ? r->status : 200, NULL, NULL, 0);
+      evx__finished(r);
+    }
+  } else if (!r->in_dispatch) {
+    evx__http_schedule_release(r->http, r);
+  }
 }
 
 int evx_request_write(evx_request *r, const void *data, size_t len) {

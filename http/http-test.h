@@ -32,4 +32,8 @@ struct evhttp_connection *evx__request_connection(evx_request *r);
  * (armed once the request was held for EVX__HTTP_WATCH_DELAY_MS). */
 int evx__request_watching(evx_request *r);
 
+/* The status of the framing scanner's last rejection on this server (400,
+ * 408, 501, 505), 0 if none: fuzz_http compares it with its own reading. */
+int evx__http_last_bad_status(evx_http *h);
+
 #endif

@@ -41,6 +41,8 @@
 #define EVX__DEF_REQ_TIMEOUT_MS 60000
 #define EVX__DEF_IDLE_TIMEOUT_MS 60000
 #define EVX__DEF_MAX_HELD 10000
+#define EVX__DEF_HEADER_TIMEOUT_MS 60000
+#define EVX__DEF_BODY_TIMEOUT_MS 60000
 
 static _Atomic uint64_t evx__live_requests;
 
@@ -55,13 +57,15 @@ void evx_http_log_stderr(void *arg, const evx_http_log_entry *e) {
 void evx__http_log(evx_http *h, evx_request *r, int status) {
   int cls = status / 100;
   h->st.status[(status != 499 && cls >= 1 && cls <= 5) ? cls : 0]++;
+  uint64_t dur_ns = evx_now_ns() - r->t0_ns;
+  evx__http_metrics_record(h, r->method, status, dur_ns);
   if (h->freed || !h->opts.log) return;
   evx_http_log_entry e = {
       .method = r->method,
       .path = r->path ? r->path : "-",
       .status = status,
       .bytes = r->bytes,
-      .duration_us = (evx_now_ns() - r->t0_ns) / 1000,
+      .duration_us = dur_ns / 1000,
       .peer = r->peer[0] ? r->peer : "-",
   };
   h->opts.log(h->opts.log_arg, &e);
@@ -71,6 +75,7 @@ void evx__http_log(evx_http *h, evx_request *r, int status) {
 
 void evx__http_release(evx_request *r) {
   evx_http *h = r->http;
+  evx__request_detach_conn(r);
   if (r->notify_set) event_del(&r->notify_ev);
   if (r->ev_owned) evhttp_request_free(r->ev);
   evx_free(r->path_buf);
@@ -84,6 +89,8 @@ void evx__http_release(evx_request *r) {
 
 static void evx__http_free_struct(evx_http *h) {
   evbuffer_free(h->scratch);
+  evbuffer_free(h->edit_buf);
+  evx_free(h->conn_tab);
   evx_free(h->bound);
   evx_free(h);
 }
@@ -138,6 +145,21 @@ static void evx__http_apply_opts(evx_http *h) {
   if (!o->idle_timeout_ms) o->idle_timeout_ms = EVX__DEF_IDLE_TIMEOUT_MS;
   if (!o->max_held) o->max_held = EVX__DEF_MAX_HELD;
   if (!o->busy_retry_after_s) o->busy_retry_after_s = 1;
+  if (!o->header_timeout_ms) o->header_timeout_ms = EVX__DEF_HEADER_TIMEOUT_MS;
+  if (!o->body_timeout_ms) o->body_timeout_ms = EVX__DEF_BODY_TIMEOUT_MS;
+  if (!o->max_connections) o->max_connections = EVX_HTTP_UNLIMITED;
+  if (o->header_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
+    h->header_tv_plain.tv_sec = (time_t)(o->header_timeout_ms / 1000);
+    h->header_tv_plain.tv_usec = (suseconds_t)((o->header_timeout_ms % 1000) * 1000);
+    h->header_tv = event_base_init_common_timeout(h->base, &h->header_tv_plain);
+    if (!h->header_tv) h->header_tv = &h->header_tv_plain;
+  }
+  if (o->body_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
+    h->body_tv_plain.tv_sec = (time_t)(o->body_timeout_ms / 1000);
+    h->body_tv_plain.tv_usec = (suseconds_t)((o->body_timeout_ms % 1000) * 1000);
+    h->body_tv = event_base_init_common_timeout(h->base, &h->body_tv_plain);
+    if (!h->body_tv) h->body_tv = &h->body_tv_plain;
+  }
 
   /* evhttp cuts header blocks off at twice our limit (it answers 400 and
    * closes); between the two, evexec answers 431 itself (see dispatch). */
@@ -181,24 +203,31 @@ evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
   if (opts) h->opts = *opts;
   evx__list_init(&h->routes);
   evx__list_init(&h->held);
+  evx__list_init(&h->conns);
+  h->reserve_fd = -1;
+  evx__list_init(&h->pending_conns);
   h->reap_node.fn = evx__http_reap;
   h->reap_node.arg = h;
   h->reap_node.owned = 1;
   h->evh = evhttp_new(h->base);
   h->scratch = evbuffer_new();
-  if (!h->evh || !h->scratch) {
+  h->edit_buf = evbuffer_new();
+  if (!h->evh || !h->scratch || !h->edit_buf) {
     if (h->evh) evhttp_free(h->evh);
     if (h->scratch) evbuffer_free(h->scratch);
+    if (h->edit_buf) evbuffer_free(h->edit_buf);
     evx_free(h);
     return NULL;
   }
   evx__http_apply_opts(h);
   evhttp_set_gencb(h->evh, evx__on_request, h);
+  evhttp_set_bevcb(h->evh, evx__conn_bevcb, h);
   /* A client that leaves while evhttp writes to it would raise SIGPIPE and
    * kill the process; ignore it unless the program chose a disposition. */
   struct sigaction sa;
   if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
   evx__loop_member_add(loop, &h->member, NULL, evx__http_on_free);
+  evx__loop_member_set_metrics(&h->member, evx__http_metrics);
   return h;
 }
 
@@ -247,6 +276,7 @@ int evx_http_bind(evx_http *h, const char *host, uint16_t port) {
       continue;
     }
     h->bound[h->nbound++] = b;
+    evx__conn_listening(h, b);
     rc = EVX_OK;
     break;
   }
@@ -269,6 +299,7 @@ int evx_http_stop_accepting(evx_http *h) {
   if (!h || !evx__loop_thread_ok(h->loop)) return EVX_EINVAL;
   for (size_t i = 0; i < h->nbound; i++) evhttp_del_accept_socket(h->evh, h->bound[i]);
   h->nbound = 0;
+  evx__conn_stop_listening(h);
   return EVX_OK;
 }
 
@@ -383,6 +414,12 @@ int evx_route_set_timeout(evx_route *rt, uint64_t ms) {
   return EVX_OK;
 }
 
+int evx_route_set_max_held(evx_route *rt, size_t max) {
+  if (!rt || !evx__loop_thread_ok(rt->http->loop)) return EVX_EINVAL;
+  rt->opt.max_held = max == EVX_HTTP_UNLIMITED ? 0 : max;
+  return EVX_OK;
+}
+
 int evx_http_set_before(evx_http *h, evx_handler_fn fn, void *arg) {
   if (!h || h->freed || !evx__loop_thread_ok(h->loop)) return EVX_EINVAL;
   h->before = fn;
@@ -408,8 +445,10 @@ static void evx__http_do_free(evx_http *h) {
     evx_request *r = EVX__CONTAINER_OF(h->held.next, evx_request, held_link);
     evx__request_zombify(r, EVX_ECLOSED, 0);
   }
-  evhttp_free(h->evh);
+  evx__conn_stop_listening(h);
+  evhttp_free(h->evh); /* the trackers go with their connections */
   h->evh = NULL;
+  evx__conn_drop_pending(h);
   h->nbound = 0;
   evx__list *l;
   while ((l = evx__list_pop_head(&h->routes)) != NULL) {
@@ -579,7 +618,12 @@ static void evx__on_request(struct evhttp_request *ev, void *arg) {
       evx__request_reply_builtin(r, 405, "Allow", allow, "method not allowed\n");
     } else if (!rt) {
       evx__request_reply_builtin(r, 404, NULL, NULL, "not found\n");
-    } else if (h->opts.max_held != EVX_HTTP_UNLIMITED && h->st.held >= h->opts.max_held) {
+    } else if ((rt->opt.max_held && rt->held >= rt->opt.max_held) ||
+               (h->opts.max_held != EVX_HTTP_UNLIMITED && h->st.held >= h->opts.max_held &&
+                rt->held > 0)) {
+      /* The server's cap refuses only routes that hold requests now: one that
+       * answers inline (/hello) costs nothing to run, and a flood of long
+       * polls must not shut it out. Each route may exceed the cap by one. */
       char ra[16];
       snprintf(ra, sizeof ra, "%u", h->opts.busy_retry_after_s);
       h->st.rejected_busy++;
@@ -588,6 +632,7 @@ static void evx__on_request(struct evhttp_request *ev, void *arg) {
       evx__request_reply_builtin(r, 500, NULL, NULL, "out of memory\n");
     } else {
       r->rest_tv = rt->rest_tv;
+      r->route = rt;
       r->in_dispatch = 1;
       if (h->before) h->before(r, h->before_arg);
       /* a hook that finished the request answered it: the handler is skipped */
@@ -610,3 +655,4 @@ static void evx__on_request(struct evhttp_request *ev, void *arg) {
 }
 
 struct evhttp *evx__http_evhttp(evx_http *h) { return h ? h->evh : NULL; }
+int evx__http_last_bad_status(evx_http *h) { return h ? h->last_bad_status : 0; }

@@ -67,6 +67,40 @@ START_TEST(test_counting_allocator) {
 }
 END_TEST
 
+/* Switching allocators while a loop lives would free its memory through the
+ * wrong free (the next free crashed): refused with EVX_EBUSY, unchanged. */
+static long other_frees;
+static void other_free(void *p) {
+  other_frees++;
+  free(p);
+}
+
+START_TEST(test_switch_refused_while_a_loop_lives) {
+  evx_loop *loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(loop);
+  ck_assert_int_eq(evx_set_allocator(malloc, realloc, calloc, other_free), EVX_EBUSY);
+  ck_assert_int_eq(evx_set_allocator(NULL, NULL, NULL, NULL), EVX_EBUSY); /* restore too */
+  ck_assert_int_eq(evx_set_allocator(malloc, NULL, NULL, NULL), EVX_EINVAL);
+  /* The set in use again is a no-op, not a switch. */
+  ck_assert_int_eq(evx_set_allocator(evx_test__malloc, evx_test__realloc, evx_test__calloc,
+                                     evx_test__free),
+                   EVX_OK);
+  evx_loop *second = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(second);
+  evx_loop_free(loop);
+  ck_assert_int_eq(evx_set_allocator(malloc, realloc, calloc, other_free), EVX_EBUSY);
+  evx_test_free_loop(second); /* every block went back through the counting free */
+  ck_assert_int_eq(other_frees, 0);
+  /* No loop left: switching works, and the new free is the one used. */
+  ck_assert_int_eq(evx_set_allocator(malloc, realloc, calloc, other_free), EVX_OK);
+  evx_loop *third = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(third);
+  evx_loop_free(third);
+  ck_assert_int_gt(other_frees, 0);
+  evx_test_alloc_install(); /* for the fixture's teardown check */
+}
+END_TEST
+
 START_TEST(test_fail_plain) {
   evx_test_alloc_fail_at(2, 0);
   void *a = evx_malloc(8);
@@ -380,6 +414,7 @@ static Suite *allocator_suite(void) {
   Suite *s = suite_create("allocator");
   TCase *tc = evx_test_tcase(s, "counting", 10);
   tcase_add_test(tc, test_counting_allocator);
+  tcase_add_test(tc, test_switch_refused_while_a_loop_lives);
   tcase_add_test(tc, test_fail_plain);
   tc = evx_test_tcase(s, "failing", 60);
   tcase_add_test(tc, test_fail_nth_single);

@@ -381,6 +381,132 @@ START_TEST(test_cancel_invalid) {
 }
 END_TEST
 
+/* ---- stale handles ---------------------------------------------------------- */
+
+/* The reported bug: a handle kept after its job's done ran named the recycled
+ * node, so cancelling it cancelled a different, later job. Now it is stale:
+ * EVX_EINVAL, and the later job runs. */
+START_TEST(test_cancel_stale_handle) {
+  evx_loop *loop = evx_loop_new(NULL);
+  evx_executor *ex = one_thread(loop);
+  evx_gate gate;
+  evx_gate_init(&gate);
+  int total = 0;
+  job first = {.loop = loop, .total = &total, .stop_at = 1};
+  evx_job *old = NULL;
+  ck_assert_int_eq(evx_submit_job(ex, nop_work, job_done, &first, &old), EVX_OK);
+  evx_test_run(loop, 5000);
+  ck_assert_int_eq(first.done_calls, 1);
+  /* A parked job, then a later one queued behind it: it takes the first's node. */
+  job parked = {.loop = loop, .gate = &gate, .total = &total, .stop_at = 3};
+  job later = parked;
+  ck_assert_int_eq(evx_submit(ex, park_work, job_done, &parked), EVX_OK);
+  evx_gate_wait_entered(&gate, 1);
+  evx_job *lh = NULL;
+  ck_assert_int_eq(evx_submit_job(ex, nop_work, job_done, &later, &lh), EVX_OK);
+  ck_assert_ptr_ne(lh, old);
+  ck_assert_int_eq(evx_job_cancel(old), EVX_EINVAL);
+  ck_assert_int_eq(evx_job_cancel(old), EVX_EINVAL);
+  evx_gate_open(&gate, 1);
+  evx_test_run(loop, 5000);
+  ck_assert_int_eq(later.done_calls, 1);
+  ck_assert_int_eq(later.status, EVX_OK); /* not cancelled through the old handle */
+  ck_assert_int_eq(atomic_load(&later.ran), 1);
+  ck_assert_int_eq(evx_job_cancel(lh), EVX_EINVAL); /* its own done ran: stale too */
+  ck_assert_int_eq(evx_job_cancel((evx_job *)(uintptr_t)0x12345), EVX_EINVAL); /* never issued */
+  evx_test_assert_idle(ex);
+  evx_gate_destroy(&gate);
+  evx_executor_free(ex);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
+/* Inside done the handle is still live (the job finished: EBUSY); after it, stale. */
+static evx_job *g_self;
+static int g_cancel_in_done;
+static void self_cancel_done(void *arg, int status) {
+  g_cancel_in_done = evx_job_cancel(g_self);
+  job_done(arg, status);
+}
+
+START_TEST(test_cancel_from_own_done) {
+  evx_loop *loop = evx_loop_new(NULL);
+  evx_executor *ex = one_thread(loop);
+  int total = 0;
+  job j = {.loop = loop, .total = &total, .stop_at = 1};
+  ck_assert_int_eq(evx_submit_job(ex, nop_work, self_cancel_done, &j, &g_self), EVX_OK);
+  evx_test_run(loop, 5000);
+  ck_assert_int_eq(g_cancel_in_done, EVX_EBUSY);
+  ck_assert_int_eq(j.status, EVX_OK);
+  ck_assert_int_eq(evx_job_cancel(g_self), EVX_EINVAL);
+  evx_executor_free(ex);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
+/* ---- cancelling a running job: the work is asked to stop ------------------ */
+
+typedef struct stoppable {
+  job j;
+  sem_t entered;
+  atomic_int saw_cancel;
+  atomic_int flag_before; /* evx_job_cancelled() at the start: 0 */
+} stoppable;
+
+static void stoppable_work(void *arg) {
+  stoppable *s = arg;
+  atomic_store(&s->flag_before, evx_job_cancelled());
+  atomic_fetch_add(&s->j.ran, 1);
+  sem_post(&s->entered);
+  /* A long job that polls the token (bounded, so a bug fails, not hangs). */
+  uint64_t end = evx_now_ns() + 10ull * 1000000000ull;
+  while (evx_now_ns() < end) {
+    if (evx_job_cancelled()) {
+      atomic_store(&s->saw_cancel, 1);
+      return;
+    }
+    evx_test_sleep_ms(1);
+  }
+}
+
+static void stoppable_done(void *arg, int status) { job_done(&((stoppable *)arg)->j, status); }
+
+START_TEST(test_cancel_running_asks_work_to_stop) {
+  evx_loop *loop = evx_loop_new(NULL);
+  evx_executor *ex = one_thread(loop);
+  int total = 0;
+  stoppable s = {.j = {.loop = loop, .total = &total, .stop_at = 1}};
+  sem_init(&s.entered, 0, 0);
+  evx_job *h = NULL;
+  uint64_t t0 = evx_now_ns();
+  ck_assert_int_eq(evx_submit_job(ex, stoppable_work, stoppable_done, &s, &h), EVX_OK);
+  sem_wait(&s.entered);
+  ck_assert_int_eq(evx_job_cancelled(), 0); /* not a worker */
+  ck_assert_int_eq(evx_job_cancel(h), EVX_EBUSY); /* it runs: asked to stop */
+  evx_test_run(loop, 5000);
+  ck_assert_int_eq(atomic_load(&s.saw_cancel), 1);
+  ck_assert_int_eq(atomic_load(&s.flag_before), 0);
+  ck_assert_uint_lt(evx_test_ms_since(t0), 5000); /* stopped early, not after 10 s */
+  ck_assert_int_eq(s.j.done_calls, 1);
+  ck_assert_int_eq(s.j.status, EVX_OK); /* work ran and returned */
+  /* The flag belongs to that job: the worker's next job starts clean. */
+  stoppable next = {.j = {.loop = loop, .total = &total, .stop_at = 2}};
+  sem_init(&next.entered, 0, 0);
+  evx_job *h2 = NULL;
+  ck_assert_int_eq(evx_submit_job(ex, stoppable_work, stoppable_done, &next, &h2), EVX_OK);
+  sem_wait(&next.entered);
+  ck_assert_int_eq(evx_job_cancel(h2), EVX_EBUSY);
+  evx_test_run(loop, 5000);
+  ck_assert_int_eq(atomic_load(&next.flag_before), 0);
+  ck_assert_int_eq(atomic_load(&next.saw_cancel), 1);
+  sem_destroy(&s.entered);
+  sem_destroy(&next.entered);
+  evx_test_assert_idle(ex);
+  evx_executor_free(ex);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
 static Suite *cancel_suite(void) {
   Suite *s = suite_create("cancel");
   TCase *tc = evx_test_tcase(s, "queued", 10);
@@ -392,6 +518,9 @@ static Suite *cancel_suite(void) {
   tc = evx_test_tcase(s, "started", 10);
   tcase_add_test(tc, test_cancel_running);
   tcase_add_test(tc, test_cancel_finished);
+  tcase_add_test(tc, test_cancel_running_asks_work_to_stop);
+  tcase_add_test(tc, test_cancel_from_own_done);
+  tcase_add_test(tc, test_cancel_stale_handle);
   tc = evx_test_tcase(s, "misuse", 10);
   tcase_add_test(tc, test_cancel_wrong_thread);
   tcase_add_test(tc, test_cancel_invalid);

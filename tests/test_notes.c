@@ -189,8 +189,11 @@ START_TEST(test_long_poll_client_leaves) {
   ck_assert_int_eq(curl_easy_perform(c), CURLE_OPERATION_TIMEDOUT);
   curl_easy_cleanup(c);
   ck_assert_int_eq(nt_wait_metric(&S, "notes_longpoll_waiters", 0, 5000), 0);
-  ck_assert_int_eq(nt_wait_metric(&S, "notes_http_gone_total", 1, 5000), 1);
-  ck_assert_int_eq(nt_metric(&S, "notes_http_held"), 0);
+  char gone[64], held[64];
+  snprintf(gone, sizeof gone, "evx_http_gone_total{port=\"%d\"}", S.port);
+  snprintf(held, sizeof held, "evx_http_held{port=\"%d\"}", S.port);
+  ck_assert_int_eq(nt_wait_metric(&S, gone, 1, 5000), 1);
+  ck_assert_int_eq(nt_metric(&S, held), 0);
   stop_clean();
 }
 END_TEST
@@ -433,6 +436,20 @@ START_TEST(test_metrics_and_flags) {
   };
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
     ck_assert_msg(strstr(R.body, want[i]) != NULL, "missing %s", want[i]);
+  /* The real parser (python3-prometheus-client) reads the whole text. */
+  char mpath[] = "/tmp/evx-notes-metrics-XXXXXX";
+  int mfd = mkstemp(mpath);
+  ck_assert_int_ge(mfd, 0);
+  ck_assert_int_eq(write(mfd, R.body, strlen(R.body)), (ssize_t)strlen(R.body));
+  close(mfd);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd,
+           "/usr/bin/python3 %s/prom_check.py %s 'evx_executor_threads|executor=sqlite-read|= 4' "
+           "'notes_latest_id||= 1' 'evx_http_responses_total|code=2xx,method=GET,port=%d|>= 1'",
+           EVX_TEST_SRC_DIR, mpath, S.port);
+  int pst = system(cmd);
+  unlink(mpath);
+  ck_assert_msg(WIFEXITED(pst) && WEXITSTATUS(pst) == 0, "prom_check failed on /metrics");
   /* Every sample line is "name{labels} number". */
   for (char *line = strtok(R.body, "\n"); line; line = strtok(NULL, "\n")) {
     if (line[0] == '#') continue;

@@ -303,6 +303,51 @@ START_TEST(test_many_timers) {
 }
 END_TEST
 
+/* Stale handles: cancelling a timer that already fired was a heap
+ * use-after-free, and once its memory held a later timer it cancelled that
+ * one. Now it is EVX_EINVAL, and the later timer fires. */
+static void zero_stop_cb(void *arg) { evx_loop_stop((evx_loop *)arg); }
+
+START_TEST(test_cancel_after_fire_is_stale) {
+  evx_loop *loop = evx_loop_new(NULL);
+  int first = 0, later = 0;
+  evx_timer *a = evx_call_later(loop, 0, count_cb, &first);
+  ck_assert_ptr_nonnull(a);
+  ck_assert_ptr_nonnull(evx_call_later(loop, 1, zero_stop_cb, loop));
+  evx_test_run(loop, 5000);
+  ck_assert_int_eq(first, 1);
+  /* A later timer of the same size: the allocator may hand it a's memory. */
+  evx_timer *b = evx_call_later(loop, 5, count_cb, &later);
+  ck_assert_ptr_nonnull(b);
+  ck_assert_ptr_ne(a, b);
+  ck_assert_int_eq(evx_timer_cancel(a), EVX_EINVAL); /* fired: stale */
+  ck_assert_int_eq(evx_timer_cancel(a), EVX_EINVAL);
+  ck_assert_ptr_nonnull(evx_call_later(loop, 30, zero_stop_cb, loop));
+  evx_test_run(loop, 5000);
+  ck_assert_int_eq(later, 1); /* b was not cancelled through a */
+  ck_assert_int_eq(evx_timer_cancel(b), EVX_EINVAL);
+
+  /* Cancelled twice: the second is stale, also after the slot was reused. */
+  evx_timer *c = evx_call_later(loop, 1000, count_cb, &later);
+  ck_assert_int_eq(evx_timer_cancel(c), EVX_OK);
+  evx_timer *d = evx_call_later(loop, 1000, count_cb, &later);
+  ck_assert_int_eq(evx_timer_cancel(c), EVX_EINVAL);
+  ck_assert_int_eq(evx_timer_cancel(d), EVX_OK);
+  /* A handle that was never issued names nothing. */
+  ck_assert_int_eq(evx_timer_cancel((evx_timer *)(uintptr_t)0x7fff0001), EVX_EINVAL);
+  evx_test_free_loop(loop);
+
+  /* Handles of a freed loop stay stale for the next loop's timers. */
+  evx_loop *l2 = evx_loop_new(NULL);
+  evx_timer *e = evx_call_later(l2, 1000, count_cb, &later);
+  ck_assert_ptr_nonnull(e);
+  ck_assert_int_eq(evx_timer_cancel(a), EVX_EINVAL);
+  ck_assert_int_eq(evx_timer_cancel(d), EVX_EINVAL);
+  ck_assert_int_eq(evx_timer_cancel(e), EVX_OK);
+  evx_test_free_loop(l2);
+}
+END_TEST
+
 static Suite *timers_suite(void) {
   Suite *s = suite_create("timers");
   TCase *tc = evx_test_tcase(s, "order", 10);
@@ -315,6 +360,7 @@ static Suite *timers_suite(void) {
   tcase_add_test(tc, test_cancel_from_timer_callback);
   tcase_add_test(tc, test_cancel_inside_own_callback);
   tcase_add_test(tc, test_invalid_args);
+  tcase_add_test(tc, test_cancel_after_fire_is_stale);
   tc = evx_test_tcase(s, "thread", 10);
   tcase_add_test(tc, test_wrong_thread);
   return s;

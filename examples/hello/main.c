@@ -171,10 +171,9 @@ static void drain_check(evutil_socket_t fd, short what, void *arg) {
   evtimer_add(ev, &tv);
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg) {
-  (void)what;
+static void on_signal(int sig, void *arg) {
   if (drain_ev) return; /* already stopping */
-  fprintf(stderr, "evx_hello: signal %d, stopping\n", (int)sig);
+  fprintf(stderr, "evx_hello: signal %d, stopping\n", sig);
   stop_started_ns = evx_now_ns();
   evx_http_stop_accepting(http);
   evx_executor_shutdown(pool, EVX_SHUTDOWN_DRAIN); /* running and queued jobs finish */
@@ -265,14 +264,12 @@ int main(int argc, char **argv) {
   fflush(stderr);
 
   struct event_base *base = evx_loop_base(loop);
-  struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
-  struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
-  if (!sigint || !sigterm || evsignal_add(sigint, NULL) || evsignal_add(sigterm, NULL)) return 1;
+  if (evx_loop_on_signal(loop, SIGINT, on_signal, base) ||
+      evx_loop_on_signal(loop, SIGTERM, on_signal, base))
+    return 1;
 
   evx_loop_run(loop);
 
-  event_free(sigint);
-  event_free(sigterm);
   if (drain_ev) event_free(drain_ev);
   evx_http_free(http);
   evx_condition_free(cond);

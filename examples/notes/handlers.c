@@ -9,7 +9,7 @@
  *   GET  /notes/{id}           one note, 404 when missing
  *   GET  /notes/wait?since=ID[&timeout=MS]  notes newer than ID as soon as
  *                              one exists; 204 after the timeout
- *   GET  /metrics              Prometheus text (metrics.c)
+ *   GET  /metrics              Prometheus text (evx_http_route_metrics + metrics.c)
  *
  * Ownership: each held request has a small context (post_ctx, read_ctx,
  * wait_ctx) freed by the callback that finishes the request. A client that
@@ -85,9 +85,9 @@ int notes_reply_error(evx_request *req, int status, const char *msg) {
 }
 
 /* The answer for a query that could not run: 503 when the pool is full or
- * closing, 500 otherwise. */
+ * the database stayed locked, or it is closing; 500 otherwise. */
 static int reply_db_error(evx_request *req, int status, const char *msg) {
-  if (status == EVX_EBUSY) return evx_request_reply_busy(req, 1);
+  if (status == EVX_EBUSY || status == EVX_ELOCKED) return evx_request_reply_busy(req, 1);
   if (status == EVX_ECLOSED || status == EVX_ECANCELED)
     return notes_reply_error(req, 503, "the service is shutting down");
   char buf[512];
@@ -336,9 +336,8 @@ static void on_list(evx_request *req, void *arg) {
 }
 
 static void on_get_one(evx_request *req, void *arg) {
-  const char *path = evx_request_path(req); /* "/notes/<id>" (prefix route) */
-  long long id;
-  if (parse_int(path + strlen("/notes/"), 1, INT64_MAX, &id) != 0) {
+  long long id; /* the route is /notes/{id} */
+  if (parse_int(evx_request_param(req, "id"), 1, INT64_MAX, &id) != 0) {
     notes_reply_error(req, 404, "no such note: ids are positive integers");
     return;
   }
@@ -476,8 +475,12 @@ int notes_routes(notes_app *app) {
   if (evx_http_route(h, "POST", "/notes", 0, on_post, app) ||
       evx_http_route(h, "GET", "/notes", 0, on_list, app) ||
       evx_http_route(h, "GET", "/notes/wait", 0, on_wait, app) ||
-      evx_http_route(h, "GET", "/notes/", EVX_ROUTE_PREFIX, on_get_one, app) ||
-      evx_http_route(h, "GET", "/metrics", 0, notes_on_metrics, app))
+      evx_http_route(h, "GET", "/notes/{id}", 0, on_get_one, app) ||
+      evx_http_route_metrics(h, "/metrics"))
     return -1;
-  return 0;
+  /* A long poll may wait --poll-timeout; every other request keeps the server's timeout. */
+  uint64_t poll_ms = (uint64_t)app->cfg.poll_timeout_ms + 5000;
+  if (evx_route_set_timeout(evx_http_route_find(h, "GET", "/notes/wait", 0), poll_ms) != EVX_OK)
+    return -1;
+  return notes_metrics_init(app);
 }

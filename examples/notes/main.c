@@ -190,14 +190,13 @@ static void drain_check(evutil_socket_t fd, short what, void *arg) {
   evtimer_add(drain_ev, &tv);
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg) {
-  (void)what;
+static void on_signal(int sig, void *arg) {
   (void)arg;
   if (app.stopping) {
     cancel_rest("second signal");
     return;
   }
-  fprintf(stderr, "evx_notes: signal %d: stopping (%zu mail(s) pending)\n", (int)sig,
+  fprintf(stderr, "evx_notes: signal %d: stopping (%zu mail(s) pending)\n", sig,
           evx_mailer_pending(app.mailer));
   app.stopping = 1;
   stop_ns = evx_now_ns();
@@ -271,6 +270,8 @@ int main(int argc, char **argv) {
                         .max_attempts = (unsigned)app.cfg.mail_attempts,
                         .backoff_ms = (uint64_t)app.cfg.mail_backoff_ms,
                         .timeout_ms = app.cfg.mail_timeout_ms,
+                        .log = notes_mail_log,
+                        .log_arg = &app,
                         .name = "mail"};
   app.mailer = evx_mailer_new(app.loop, &mo);
   app.new_note = evx_condition_new(app.loop);
@@ -288,16 +289,13 @@ int main(int argc, char **argv) {
     goto out;
   }
   struct event_base *base = evx_loop_base(app.loop);
-  struct event *sigint = evsignal_new(base, SIGINT, on_signal, NULL);
-  struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, NULL);
   drain_ev = evtimer_new(base, drain_check, NULL);
-  if (!sigint || !sigterm || !drain_ev || evsignal_add(sigint, NULL) || evsignal_add(sigterm, NULL)) {
+  if (!drain_ev || evx_loop_on_signal(app.loop, SIGINT, on_signal, NULL) ||
+      evx_loop_on_signal(app.loop, SIGTERM, on_signal, NULL)) {
     exit_code = 1;
   } else {
     evx_loop_run(app.loop);
   }
-  if (sigint) event_free(sigint);
-  if (sigterm) event_free(sigterm);
   if (drain_ev) event_free(drain_ev);
 out:
   /* Order: the server first (held requests become ECLOSED), then the pools,

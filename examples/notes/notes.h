@@ -2,7 +2,8 @@
  *
  * main.c     flags and environment, start-up, signals, clean shutdown
  * handlers.c the routes: POST/GET /notes, GET /notes/{id}, GET /notes/wait
- * metrics.c  request counters and GET /metrics (Prometheus text format)
+ * metrics.c  the application's own numbers for GET /metrics (evexec adds
+ *            every executor's and the HTTP server's)
  *
  * Everything in notes_app is touched on the loop thread only.
  */
@@ -57,7 +58,9 @@ extern const char notes_schema[];
 
 /* metrics.c */
 void notes_access_log(void *arg, const evx_http_log_entry *e);
-void notes_on_metrics(evx_request *req, void *arg);
+void notes_mail_log(void *arg, int level, const char *line);
+/* Register the application's own numbers with the loop's /metrics. */
+int notes_metrics_init(notes_app *app);
 
 /* A JSON error reply: {"error": msg}. */
 int notes_reply_error(evx_request *req, int status, const char *msg);

@@ -61,8 +61,11 @@ struct evx_mailer {
   atomic_uint_fast64_t accepted, sent, failed, cancelled, attempts, retries, pending;
 };
 
+/* Quiet on success: a delivered mail is counted (evx_mailer_stats_get), not
+ * logged; retries and failures go to stderr. A log callback sees every line. */
 static void default_log(void *arg, int level, const char *line) {
   (void)arg;
+  if (level == EVX_MAIL_INFO) return;
   static const char *const names[] = {"info", "warn", "error"};
   fprintf(stderr, "mail %s: %s\n", names[level >= 0 && level <= 2 ? level : 2], line);
 }
@@ -279,6 +282,20 @@ fail:
   return NULL;
 }
 
+int evx_mail_check(evx_mailer *m, const evx_mail_msg *msg) {
+  if (!m || !msg || !evx__loop_thread_ok(m->loop)) return EVX_EINVAL;
+  evx_mail_msg full = *msg;
+  if (!full.from) full.from = m->from;
+  evx__mail_env env;
+  memset(&env, 0, sizeof env);
+  char *text = NULL;
+  int err = evx__mail_envelope(&full, m->from, &env);
+  if (!err) err = evx_mail_format(&full, m->hostname, &text, NULL);
+  evx__mail_env_free(&env); /* zeroed or filled: either is freed */
+  evx_free(text);
+  return err;
+}
+
 int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done, void *arg,
                   char **message_id) {
   if (!m || !msg) return EVX_EINVAL;
@@ -295,6 +312,19 @@ int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done,
     if (!job->to) err = EVX_ENOMEM;
   }
   if (err) {
+    /* A message that cannot be built is lost to the caller's code path: say
+     * so here, once per mail, so no mail disappears without a visible error
+     * (EBUSY and ECLOSED are load and life-cycle answers the caller handles). */
+    char to[201] = "(none)";
+    if (full.to) {
+      size_t i = 0; /* control bytes shown as '?': one log line stays one line */
+      for (; full.to[i] && i < sizeof to - 1; i++)
+        to[i] = (unsigned char)full.to[i] < 0x20 ? '?' : full.to[i];
+      to[i] = '\0';
+    }
+    mail_log(m, EVX_MAIL_ERROR, "mail to %s refused: %s (%s)", to,
+             err == EVX_EINVAL ? "bad sender or recipient address" : "out of memory",
+             evx_err_name(err));
     job_free(job);
     return err;
   }

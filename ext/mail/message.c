@@ -4,8 +4,12 @@
  * DESIGN
  *  - Pure functions over borrowed input; any thread; output through the
  *    configured allocator.
- *  - Header injection is impossible by construction: every header value is
- *    checked for CR and LF, and addresses are checked character by character.
+ *  - Header injection is impossible by construction: addresses are checked
+ *    character by character (CR/LF in From or To is EVX_EINVAL), and a
+ *    Subject that is not short plain ASCII - control characters, CR and LF
+ *    included - is written as RFC 2047 encoded words, whose base64 text holds
+ *    no line break. A subject is never a reason to refuse a mail: it arrives,
+ *    and decodes to exactly the bytes given.
  *  - Output uses CRLF everywhere. The body is 8bit (7bit when ASCII) unless a
  *    line exceeds the 998-byte limit of RFC 5322, then quoted-printable.
  *    Dot-stuffing is the SMTP transport's job (libcurl does it), so the spool
@@ -185,7 +189,9 @@ static int plain_ascii(const char *s, size_t max) {
 }
 
 /* Subject: as is when short plain ASCII; else RFC 2047 B-encoded words of at
- * most 45 input bytes, never splitting a UTF-8 sequence, folded with CRLF SP. */
+ * most 45 input bytes, never splitting a UTF-8 sequence, folded with CRLF SP.
+ * CR, LF and other control bytes take the encoded path (plain_ascii refuses
+ * them), so they reach the reader as they were and never end the header. */
 static void sb_subject(sbuf *b, const char *subj) {
   sb_str(b, "Subject: ");
   if (plain_ascii(subj, 900)) {
@@ -297,7 +303,6 @@ int evx_mail_format(const evx_mail_msg *msg, const char *hostname, char **out, c
   if (err) return err;
   evx__mail_env_free(&env);
   const char *subject = msg->subject ? msg->subject : "";
-  if (has_crlf(subject)) return EVX_EINVAL;
   const char *from = msg->from ? msg->from : "evexec@localhost";
   const char *host = host_ok(hostname) ? hostname : "localhost";
 

@@ -19,6 +19,11 @@
  *    (hands `res` to the user callback, frees the job).
  *  - Each connection caches prepared statements by SQL text (small LRU), so
  *    the hot statements of a service are prepared once per thread.
+ *  - Cancellation reaches running statements: each connection's progress
+ *    handler asks evx_job_cancelled() every SQL_PROGRESS_OPS VM steps, so a
+ *    query whose job was cancelled while it ran (evx_future_cancel on
+ *    evx_sqlite_query_future's future, e.g. when the client left) stops with
+ *    SQLITE_INTERRUPT instead of running to the end.
  *
  * Lifetime: evx_sqlite outlives its worker threads (close joins them before
  * freeing), so the key destructor may touch db->nconns.
@@ -197,6 +202,16 @@ static int conn_exec(sqlite3 *conn, const char *sql, char **errmsg) {
   return rc;
 }
 
+/* Every connection's progress handler: a running statement of a job that
+ * evx_job_cancel asked to stop (its client left, its future was cancelled)
+ * is interrupted (SQLITE_INTERRUPT; the result says EVX_ECANCELED). On a
+ * thread that runs no job (opening on the loop thread) it never fires. */
+static int conn_progress(void *arg) {
+  (void)arg;
+  return evx_job_cancelled();
+}
+#define SQL_PROGRESS_OPS 1000 /* VM steps between checks: well under a millisecond */
+
 /* Open a connection with the common settings. On failure returns NULL and,
  * when errmsg is not NULL, a message to evx_free. */
 static sqlite3 *conn_open(const char *path, unsigned busy_ms, int query_only, int sync_full,
@@ -206,6 +221,7 @@ static sqlite3 *conn_open(const char *path, unsigned busy_ms, int query_only, in
   int rc = sqlite3_open_v2(path, &conn, flags, NULL);
   if (rc != SQLITE_OK) goto fail;
   sqlite3_extended_result_codes(conn, 1);
+  sqlite3_progress_handler(conn, SQL_PROGRESS_OPS, conn_progress, NULL);
   rc = sqlite3_busy_timeout(conn, (int)(busy_ms > INT32_MAX ? INT32_MAX : busy_ms));
   if (rc != SQLITE_OK) goto fail;
   rc = conn_exec(conn, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
@@ -424,8 +440,12 @@ static void run_statement(sql_conn *c, const char *sql, const evx_sql_value *par
   } else {
     int ext = sqlite3_extended_errcode(c->conn);
     int prim = ext & 0xff;
-    int status = (prim == SQLITE_BUSY || prim == SQLITE_LOCKED) ? EVX_EBUSY
+    /* EVX_ELOCKED, never EVX_EBUSY: EVX_EBUSY is the pool's "queue full"
+     * (answered at submit), which a handler turns into 503 at once. */
+    int status = (prim == SQLITE_BUSY || prim == SQLITE_LOCKED) ? EVX_ELOCKED
+                 : prim == SQLITE_CONSTRAINT                     ? EVX_ECONSTRAINT
                  : prim == SQLITE_NOMEM                          ? EVX_ENOMEM
+                 : prim == SQLITE_INTERRUPT                      ? EVX_ECANCELED
                                                                  : EVX_EIO;
     result_error(res, status, ext, sqlite3_errmsg(c->conn));
   }
@@ -564,17 +584,25 @@ static evx_executor *pool_for(evx_sqlite *db, evx_sql_mode mode) {
   return mode == EVX_SQL_WRITE ? db->writer : db->readers;
 }
 
-int evx_sqlite_query(evx_sqlite *db, evx_sql_mode mode, const char *sql,
-                     const evx_sql_value *params, size_t nparams, evx_sql_cb cb, void *arg) {
+int evx_sqlite_query_job(evx_sqlite *db, evx_sql_mode mode, const char *sql,
+                         const evx_sql_value *params, size_t nparams, evx_sql_cb cb, void *arg,
+                         evx_job **handle) {
   int err = check_query_args(db, mode, sql, params, nparams);
   if (err) return err;
   sql_job *job = job_new(db, mode, sql, params, nparams);
   if (!job) return EVX_ENOMEM;
   job->cb = cb;
   job->arg = arg;
-  err = evx_submit(pool_for(db, mode), query_work, query_done, job);
+  evx_executor *ex = pool_for(db, mode);
+  err = handle ? evx_submit_job(ex, query_work, query_done, job, handle)
+               : evx_submit(ex, query_work, query_done, job);
   if (err) job_free(job);
   return err;
+}
+
+int evx_sqlite_query(evx_sqlite *db, evx_sql_mode mode, const char *sql,
+                     const evx_sql_value *params, size_t nparams, evx_sql_cb cb, void *arg) {
+  return evx_sqlite_query_job(db, mode, sql, params, nparams, cb, arg, NULL);
 }
 
 static int query_call(void *arg, void **result) {

@@ -47,7 +47,9 @@ extern "C" {
   X(EIO, -8, "I/O or backend failure")                                     \
   X(EADDRINUSE, -9, "address already in use")                               \
   X(EACCES, -10, "permission denied")                                       \
-  X(ENOTFOUND, -11, "host name not found")
+  X(ENOTFOUND, -11, "host name not found")                                  \
+  X(ECONSTRAINT, -12, "constraint violated (unique, foreign key, not null, check)") \
+  X(ELOCKED, -13, "the database stayed locked (busy timeout)")
 
 enum {
 #define EVX__ERR_ENUM(name, value, msg) EVX_##name = (value),
@@ -74,9 +76,15 @@ typedef void (*evx_free_fn)(void *p);
 
 /**
  * Replace the allocator used by every evexec allocation (like uv_replace_allocator).
- * Call before any other evexec call, while no evexec object exists.
- * All four functions must be given, or all NULL to restore the C library's.
- * @return EVX_OK, or EVX_EINVAL if only some are given.
+ * Call before any other evexec call, while no evexec object exists; memory
+ * that evx_malloc & co. handed out must have been freed too (evexec cannot
+ * see it). All four functions must be given, or all NULL to restore the C
+ * library's. Not thread-safe against other evexec calls.
+ * @return EVX_OK (also when the set is the one in use: a no-op); EVX_EINVAL
+ *         if only some are given; EVX_EBUSY while any evx_loop exists (every
+ *         evexec object belongs to a loop, and its memory came from the
+ *         allocator in use: freeing it through another would crash). The
+ *         allocator is then unchanged.
  */
 EVX_API int evx_set_allocator(void *(*malloc_fn)(size_t),
                               void *(*realloc_fn)(void *, size_t),

@@ -37,7 +37,11 @@ EVX_API int evx_condition_notify_all(evx_condition *c);
 /** Number of waiters now. 0 for NULL. */
 EVX_API size_t evx_condition_waiters(const evx_condition *c);
 
-/** Free; pending waiters fail with EVX_ECLOSED. NULL accepted. */
+/**
+ * Free; pending waiters fail with EVX_ECLOSED. Loop thread only: from any
+ * other thread (a worker) it is refused - nothing is freed, a line goes to
+ * stderr. NULL accepted.
+ */
 EVX_API void evx_condition_free(evx_condition *c);
 
 #ifdef __cplusplus

@@ -6,7 +6,9 @@
  * Guarantees:
  *  - `done(arg, status)` runs exactly once per accepted job, on the loop
  *    thread, never inside the call that submitted it. status is EVX_OK when
- *    `work` ran, EVX_ECANCELED when the job was cancelled before it started.
+ *    `work` ran, EVX_ECANCELED when the job was cancelled before it started,
+ *    EVX_ETIMEDOUT when it waited longer than opts.target_wait_us and was
+ *    ended without running (only with that option set).
  *  - A call that fails (any non-zero return) never calls `work` or `done`.
  *  - A full queue answers EVX_EBUSY at once; submit never blocks.
  *  - Completions are posted to the loop in batches with one wakeup per batch.
@@ -23,11 +25,16 @@ extern "C" {
 
 /** Runs on a worker thread. May block. Must not call loop-thread-only APIs. */
 typedef void (*evx_work_fn)(void *arg);
-/** Runs on the loop thread. status: EVX_OK or EVX_ECANCELED. */
+/** Runs on the loop thread. status: EVX_OK, EVX_ECANCELED or EVX_ETIMEDOUT (see above). */
 typedef void (*evx_done_fn)(void *arg, int status);
 
 typedef struct evx_executor evx_executor;
-/** A handle to one accepted job (see evx_submit_job). */
+/**
+ * A handle to one accepted job (see evx_submit_job). It is an encoded id (a
+ * slot and a generation), not the job's address: once the job's `done` has
+ * returned the handle is stale, and evx_job_cancel on it answers EVX_EINVAL -
+ * it never reaches the memory, nor a later job that reuses it.
+ */
 typedef struct evx_job evx_job;
 /** A serial queue over an executor: its jobs run one at a time, in order. */
 typedef struct evx_strand evx_strand;
@@ -35,7 +42,13 @@ typedef struct evx_strand evx_strand;
 /** Executor options. Zero fields take the defaults. */
 typedef struct evx_executor_opts {
   unsigned threads;  /**< worker threads; default 4 */
-  size_t max_queue;  /**< jobs waiting (not running) before EVX_EBUSY; default 4096 */
+  /**
+   * Jobs waiting (not running) before EVX_EBUSY; default 4096. Exact, except
+   * that while the loop thread runs this executor's `done` callbacks it
+   * holds up to 31 slots in advance for the jobs they submit: a submit from
+   * another thread meanwhile may see EVX_EBUSY that many jobs early.
+   */
+  size_t max_queue;
   const char *name;  /**< for logs, metrics and thread names; copied; default "evx" */
   /**
    * Latency for CPU: a worker that runs out of jobs first polls for new ones
@@ -45,6 +58,24 @@ typedef struct evx_executor_opts {
    * Default 0 (sleep at once); at most 1000000.
    */
   unsigned spin_us;
+  /**
+   * Load shedding: the queue wait a job may have, in microseconds; 0 (the
+   * default): off, jobs wait as long as the queue makes them. When set:
+   *  - a submit whose job would wait longer - estimated from the jobs ahead,
+   *    the workers and the recent run times (an average over about the last
+   *    8 jobs) - answers EVX_EBUSY at once (counted in stats `rejected` and
+   *    `shed`): the HTTP handler answers 503 with evx_request_reply_busy;
+   *  - a queued job that has still waited longer when a worker takes it is
+   *    not run: its `done` gets EVX_ETIMEDOUT (counted in `cancelled` and
+   *    `expired`). Until the first job completed the run time is unknown, so
+   *    only this deadline sheds load.
+   * So a job that runs has waited at most about this long, and overload is
+   * refused at the door instead of queueing until clients time out (the
+   * CoDel idea, as a per-job deadline like folly's expiring tasks). Jobs
+   * submitted from `done` callbacks, strands included, are treated the
+   * same. At most 600000000 (10 minutes).
+   */
+  unsigned target_wait_us;
 } evx_executor_opts;
 
 #define EVX_SHUTDOWN_DRAIN 0  /**< run every accepted job, then stop the workers */
@@ -76,13 +107,29 @@ EVX_API int evx_submit_job(evx_executor *ex, evx_work_fn work, evx_done_fn done,
                            evx_job **job);
 
 /**
- * Cancel a job that has not started. Loop thread only.
- * On success `work` will never run and `done(arg, EVX_ECANCELED)` is called
- * in a later loop iteration (not inside this call).
- * @return EVX_OK; EVX_EBUSY when the job already started or finished (done
- *         will report its real outcome); EVX_EINVAL for NULL.
+ * Cancel a job. Loop thread only.
+ * A job that has not started: `work` will never run and `done(arg,
+ * EVX_ECANCELED)` is called in a later loop iteration (not inside this call).
+ * A job whose `work` runs now cannot be stopped from outside, but it is asked
+ * to: evx_job_cancelled() turns non-zero inside that `work`, which may stop
+ * early; its `done` still runs once, with EVX_OK (work ran and returned -
+ * its result, if it stopped early, is the work's to mark).
+ * @return EVX_OK (cancelled before it started); EVX_EBUSY when the job
+ *         already started (if it still runs, it was asked to stop) or
+ *         finished (done will report its real outcome); EVX_EINVAL for NULL,
+ *         for a stale handle (its `done` already returned) and from another
+ *         thread.
  */
 EVX_API int evx_job_cancel(evx_job *job);
+
+/**
+ * Inside a job's `work`, on its worker thread: non-zero once evx_job_cancel
+ * asked the running job to stop (the client left, the future was
+ * cancelled). Cheap (a thread-local and an atomic load): poll it in long
+ * loops. 0 anywhere else (the loop thread, a thread that is not a worker,
+ * a worker between jobs).
+ */
+EVX_API int evx_job_cancelled(void);
 
 /**
  * Stop accepting jobs: afterwards every submit answers EVX_ECLOSED.
@@ -130,13 +177,15 @@ typedef struct evx_executor_stats {
   uint64_t submitted;     /**< jobs accepted */
   uint64_t completed;     /**< jobs whose work ran to the end */
   uint64_t rejected;      /**< submits answered EVX_EBUSY */
-  uint64_t cancelled;     /**< jobs cancelled before they started */
+  uint64_t cancelled;     /**< jobs ended before they started (cancelled, or expired) */
   uint64_t wait_ns_total; /**< sum of queue waits of started jobs */
   uint64_t run_ns_total;  /**< sum of run times of completed jobs */
   uint64_t wait_ns_max;
   uint64_t run_ns_max;
   uint64_t wait_hist[EVX_STATS_BUCKETS];
   uint64_t run_hist[EVX_STATS_BUCKETS];
+  uint64_t shed;    /**< of `rejected`: refused by the target wait (opts.target_wait_us) */
+  uint64_t expired; /**< of `cancelled`: waited past the target wait, ended unrun */
 } evx_executor_stats;
 
 /**

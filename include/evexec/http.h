@@ -101,13 +101,26 @@ typedef struct evx_http_opts {
    *  long is closed. Not applied while a request is held. Default 60000 ms. */
   uint64_t idle_timeout_ms;
   /** Most requests held at once (dispatched, not finished, client still
-   *  there); above it new requests get 503 with Retry-After. Default 10000. */
+   *  there); above it new requests get 503 with Retry-After - on routes that
+   *  hold requests now; a route holding none is still served (see
+   *  evx_route_set_max_held for per-route limits). Default 10000. */
   size_t max_held;
   /** Seconds for the Retry-After header of the 503 sent at max_held; default 1. */
   unsigned busy_retry_after_s;
   /** Access log; NULL (default) logs nothing. See evx_http_log_stderr. */
   evx_http_log_fn log;
   void *log_arg;
+  /** The whole request head (request line and header fields) must arrive
+   *  within this long of its first byte, else 408 and the connection is
+   *  closed (nginx's client_header_timeout). Default 60000 ms. */
+  uint64_t header_timeout_ms;
+  /** The whole body must arrive within this long of the end of the head,
+   *  else 408 and close. Default 60000 ms. */
+  uint64_t body_timeout_ms;
+  /** Most open connections. Above it the connection idle the longest (no
+   *  request in progress, nothing being written) is closed; when none is
+   *  idle, the new one. Default EVX_HTTP_UNLIMITED. */
+  size_t max_connections;
 } evx_http_opts;
 
 /**
@@ -187,6 +200,17 @@ EVX_API evx_route *evx_http_route_find(evx_http *http, const char *method, const
 EVX_API int evx_route_set_timeout(evx_route *route, uint64_t ms);
 
 /**
+ * Most requests of this route held at once; above it its new requests get
+ * 503 with Retry-After while the other routes are served (10,000 long polls
+ * on /wait cannot take /api down). Independently, the server's max_held
+ * refuses only routes that hold at least one request at that moment, so a
+ * route that answers inline is never refused by it. Loop thread only.
+ * @param max the limit; 0 or EVX_HTTP_UNLIMITED: none (the server's max_held only).
+ * @return EVX_OK or EVX_EINVAL (NULL route, wrong thread).
+ */
+EVX_API int evx_route_set_max_held(evx_route *route, size_t max);
+
+/**
  * A hook run before the handler of every routed request (not before evexec's
  * own 404/405/431/503 replies): authentication, CORS headers, request ids.
  * It runs on the loop thread with the request the handler would get; it may
@@ -197,6 +221,16 @@ EVX_API int evx_route_set_timeout(evx_route *route, uint64_t ms);
  * @return EVX_OK or EVX_EINVAL (NULL http, wrong thread).
  */
 EVX_API int evx_http_set_before(evx_http *http, evx_handler_fn fn, void *arg);
+
+/**
+ * Serve the Prometheus metrics of everything on this server's loop at `path`
+ * (GET and HEAD): every executor, every HTTP server, task queues and the
+ * application's evx_metrics_source - see metrics.h for the names. Content
+ * type `text/plain; version=0.0.4`. An ordinary route otherwise (the before
+ * hook runs; evx_http_route_find(http, "GET", path, 0) finds it).
+ * @return as evx_http_route.
+ */
+EVX_API int evx_http_route_metrics(evx_http *http, const char *path);
 
 /**
  * Stop listening: new connections are refused, connections already open are
@@ -229,6 +263,13 @@ typedef struct evx_http_stats {
   uint64_t rejected_busy; /**< 503 because max_held was reached */
   uint64_t bytes_out;     /**< body bytes sent */
   uint64_t status[6];     /**< by class: [1] 1xx ... [5] 5xx; [0] no status (client left) */
+  uint64_t connections;   /**< connections open now */
+  uint64_t bad_requests;  /**< connections closed for bad framing (400, 501, 505; see RELIABILITY.md) */
+  uint64_t header_timeouts; /**< 408: the head did not arrive within header_timeout_ms */
+  uint64_t body_timeouts; /**< 408: the body did not arrive within body_timeout_ms */
+  uint64_t shed;          /**< connections closed by max_connections */
+  uint64_t accept_errors; /**< accept() failures (EMFILE, ENFILE, ...): each pauses accepting 100 ms */
+  uint64_t accept_refused; /**< clients accepted with the reserve descriptor and closed at once */
 } evx_http_stats;
 
 /** Copy the server's counters. @return EVX_OK or EVX_EINVAL (NULL). */
@@ -354,6 +395,65 @@ EVX_API int evx_request_state(evx_request *req);
 
 /** Non-zero when evx_request_state() is not 0 (client gone, timed out, server closed). */
 EVX_API int evx_request_is_gone(evx_request *req);
+
+/* ---- buffered replies ------------------------------------------------ */
+
+/**
+ * Buffered replies build the response piece by piece and send it at finish:
+ * evx_request_set_status, evx_request_set_header and evx_request_write_body.
+ * A coroutine handler (evx_http_route_coro) that returns without finishing
+ * is finished with them: the status set (200 when none), the headers set,
+ * the body written (Content-Type text/plain unless a Content-Type header was
+ * set). With an explicit evx_request_finish the buffered body comes first
+ * and finish's body after it; the status given to finish wins. With
+ * evx_request_start_chunked the buffered body is sent as the first chunk, and
+ * write_body is refused from then on (use evx_request_write). Any handler
+ * may use them.
+ */
+
+/**
+ * Set the status the response will be sent with (at finish without a
+ * status of its own: the auto-finish of a coroutine handler).
+ * @return EVX_OK; EVX_EINVAL (NULL, status outside 200..599, after finish or
+ *         start_chunked); EVX_EGONE / EVX_ETIMEDOUT / EVX_ECLOSED (no client).
+ */
+EVX_API int evx_request_set_status(evx_request *req, int status);
+
+/**
+ * Append to the response body (copied), sent at finish.
+ * @return EVX_OK; EVX_EINVAL (NULL req, NULL data with len > 0, after finish
+ *         or start_chunked); EVX_EGONE / EVX_ETIMEDOUT / EVX_ECLOSED;
+ *         EVX_ENOMEM (nothing appended).
+ */
+EVX_API int evx_request_write_body(evx_request *req, const void *data, size_t len);
+
+/** evx_request_write_body with a NUL-terminated string (NULL: nothing). */
+EVX_API int evx_request_write_str(evx_request *req, const char *s);
+
+/* ---- coroutine handlers ---------------------------------------------- */
+
+/**
+ * Add a route whose handler runs as a coroutine (coro.h): it may await jobs
+ * (evx_await_job), futures, conditions, queues and sleeps, one line after the
+ * other, on its own stack. Same matching, flags and return values as
+ * evx_http_route.
+ *  - Finishing is optional (Tornado's auto-finish): a handler that returns
+ *    without finishing is finished with what it set through the buffered
+ *    calls above (default 200 with an empty body).
+ *  - The request handle stays valid until the handler returns (a second
+ *    finish answers EVX_EINVAL); after finish, read the request's data
+ *    (path, headers, body) only before the handler's next await.
+ *  - The client leaving while the handler awaits makes that await return
+ *    EVX_EGONE (a job that has not started is cancelled; a running one is
+ *    waited for), and every later await in the handler return EVX_EGONE at
+ *    once, so the code after it runs and cleans up; no on_close bookkeeping.
+ *    A request timeout gives EVX_ETIMEDOUT and a freed server EVX_ECLOSED the
+ *    same way.
+ *  - A coroutine that cannot be started (no memory for its stack) gets 500.
+ * Coroutine stacks have the default size (EVX_CORO_STACK_DEFAULT).
+ */
+EVX_API int evx_http_route_coro(evx_http *http, const char *method, const char *path, int flags,
+                                evx_handler_fn fn, void *arg);
 
 /* ---- chunked replies ------------------------------------------------- */
 

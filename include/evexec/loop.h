@@ -6,8 +6,18 @@
  * callback and executor `done` runs there. evx_add_callback() and
  * evx_loop_stop() are the only calls that are safe from any thread; every
  * other call in evexec that takes an evx_loop (or an object bound to one)
- * must be made on the loop thread, and returns EVX_EINVAL (or NULL) when a
- * different thread is detected while the loop is running.
+ * must be made on the loop thread, and returns EVX_EINVAL (or NULL) when
+ * made from another thread:
+ *  - the loop thread is the thread that called evx_loop_new, until a thread
+ *    calls evx_loop_run (then that one, also after the run returns) or
+ *    evx_loop_free (then that one);
+ *  - a loop over an owned base (evx_loop_new(NULL)) runs only through
+ *    evx_loop_run; while it does not run, set-up and teardown calls are
+ *    accepted from any thread (e.g. the thread that joined the loop thread);
+ *  - a loop over an adopted base may instead be run with event_base_dispatch()
+ *    on its loop thread, which evexec cannot observe, so for it the check
+ *    holds all the time: a call from any other thread is refused whether or
+ *    not the base is being dispatched at that moment.
  */
 #ifndef EVEXEC_LOOP_H
 #define EVEXEC_LOOP_H
@@ -33,8 +43,12 @@ typedef void (*evx_cb)(void *arg);
  *             (created with EVENT_BASE_FLAG_PRECISE_TIMER; an adopted base keeps
  *             its own clock, which may be libevent's coarse one, so timers on it
  *             can fire up to one tick early). The caller may also run an adopted
- *             base itself with event_base_dispatch(): callbacks and executors work
- *             the same, and evx_loop_stop() breaks that loop.
+ *             base itself with event_base_dispatch() (or event_base_loop()) on
+ *             the thread that called evx_loop_new: callbacks and executors work
+ *             the same, evx_loop_stop() breaks that loop, and the thread checks
+ *             hold as under evx_loop_run (see above). Dispatching it on another
+ *             thread is not supported: every loop-thread call made there answers
+ *             EVX_EINVAL. An owned base must only be run with evx_loop_run.
  * @return the loop, owned by the caller (free with evx_loop_free), or NULL when
  *         out of memory or when the wakeup channel cannot be created.
  */
@@ -97,28 +111,55 @@ EVX_API struct event_base *evx_loop_base(evx_loop *loop);
  */
 EVX_API int evx_add_callback(evx_loop *loop, evx_cb fn, void *arg);
 
-/** Non-zero when called on the thread currently running the loop (or, before the first run, the creating thread). */
+/** Non-zero when called on the loop thread (see the top of this file): the thread
+ *  running evx_loop_run, or the last one that ran it, or before that the creator. */
 EVX_API int evx_loop_in_thread(evx_loop *loop);
 
-/** Opaque timer handle returned by evx_call_later. */
+/**
+ * Opaque timer handle returned by evx_call_later. It is an encoded id (a
+ * slot and a generation), not an address: it never points at memory, and a
+ * handle kept after its timer fired or was cancelled stays harmless - every
+ * call on it answers EVX_EINVAL, and it never names a later timer.
+ */
 typedef struct evx_timer evx_timer;
 
 /**
  * Run fn(arg) on the loop thread after `ms` milliseconds (0: next iteration).
  * Loop thread only.
- * @return a handle owned by the loop, valid until fn has been called or the
- *         timer was cancelled - after that, drop it; or NULL on EVX_EINVAL
+ * @return a handle owned by the loop, live until fn is called or the timer is
+ *         cancelled (then stale: see evx_timer); or NULL on EVX_EINVAL
  *         (NULL loop/fn, wrong thread) or EVX_ENOMEM (fn will not be called).
  */
 EVX_API evx_timer *evx_call_later(evx_loop *loop, uint64_t ms, evx_cb fn, void *arg);
 
 /**
- * Cancel a pending timer: fn will not be called and the handle is freed.
+ * Cancel a pending timer: fn will not be called and the handle ends.
  * Loop thread only.
- * @return EVX_OK; EVX_EINVAL for NULL, for a timer whose fn is running now
- *         (a no-op), or from another thread.
+ * @return EVX_OK; EVX_EINVAL (a no-op) for NULL, for a stale handle - a
+ *         timer that already fired (also from inside its own fn) or was
+ *         cancelled - or from another thread. A stale handle never cancels
+ *         another timer, even one created since. Handles of a freed loop
+ *         are stale too.
  */
 EVX_API int evx_timer_cancel(evx_timer *timer);
+
+/** A signal callback (evx_loop_on_signal): the signal number and the registered arg. Loop thread. */
+typedef void (*evx_signal_fn)(int signum, void *arg);
+
+/**
+ * Call fn(signum, arg) on the loop thread, as a normal loop callback, each time
+ * `signum` arrives while the loop runs (libevent's signal events: the C
+ * handler only wakes the loop, so fn may call anything, e.g. stop
+ * accepting, drain executors and evx_loop_stop for a graceful exit on
+ * SIGINT/SIGTERM). A second call for the same signal replaces fn and arg;
+ * fn NULL removes it (the signal's disposition goes back to what it was).
+ * Registrations end at evx_loop_free. Loop thread only. One loop per
+ * process should watch a given signal (libevent delivers it to one base).
+ * @return EVX_OK; EVX_EINVAL (NULL loop, bad signal number, SIGKILL or
+ *         SIGSTOP, wrong thread); EVX_ENOMEM; EVX_EIO (libevent could not
+ *         install the handler).
+ */
+EVX_API int evx_loop_on_signal(evx_loop *loop, int signum, evx_signal_fn fn, void *arg);
 
 #ifdef __cplusplus
 }

@@ -41,7 +41,9 @@ typedef struct evx_mail_msg {
   const char *from;    /**< "addr" or "Name <addr>"; NULL: the mailer's default
                             (evx_mail_format alone: "evexec@localhost") */
   const char *to;      /**< one or more addresses separated by commas; required */
-  const char *subject; /**< UTF-8, one line; RFC 2047-encoded when not plain ASCII */
+  const char *subject; /**< UTF-8; RFC 2047-encoded when not short plain ASCII, which
+                            includes any CR, LF or other control byte (encoded as
+                            given, never a header break, never a reason to refuse) */
   const char *body;    /**< UTF-8 text; LF, CR or CRLF line ends (sent as CRLF); may be NULL */
 } evx_mail_msg;
 
@@ -53,7 +55,7 @@ typedef struct evx_mail_msg {
  * @param out receives the text (NUL-terminated; evx_free it).
  * @param message_id if not NULL, receives the Message-ID with its <> (evx_free it).
  * @return EVX_OK; EVX_EINVAL (NULL msg/out, no recipient, an address
- *         without '@' or with spaces or <>, a header containing CR/LF);
+ *         without '@' or with spaces or <>, From or To containing CR/LF);
  *         EVX_ENOMEM. On error nothing is stored.
  */
 EVX_API int evx_mail_format(const evx_mail_msg *msg, const char *hostname, char **out,
@@ -88,7 +90,8 @@ typedef struct evx_mailer_opts {
   uint64_t backoff_ms;     /**< delay before the 2nd attempt; doubles each time; default 500 */
   uint64_t backoff_max_ms; /**< cap on the delay; default 30000 */
   long timeout_ms;         /**< per-attempt SMTP timeout (connect and whole transfer); default 10000 */
-  evx_mail_log_fn log;     /**< NULL: one line per event on stderr */
+  evx_mail_log_fn log;     /**< NULL: warnings and errors on stderr (retries, failures,
+                                refused mail); a delivered mail is only counted */
   void *log_arg;
   const char *name;        /**< executor name; default "mail" */
 } evx_mailer_opts;
@@ -111,12 +114,26 @@ EVX_API evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts);
  * @param done final outcome, called exactly once on the loop thread - never
  *        inside this call - when this returns EVX_OK; may be NULL.
  * @param message_id if not NULL, receives the Message-ID (evx_free it).
+ * A message refused as bad (EVX_EINVAL) or for lack of memory is also
+ * logged at EVX_MAIL_ERROR through the mailer's log, one line per mail.
  * @return EVX_OK; EVX_EINVAL (NULL mailer/msg, bad message); EVX_EBUSY
  *         (delivery queue full); EVX_ECLOSED (after evx_mailer_shutdown);
  *         EVX_ENOMEM. On error `done` is never called.
  */
 EVX_API int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done,
                           void *arg, char **message_id);
+
+/**
+ * Check a mail as evx_mail_send would (addresses, header bytes), without
+ * queueing it: for a handler that must answer 422 for a bad address before
+ * it finishes the request, and then sends the mail after the response
+ * (the mail is deferred work: `check -> 422 | finish -> send`). Loop thread
+ * only; logs nothing.
+ * @return EVX_OK (evx_mail_send will accept it unless the queue is full or
+ *         the mailer closed); EVX_EINVAL (NULL, no recipient, a bad sender
+ *         or recipient address, CR/LF in a header); EVX_ENOMEM.
+ */
+EVX_API int evx_mail_check(evx_mailer *m, const evx_mail_msg *msg);
 
 /**
  * Stop accepting mail (evx_mail_send answers EVX_ECLOSED). Loop thread only.

@@ -77,10 +77,13 @@ EVX_API evx_sql_value evx_sql_blob(const void *p, size_t len);
  * evx_sql_result_free(). When status != EVX_OK the row data is empty.
  */
 typedef struct evx_sql_result {
-  /** EVX_OK; EVX_EIO (SQLite error: see sqlite_code and errmsg); EVX_EBUSY
-   *  (SQLITE_BUSY/SQLITE_LOCKED after busy_timeout); EVX_EINVAL (wrong
-   *  number of parameters, empty or multi-statement SQL); EVX_ENOMEM;
-   *  EVX_ECANCELED (the query never ran). */
+  /** EVX_OK; EVX_ECONSTRAINT (a UNIQUE, PRIMARY KEY, FOREIGN KEY, NOT NULL
+   *  or CHECK constraint failed: answer 409/422; sqlite_code says which);
+   *  EVX_ELOCKED (SQLITE_BUSY/SQLITE_LOCKED after busy_timeout - never
+   *  EVX_EBUSY, which only means "queue full" at submit); EVX_EIO (any other
+   *  SQLite error: see sqlite_code and errmsg); EVX_EINVAL (wrong number of
+   *  parameters, empty or multi-statement SQL); EVX_ENOMEM; EVX_ECANCELED
+   *  (the query never ran: database closed, or evx_job_cancel). */
   int status;
   int sqlite_code;     /**< SQLite's extended result code (0 when status is not from SQLite) */
   char *errmsg;        /**< NULL on success; else a NUL-terminated message (owned) */
@@ -172,13 +175,29 @@ EVX_API int evx_sqlite_query(evx_sqlite *db, evx_sql_mode mode, const char *sql,
                              void *arg);
 
 /**
+ * evx_sqlite_query that also stores a handle to the queued query in *job
+ * (when job is not NULL): evx_job_cancel(*job) before the query started
+ * means it never runs and cb gets res->status == EVX_ECANCELED (in a later
+ * loop iteration). The handle is valid until cb was called. Same return
+ * values; on error nothing is stored and cb is never called.
+ */
+EVX_API int evx_sqlite_query_job(evx_sqlite *db, evx_sql_mode mode, const char *sql,
+                                 const evx_sql_value *params, size_t nparams, evx_sql_cb cb,
+                                 void *arg, evx_job **job);
+
+/**
  * The same as a future. Loop thread only.
  * The future resolves with an evx_sql_result * (owned by the future, freed
  * with evx_sql_result_free; take it with evx_future_take) once the query
  * ran, even when SQLite reported an error - check res->status. It fails
  * (EVX_EBUSY, EVX_ECLOSED, EVX_ENOMEM) when the query could not be queued
  * and with EVX_ECANCELED when it was cancelled before it ran (cancelling the
- * future cancels a query that has not started).
+ * future cancels a query that has not started, and interrupts one that runs:
+ * it stops within about a thousand SQLite VM steps instead of running to
+ * its end - cancel the future when the request's client leaves).
+ * A statement interrupted that way reports status EVX_ECANCELED
+ * (sqlite_code SQLITE_INTERRUPT); so does one run by evx_sqlite_call's fn
+ * when its job is cancelled while it runs (see evx_job_cancel).
  * @return a future (one reference for the caller), or NULL for NULL/invalid
  *         arguments, wrong thread or out of memory.
  */
