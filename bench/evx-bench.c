@@ -47,6 +47,7 @@ typedef struct opts {
   unsigned window, threads, rounds, producers, spin_us;
   uint64_t per;
   int use_evexec, use_libuv, verbose;
+  const char *hist; /* --hist FILE: write the latency histogram of every timed job */
 } opts;
 
 static void usage(FILE *f) {
@@ -56,7 +57,9 @@ static void usage(FILE *f) {
           "       evx-bench callbacks [--producers P] [--per N] [--rounds R] [--impl I]\n"
           "       evx-bench memory    [--jobs N] [--threads T] [--impl I]\n"
           "  --impl both|evexec|libuv (default both)   --verbose: one '#' line per round\n"
-          "  --spin-us S: evexec workers poll S us before sleeping (roundtrip, pingpong; default 0)\n");
+          "  --spin-us S: evexec workers poll S us before sleeping (roundtrip, pingpong; default 0)\n"
+          "  --hist FILE: roundtrip, pingpong: write the latency histogram (every timed job of\n"
+          "               every round; quarter-octave bins) as columns bin_us <impl>... for gnuplot\n");
 }
 
 /* Parse a decimal in [lo, hi] or exit with a message. */
@@ -127,6 +130,8 @@ static void parse_args(int argc, char **argv, opts *o) {
       o->rounds = (unsigned)parse_num(a, v, 1, 1000);
     else if (strcmp(a, "--spin-us") == 0 && (pp || strcmp(o->mode, "roundtrip") == 0))
       o->spin_us = (unsigned)parse_num(a, v, 0, 1000000);
+    else if (strcmp(a, "--hist") == 0 && (pp || strcmp(o->mode, "roundtrip") == 0))
+      o->hist = v;
     else if (strcmp(a, "--producers") == 0)
       o->producers = (unsigned)parse_num(a, v, 1, 1024);
     else if (strcmp(a, "--per") == 0)
@@ -200,16 +205,33 @@ static double median(double *v, unsigned n) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
 }
 
+/* Latency histogram bins: quarter octaves from 0.25 us (bin i holds
+ * [2^((i-1)/4), 2^(i/4)) * 0.25 us; bin 0 below 0.25 us; the last one
+ * everything longer), up to ~1 s. */
+#define HIST_BINS 96
+static unsigned hist_bin(uint64_t ns) {
+  double x = (double)ns / 250.0; /* in quarter microseconds */
+  unsigned b = 0;
+  double edge = 1.0;
+  while (x >= edge && b < HIST_BINS - 1) {
+    b++;
+    edge *= 1.189207115002721; /* 2^(1/4) */
+  }
+  return b;
+}
+
 /* One implementation's figures across rounds. */
 typedef struct series {
   const bench_driver *d;
   double *ops, *p50, *p99, *cpu_pct, *cpu_ns_op;
   unsigned n;
+  uint64_t hist[HIST_BINS]; /* every timed job of every round */
 } series;
 
 static int series_init(series *s, const bench_driver *d, unsigned rounds) {
   s->d = d;
   s->n = 0;
+  memset(s->hist, 0, sizeof s->hist);
   s->ops = calloc(rounds, sizeof(double));
   s->p50 = calloc(rounds, sizeof(double));
   s->p99 = calloc(rounds, sizeof(double));
@@ -253,6 +275,26 @@ static void series_add(series *s, uint64_t *lat_ns, uint64_t count, uint64_t t_s
   s->cpu_pct[s->n] = call_ns ? 100.0 * (double)cpu_ns / (double)call_ns : 0;
   s->cpu_ns_op[s->n] = (double)cpu_ns / (double)count;
   s->n++;
+  for (uint64_t i = 0; i < count; i++) s->hist[hist_bin(lat_ns[i])]++;
+}
+
+/* --hist: one row per bin (its upper edge in us), one count column per impl. */
+static int write_hist(const char *path, const series *ss, unsigned nd) {
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    fprintf(stderr, "evx-bench: cannot write %s: %s\n", path, strerror(errno));
+    return -1;
+  }
+  fprintf(f, "# bin_us");
+  for (unsigned i = 0; i < nd; i++) fprintf(f, " %s", ss[i].d->name);
+  fprintf(f, "\n");
+  double edge = 0.25;
+  for (unsigned b = 0; b < HIST_BINS; b++, edge *= 1.189207115002721) {
+    fprintf(f, "%.4f", edge);
+    for (unsigned i = 0; i < nd; i++) fprintf(f, " %llu", (unsigned long long)ss[i].hist[b]);
+    fprintf(f, "\n");
+  }
+  return fclose(f) == 0 ? 0 : -1;
 }
 
 /* ---- job benchmarks: roundtrip and pingpong ---- */
@@ -416,6 +458,7 @@ int main(int argc, char **argv) {
   }
   if (nd == 2) print_ratio(&o, &sm[0], &sm[1]);
   rc = 0;
+  if (o.hist && !cbmode && write_hist(o.hist, ss, nd) != 0) rc = 1;
 out:
   for (unsigned i = 0; i < nss; i++) series_free(&ss[i]);
   free(g_lat);

@@ -12,6 +12,9 @@
 # then the ratios, then the memory of 10k held long-poll requests (/wait) on a
 # fresh server of each kind (bench/longpoll.py):
 #   longpoll impl=evexec conns=10000 held=.. answered=.. rss_base_kb=.. rss_held_kb=.. bytes_per_conn=..
+# and the same for hello's coroutine handlers (impl=evexec-coro, /co/work and
+# /co/wait, when hello has --coro):
+#   ratio http coro_vs_callback route=/work?ms=0 impl=evexec rps=..
 #
 # Environment: THREADS (workers, default 2), SPIN_US (evx_hello --spin-us:
 # an idle worker polls this long before it sleeps; default 0), DURATION (seconds per run, 5),
@@ -50,6 +53,10 @@ if [ -z "$HELLO" ]; then
 fi
 QUIET=""
 if "$HELLO" --help 2>&1 | grep -q -- --quiet; then QUIET=--quiet; fi
+# --coro: hello also serves /co/work and /co/wait as coroutine handlers,
+# measured against the callback handlers on the same server.
+CORO=""
+if "$HELLO" --help 2>&1 | grep -q -- --coro; then CORO=--coro; fi
 SPIN=""
 if [ "$SPIN_US" != 0 ]; then SPIN="--spin-us $SPIN_US"; fi
 if ! command -v wrk >/dev/null 2>&1; then
@@ -129,7 +136,7 @@ measure() {
 div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
 
 echo "# http: $HELLO --threads $THREADS $SPIN $QUIET vs tornado_server.py --threads $THREADS; wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
-start evexec "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS" $SPIN $QUIET
+start evexec "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS" $SPIN $QUIET $CORO
 EVX_PID=$SERVER_PID
 if [ $HAVE_TORNADO = 1 ]; then
   start tornado "$TORNADO_PORT" "$PYTHON" "$HERE/tornado_server.py" --port "$TORNADO_PORT" \
@@ -151,6 +158,10 @@ for case in hello:/hello work0:/work?ms=0 work10:/work?ms=10; do
   measure evexec "$PORT" "$route" "$key" "$c"
   if [ "$key" = hello ] && [ -n "$PLAIN" ]; then measure evhttp "$PLAIN_PORT" "$route" "$key" "$c"; fi
   if [ $HAVE_TORNADO = 1 ]; then measure tornado "$TORNADO_PORT" "$route" "$key" "$c"; fi
+  if [ "$key" = work0 ] && [ -n "$CORO" ]; then
+    measure evexec "$PORT" "/co/work?ms=0" cowork0 "$c"
+    measure evexec "$PORT" "/work?ms=0" work0b "$c" # callback again: the ratio uses the mean of both
+  fi
 done
 stop "$EVX_PID"
 if [ -n "$PLAIN" ]; then stop "$PLAIN_PID"; fi
@@ -159,6 +170,10 @@ if [ $HAVE_TORNADO = 1 ]; then stop "$TOR_PID"; fi
 ceiling=$((THREADS * 100))
 echo "ratio http work0_vs_hello impl=evexec rps=$(div "$rps_evexec_work0" "$rps_evexec_hello")"
 echo "ratio http work10_vs_ceiling impl=evexec rps=$(div "$rps_evexec_work10" "$ceiling") ceiling_rps=$ceiling"
+if [ -n "$CORO" ]; then
+  cb=$(awk -v a="$rps_evexec_work0" -v b="$rps_evexec_work0b" 'BEGIN { print (a + b) / 2 }')
+  echo "ratio http coro_vs_callback route=/work?ms=0 impl=evexec rps=$(div "$rps_evexec_cowork0" "$cb")"
+fi
 if [ -n "$PLAIN" ]; then
   echo "ratio http hello_vs_plain_evhttp impl=evexec rps=$(div "$rps_evexec_hello" "$rps_evhttp_hello")"
   echo "ratio http work0_vs_plain_evhttp_hello impl=evexec rps=$(div "$rps_evexec_work0" "$rps_evhttp_hello")"
@@ -178,6 +193,13 @@ if [ "$LONGPOLL_CONNS" -gt 0 ]; then
   "$PYTHON" "$HERE/longpoll.py" --pid "$SERVER_PID" --port "$PORT" --conns "$LONGPOLL_CONNS" \
     --impl evexec || echo "http: long-poll run on evexec incomplete (see above)" >&2
   stop "$SERVER_PID"
+  if [ -n "$CORO" ]; then
+    start evexec-colp "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS" $SPIN $QUIET $CORO
+    "$PYTHON" "$HERE/longpoll.py" --pid "$SERVER_PID" --port "$PORT" --conns "$LONGPOLL_CONNS" \
+      --path "/co/wait?timeout=300000" --impl evexec-coro ||
+      echo "http: coroutine long-poll run on evexec incomplete (see above)" >&2
+    stop "$SERVER_PID"
+  fi
   if [ $HAVE_TORNADO = 1 ]; then
     start tornado-lp "$TORNADO_PORT" "$PYTHON" "$HERE/tornado_server.py" --port "$TORNADO_PORT" \
       --host "$HOST" --threads "$THREADS"

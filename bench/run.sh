@@ -7,7 +7,10 @@
 # Environment: THREADS (pool size, default 2), ROUNDS (5), JOBS (roundtrip
 # jobs per round, 1000000), PP_JOBS (pingpong jobs per round, 50000), PP_SPIN_US
 # (evexec's opts.spin_us for the second pingpong run, 50; 0 skips it), SKIP_HTTP=1,
-# and bench/http.sh's variables (DURATION, CONNS, LONGPOLL_CONNS, ...).
+# SKIP_TASKS=1 (bench/tasks.sh: ext/tasks vs Celery and RQ),
+# and bench/http.sh's variables (DURATION, CONNS, LONGPOLL_CONNS, ...),
+# FIGURES (where the gnuplot PNGs go, default BUILD_DIR/figures: the pingpong
+# latency histograms and the HTTP throughput bars, see bench/plot.sh).
 # Exit status: 0 when every benchmark ran (targets missed are reported, not
 # failures), 1 when one could not run.
 set -eu
@@ -20,6 +23,8 @@ ROUNDS=${ROUNDS:-5}
 JOBS=${JOBS:-1000000}
 PP_JOBS=${PP_JOBS:-50000}
 PP_SPIN_US=${PP_SPIN_US:-50}
+FIGURES=${FIGURES:-$BUILD/figures}
+mkdir -p "$FIGURES"
 
 if [ ! -x "$BENCH" ]; then
   echo "run.sh: $BENCH not built (configure with -DEVX_BUILD_BENCH=ON and libuv1-dev installed)" >&2
@@ -49,14 +54,23 @@ echo "machine cpus=$(nproc) model=${model:-unknown} kernel=$(uname -r)" \
   "load=$(cut -d ' ' -f 1 /proc/loadavg)"
 
 run "$BENCH" roundtrip --jobs "$JOBS" --window 1024 --threads "$THREADS" --rounds "$ROUNDS"
-run "$BENCH" pingpong --jobs "$PP_JOBS" --threads "$THREADS" --rounds "$ROUNDS"
+run "$BENCH" pingpong --jobs "$PP_JOBS" --threads "$THREADS" --rounds "$ROUNDS" \
+  --hist "$FIGURES/pingpong-hist.dat"
 if [ "$PP_SPIN_US" -gt 0 ]; then
   run "$BENCH" pingpong --jobs "$PP_JOBS" --threads "$THREADS" --rounds "$ROUNDS" --spin-us "$PP_SPIN_US"
 fi
 run "$BENCH" callbacks --producers 2 --per 200000 --rounds "$ROUNDS"
 run "$BENCH" memory --jobs 100000 --threads "$THREADS"
+CORO_BENCH=$BUILD/bench/evx-coro-bench
+if [ -x "$CORO_BENCH" ]; then
+  run "$CORO_BENCH" handoff --items 200000 --rounds "$ROUNDS"
+  run "$CORO_BENCH" held --coros 10000
+fi
 if [ "${SKIP_HTTP:-0}" != 1 ]; then
   run env THREADS="$THREADS" sh "$HERE/http.sh" "$BUILD"
+fi
+if [ "${SKIP_TASKS:-0}" != 1 ]; then
+  run env WORKERS="$THREADS" sh "$HERE/tasks.sh" "$BUILD"
 fi
 
 # target NAME OP WANT GOT: one line per target of issue 5.
@@ -79,5 +93,15 @@ if [ "$PP_SPIN_US" -gt 0 ]; then
 fi
 target http_work0_vs_hello ">=" 0.8 "$(field '^ratio http work0_vs_hello impl=evexec' rps)"
 target http_work0_evexec_vs_tornado ">=" 8 "$(field '^ratio http evexec_vs_tornado route=/work\?ms=0 ' rps)"
+target coro_handoff_vs_swapcontext "<=" 0.25 "$(field '^ratio coro_handoff evexec_vs_swapcontext' ns)"
+target http_work0_coro_vs_callback ">=" 0.95 "$(field '^ratio http coro_vs_callback ' rps)"
+target longpoll_coro_bytes_per_conn "<=" 16384 "$(field '^longpoll impl=evexec-coro ' bytes_per_conn)"
 target http_work10_vs_ceiling ">=" 0.95 "$(field '^ratio http work10_vs_ceiling impl=evexec' rps)"
+target tasks_sqlite_full_vs_celery ">=" 10 "$(field '^ratio tasks evexec_full_vs_celery ' tasks_per_s)"
+
+echo "# figures (gnuplot)"
+if ! sh "$HERE/plot.sh" "$FIGURES" "$OUT"; then
+  echo "run.sh: no figures drawn" >&2
+  status=1
+fi
 exit $status

@@ -6,6 +6,28 @@
 
 #include <assert.h>
 #include <stddef.h>
+#include <stdint.h>
+
+/* The rest of the allocator and the clock, for evexec's own code and ext/
+ * (exported: the shared library keeps these symbols; not public API). */
+EVX_API void *evx_calloc(size_t count, size_t n);
+EVX_API void *evx_realloc(void *p, size_t n);
+/* strdup through the configured allocator; NULL in gives NULL. */
+EVX_API char *evx_strdup(const char *s);
+/* Monotonic clock in nanoseconds (CLOCK_MONOTONIC). */
+EVX_API uint64_t evx_now_ns(void);
+
+/* The options convention (common.h): copy a caller's options struct of
+ * caller_size bytes (src may be NULL: all defaults) into dst, the library's
+ * layout of lib_size bytes, zeroing what the caller's struct does not
+ * cover. EVX_EINVAL when the caller's struct is longer and sets a byte
+ * beyond lib_size (a field this library does not know); dst is then all
+ * zero. */
+EVX_API int evx__opts_copy(void *dst, size_t lib_size, const void *src, size_t caller_size);
+
+/* The constructor convention (evx_last_error in common.h): record why a
+ * constructor fails, and return NULL for it: `return evx__ctor_fail(EVX_EINVAL);` */
+EVX_API void *evx__ctor_fail(int err);
 
 /* Intrusive doubly linked list (libuv/Linux style). An empty list is a head
  * whose next and prev point to itself; a node not on any list has NULLs. */

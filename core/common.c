@@ -93,9 +93,34 @@ char *evx_strdup(const char *s) {
   return d;
 }
 
+/* initial-exec: read by every loop-thread check; the default model costs a
+ * __tls_get_addr call per access in the shared library. */
+#if defined(__GNUC__)
+static _Thread_local char evx__thread_token __attribute__((tls_model("initial-exec")));
+#else
 static _Thread_local char evx__thread_token;
+#endif
 
 const void *evx__thread_me(void) { return &evx__thread_token; }
+
+static _Thread_local int evx__last_err;
+
+int evx_last_error(void) { return evx__last_err; }
+
+void *evx__ctor_fail(int err) {
+  evx__last_err = err;
+  return NULL;
+}
+
+int evx__opts_copy(void *dst, size_t lib_size, const void *src, size_t caller_size) {
+  memset(dst, 0, lib_size);
+  if (!src) return EVX_OK;
+  const unsigned char *s = src;
+  for (size_t i = lib_size; i < caller_size; i++)
+    if (s[i]) return EVX_EINVAL;
+  memcpy(dst, src, caller_size < lib_size ? caller_size : lib_size);
+  return EVX_OK;
+}
 
 uint64_t evx_now_ns(void) {
   struct timespec ts;

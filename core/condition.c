@@ -59,9 +59,9 @@ static void evx__waiter_cancel(evx_future *f, void *ctx) {
 }
 
 evx_condition *evx_condition_new(evx_loop *loop) {
-  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_condition *c = evx_calloc(1, sizeof *c);
-  if (!c) return NULL;
+  if (!c) return evx__ctor_fail(EVX_ENOMEM);
   c->loop = loop;
   evx__list_init(&c->waiters);
   return c;

@@ -78,7 +78,7 @@
 #endif
 #endif
 
-#define EVX__CORO_POOL_MAX 64
+#define EVX__CORO_POOL_MAX 256
 #define EVX__CORO_STACK_MAX ((size_t)256 * 1024 * 1024)
 
 enum { EVX__CO_RUNNING, EVX__CO_SUSPENDED, EVX__CO_DONE };
@@ -130,8 +130,15 @@ typedef struct evx__coro_home {
   int in_close;     /* evx__coro_loop_close is iterating: it frees cl itself */
 } evx__coro_home;
 
-static _Thread_local evx__coro *evx__cur;
-static _Thread_local evx__ctx evx__main_ctx;
+/* initial-exec: read on every await; the default model costs a
+ * __tls_get_addr call per access in the shared library. */
+#if defined(__GNUC__)
+#define EVX__TLS_FAST __attribute__((tls_model("initial-exec")))
+#else
+#define EVX__TLS_FAST
+#endif
+static _Thread_local evx__coro *evx__cur EVX__TLS_FAST;
+static _Thread_local evx__ctx evx__main_ctx EVX__TLS_FAST;
 #ifdef EVX__ASAN
 static _Thread_local void *evx__main_asan_fake;
 #endif
@@ -405,17 +412,22 @@ static void evx__coro_cancel_hook(evx_future *f, void *ctx) {
 
 /* ---- public API --------------------------------------------------------- */
 
-evx_future *evx_go(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_coro_opts *opts) {
-  if (!loop || !fn || !evx__loop_thread_ok(loop) || evx__loop_freeing(loop)) return NULL;
+evx_future *evx_go_sized(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_coro_opts *opts_in,
+                         size_t opts_size) {
+  if (!loop || !fn || !evx__loop_thread_ok(loop) || evx__loop_freeing(loop))
+    return evx__ctor_fail(EVX_EINVAL);
+  evx_coro_opts o;
+  if (evx__opts_copy(&o, sizeof o, opts_in, opts_size) != EVX_OK) return evx__ctor_fail(EVX_EINVAL);
+  const evx_coro_opts *opts = &o;
   size_t size = opts && opts->stack_size ? opts->stack_size : EVX_CORO_STACK_DEFAULT;
-  if (size > EVX__CORO_STACK_MAX) return NULL;
+  if (size > EVX__CORO_STACK_MAX) return evx__ctor_fail(EVX_EINVAL);
   if (size < EVX_CORO_STACK_MIN) size = EVX_CORO_STACK_MIN;
   size_t page = evx__page_size();
   size = (size + page - 1) / page * page;
   evx__coro_home *cl = evx__coro_loop_get(loop);
-  if (!cl) return NULL;
+  if (!cl) return evx__ctor_fail(EVX_ENOMEM);
   evx_future *f = evx_future_new(loop);
-  if (!f) return NULL;
+  if (!f) return NULL; /* evx_future_new said why */
 
   evx__coro *co = NULL;
   for (evx__coro **pp = &cl->pool; *pp; pp = &(*pp)->next) {
@@ -432,7 +444,7 @@ evx_future *evx_go(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_coro_opt
   if (!co) co = evx__coro_alloc(size);
   if (!co) {
     evx_future_release(f);
-    return NULL;
+    return evx__ctor_fail(EVX_ENOMEM); /* the stack (mmap) or its record */
   }
 #ifdef EVX__TSAN
   co->tsan_fiber = __tsan_create_fiber(0);
@@ -453,6 +465,13 @@ evx_future *evx_go(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_coro_opt
   evx__list_insert_tail(&cl->live, &co->link);
   evx__coro_resume(co);
   return f;
+}
+
+/* The first layout of evx_coro_opts (what the plain evx_go reads). */
+#define EVX__CORO_OPTS_V0 (offsetof(evx_coro_opts, result_free) + sizeof(evx_free_fn))
+
+evx_future *(evx_go)(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_coro_opts *opts) {
+  return evx_go_sized(loop, fn, arg, opts, EVX__CORO_OPTS_V0);
 }
 
 int evx_in_coro(void) { return evx__cur != NULL; }

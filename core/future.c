@@ -46,9 +46,12 @@ struct evx_future {
 static void evx__future_run_cbs(void *arg);
 
 evx_future *evx_future_new(evx_loop *loop) {
-  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
-  evx_future *f = evx_calloc(1, sizeof *f);
-  if (!f) return NULL;
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
+  /* malloc, not calloc: glibc's calloc bypasses its per-thread cache, and a
+   * coroutine handoff makes two futures per item. */
+  evx_future *f = evx_malloc(sizeof *f);
+  if (!f) return evx__ctor_fail(EVX_ENOMEM);
+  *f = (evx_future){0};
   f->loop = loop;
   f->refs = 1;
   f->status = EVX_PENDING;

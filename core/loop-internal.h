@@ -18,7 +18,6 @@ typedef struct evx__cbnode {
   evx_cb fn;
   void *arg;
   int owned;
-  int queued; /* 1 while on the thread-safe queue or the running batch; guarded like the queue */
 } evx__cbnode;
 
 /* Thread-safe: queue an embedded node (owned = 1). No allocation; never fails

@@ -62,6 +62,10 @@ typedef struct evx__signal {
   void *arg;
 } evx__signal;
 
+/* loop->running. STARTING claims the loop for one evx_loop_run; readers
+ * treat it like IDLE until the owner is recorded and RUNNING is stored. */
+enum evx__run_state { EVX__LOOP_IDLE, EVX__LOOP_RUNNING, EVX__LOOP_STARTING };
+
 struct evx_loop {
   struct event_base *base;
   int owns_base;
@@ -78,7 +82,7 @@ struct evx_loop {
   int closing;  /* evx_loop_free is past running callbacks: refuse new ones */
 
   atomic_int stop_requested;
-  atomic_int running;
+  atomic_int running; /* an evx__run_state */
   /* The loop thread, as the address of that thread's evx__thread_token (a
    * thread-local, so each live thread has its own): set by evx_loop_new,
    * evx_loop_run and evx_loop_free. An atomic pointer, so any thread may
@@ -92,6 +96,7 @@ struct evx_loop {
   /* Loop thread only. */
   evx__cbnode *batch; /* remaining nodes of the batch being run */
   evx__cbnode *defer_head, *defer_tail;
+  int in_deferred; /* evx__run_deferred is running: it picks up new nodes itself */
   evx__list timers;
   evx__list signals; /* evx__signal.link */
   evx__list members; /* evx__loop_member.link, oldest first (see evx-private.h) */
@@ -147,15 +152,26 @@ static void evx__run_batch(evx_loop *loop) {
   }
 }
 
+/* Nodes deferred while the list runs join this call (no libevent round trip
+ * per hop: a coroutine handoff is a chain of deferred calls), for at most
+ * EVX__DEFER_PASSES batches; then defer_ev is re-armed so that I/O and
+ * timers get their turn. */
+#define EVX__DEFER_PASSES 256
+
 static void evx__run_deferred(evx_loop *loop) {
-  evx__cbnode *n = loop->defer_head;
-  loop->defer_head = loop->defer_tail = NULL;
-  while (n) {
-    evx__cbnode *next = n->next;
-    n->next = NULL;
-    n->fn(n->arg); /* may free n: next was read first */
-    n = next;
+  loop->in_deferred = 1;
+  for (int pass = 0; loop->defer_head && pass < EVX__DEFER_PASSES; pass++) {
+    evx__cbnode *n = loop->defer_head;
+    loop->defer_head = loop->defer_tail = NULL;
+    while (n) {
+      evx__cbnode *next = n->next;
+      n->next = NULL;
+      n->fn(n->arg); /* may free n: next was read first */
+      n = next;
+    }
   }
+  loop->in_deferred = 0;
+  if (loop->defer_head) event_active(&loop->defer_ev, EV_TIMEOUT, 1);
 }
 
 static void evx__on_wake(evutil_socket_t fd, short what, void *arg) {
@@ -176,11 +192,11 @@ static void evx__on_defer(evutil_socket_t fd, short what, void *arg) {
 
 evx_loop *evx_loop_new(struct event_base *base) {
   evx_loop *loop = evx_calloc(1, sizeof *loop);
-  if (!loop) return NULL;
+  if (!loop) return evx__ctor_fail(EVX_ENOMEM);
   loop->wake_fd = -1;
   if (pthread_mutex_init(&loop->lock, NULL) != 0) {
     evx_free(loop);
-    return NULL;
+    return evx__ctor_fail(EVX_ENOMEM);
   }
   if (base) {
     loop->base = base;
@@ -207,7 +223,7 @@ evx_loop *evx_loop_new(struct event_base *base) {
     goto fail;
   }
   atomic_init(&loop->stop_requested, 0);
-  atomic_init(&loop->running, 0);
+  atomic_init(&loop->running, EVX__LOOP_IDLE);
   atomic_init(&loop->owner, evx__thread_me());
   evx__list_init(&loop->timers);
   evx__list_init(&loop->signals);
@@ -220,7 +236,8 @@ fail:
   if (loop->owns_base && loop->base) event_base_free(loop->base);
   pthread_mutex_destroy(&loop->lock);
   evx_free(loop);
-  return NULL;
+  /* libevent or eventfd failed; both fail mostly for lack of memory or fds */
+  return evx__ctor_fail(EVX_EIO);
 }
 
 /* The loop this thread is inside evx_loop_run of, if any (see
@@ -229,12 +246,11 @@ static _Thread_local evx_loop *evx__running_loop;
 
 int evx_loop_run(evx_loop *loop) {
   if (!loop) return EVX_EINVAL;
-  /* 0 -> 2 (starting) claims the loop, so two threads cannot both run it;
-   * readers treat 2 like 0 until the thread is recorded and 1 is stored. */
-  int idle = 0;
-  if (!atomic_compare_exchange_strong(&loop->running, &idle, 2)) return EVX_EINVAL;
+  /* IDLE -> STARTING claims the loop, so two threads cannot both run it. */
+  int idle = EVX__LOOP_IDLE;
+  if (!atomic_compare_exchange_strong(&loop->running, &idle, EVX__LOOP_STARTING)) return EVX_EINVAL;
   atomic_store(&loop->owner, evx__thread_me());
-  atomic_store(&loop->running, 1);
+  atomic_store(&loop->running, EVX__LOOP_RUNNING);
   evx_loop *outer = evx__running_loop;
   evx__running_loop = loop;
   int rc = event_base_loop(loop->base, 0);
@@ -245,7 +261,7 @@ int evx_loop_run(evx_loop *loop) {
     evx__loop_member *m = EVX__CONTAINER_OF(l, evx__loop_member, link);
     if (m->on_run_exit) m->on_run_exit(m);
   }
-  atomic_store(&loop->running, 0);
+  atomic_store(&loop->running, EVX__LOOP_IDLE);
   return rc < 0 ? EVX_EIO : EVX_OK;
 }
 
@@ -253,7 +269,7 @@ int evx__loop_running_here(evx_loop *loop) { return evx__running_loop == loop; }
 
 int evx_loop_stop(evx_loop *loop) {
   if (!loop) return EVX_EINVAL;
-  if (atomic_load(&loop->running) == 1 && atomic_load(&loop->owner) == evx__thread_me()) {
+  if (atomic_load(&loop->running) == EVX__LOOP_RUNNING && atomic_load(&loop->owner) == evx__thread_me()) {
     event_base_loopbreak(loop->base);
     return EVX_OK;
   }
@@ -273,7 +289,7 @@ int evx_loop_in_thread(evx_loop *loop) {
  * `running` cannot tell, so for it the check never relaxes. */
 int evx__loop_thread_ok(evx_loop *loop) {
   if (atomic_load(&loop->owner) == evx__thread_me()) return 1;
-  return !loop->adopted && atomic_load(&loop->running) != 1;
+  return !loop->adopted && atomic_load(&loop->running) != EVX__LOOP_RUNNING;
 }
 
 struct event_base *evx_loop_base(evx_loop *loop) { return loop ? loop->base : NULL; }
@@ -357,7 +373,7 @@ void evx__loop_defer(evx_loop *loop, evx__cbnode *node) {
     loop->defer_tail->next = node;
   } else {
     loop->defer_head = node;
-    event_active(&loop->defer_ev, EV_TIMEOUT, 1);
+    if (!loop->in_deferred) event_active(&loop->defer_ev, EV_TIMEOUT, 1);
   }
   loop->defer_tail = node;
 }
@@ -397,7 +413,7 @@ void evx__loop_member_remove(evx__loop_member *m) {
 
 void evx_loop_free(evx_loop *loop) {
   if (!loop) return;
-  if (atomic_load(&loop->running)) {
+  if (atomic_load(&loop->running) != EVX__LOOP_IDLE) {
     fprintf(stderr, "evexec: evx_loop_free called while the loop runs; ignored\n");
     return;
   }
@@ -473,22 +489,22 @@ static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
 }
 
 evx_timer *evx_call_later(evx_loop *loop, uint64_t ms, evx_cb fn, void *arg) {
-  if (!loop || !fn || !evx__loop_thread_ok(loop)) return NULL;
+  if (!loop || !fn || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx__timer *t = evx_calloc(1, sizeof *t);
-  if (!t) return NULL;
+  if (!t) return evx__ctor_fail(EVX_ENOMEM);
   t->loop = loop;
   t->fn = fn;
   t->arg = arg;
   struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)((ms % 1000) * 1000)};
   if (evx__handle_new(t, &t->id) != EVX_OK) {
     evx_free(t);
-    return NULL;
+    return evx__ctor_fail(EVX_ENOMEM);
   }
   if (event_assign(&t->ev, loop->base, -1, 0, evx__on_timer, t) != 0 ||
       event_add(&t->ev, &tv) != 0) {
     evx__handle_drop(t->id);
     evx_free(t);
-    return NULL;
+    return evx__ctor_fail(EVX_ENOMEM);
   }
   evx__list_insert_tail(&loop->timers, &t->link);
   return (evx_timer *)t->id;

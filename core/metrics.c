@@ -177,6 +177,7 @@ char *evx_metrics_escape(const char *v, char *out, size_t cap) {
 
 struct evx_metrics_source {
   evx__loop_member member;
+  evx_loop *loop;
   evx_metrics_fn fn;
   void *arg;
 };
@@ -191,9 +192,10 @@ static void evx__source_on_free(evx__loop_member *mb) {
 }
 
 evx_metrics_source *evx_metrics_source_new(evx_loop *loop, evx_metrics_fn fn, void *arg) {
-  if (!loop || !fn || !evx__loop_thread_ok(loop)) return NULL;
+  if (!loop || !fn || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_metrics_source *s = evx_calloc(1, sizeof *s);
-  if (!s) return NULL;
+  if (!s) return evx__ctor_fail(EVX_ENOMEM);
+  s->loop = loop;
   s->fn = fn;
   s->arg = arg;
   evx__loop_member_add(loop, &s->member, NULL, evx__source_on_free);
@@ -203,6 +205,11 @@ evx_metrics_source *evx_metrics_source_new(evx_loop *loop, evx_metrics_fn fn, vo
 
 void evx_metrics_source_free(evx_metrics_source *s) {
   if (!s) return;
+  if (!evx__loop_thread_ok(s->loop)) {
+    /* Off the loop thread it would race the loop's member list. */
+    fprintf(stderr, "evexec: evx_metrics_source_free called off the loop thread; ignored\n");
+    return;
+  }
   evx__loop_member_remove(&s->member);
   evx_free(s);
 }

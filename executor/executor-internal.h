@@ -68,6 +68,10 @@ struct evx_executor {
   evx__list queue;
   evx__list strands;
   size_t nqueued; /* on ex->queue plus waiting on strands */
+  /* Threads blocked in evx_submit_wait for a free slot (evx__space_waiter,
+   * oldest first, each on its own condition variable): woken one per slot
+   * freed (a job taken or cancelled), all at shutdown. */
+  evx__list space_waiters;
   size_t nrunning;
   /* Load shedding (opts.target_wait_us; 0: off): an EWMA (1/8) of run
    * times, written by workers after each job; submits refuse a job whose
@@ -155,6 +159,12 @@ int evx__strand_cancel_waiting_locked(evx_strand *s);
 
 /* stats.c */
 /* Add one duration to a total, a max and a log2-microsecond histogram. */
+/* submit_wait.c: a slot was freed (all = 0) or the executor closed (all = 1):
+ * wake evx_submit_wait callers. ex->lock held. */
+void evx__space_freed_locked(evx_executor *ex, int all);
+/* The executor whose job runs on this thread now, or NULL (executor.c). */
+evx_executor *evx__current_executor(void);
+
 /* stats.c: the executor's samples for evx_loop_metrics_text (its loop member's on_metrics). */
 struct evx_metrics;
 void evx__executor_metrics(evx__loop_member *m, struct evx_metrics *out);

@@ -368,6 +368,7 @@ static void evx__spin_locked(evx_executor *ex) {
 int evx__cancel_locked(evx_executor *ex, evx_job *job) {
   evx__list_remove(&job->link);
   ex->nqueued--;
+  evx__space_freed_locked(ex, 0);
   ex->stats.cancelled++;
   evx_strand *s = job->strand;
   if (s && s->active == job) evx__strand_advance_locked(s);
@@ -381,6 +382,8 @@ int evx_job_cancelled(void) {
   evx_job *job = evx__current_job;
   return job && atomic_load_explicit(&job->cancel_requested, memory_order_relaxed);
 }
+
+evx_executor *evx__current_executor(void) { return evx__current_job ? evx__current_job->ex : NULL; }
 
 static void *evx__worker(void *arg) {
   evx_executor *ex = arg;
@@ -424,6 +427,7 @@ static void *evx__worker(void *arg) {
       /* Waited past its deadline: end it unrun (done: EVX_ETIMEDOUT), and
        * take the next - whose deadline is later, as the queue is FIFO. */
       ex->nqueued--;
+      evx__space_freed_locked(ex, 0);
       ex->stats.cancelled++;
       ex->stats.expired++;
       if (job->strand) evx__strand_advance_locked(job->strand);
@@ -436,6 +440,7 @@ static void *evx__worker(void *arg) {
                 t0 > job->t_queued ? t0 - job->t_queued : 0);
     ex->nqueued--;
     ex->nrunning++;
+    evx__space_freed_locked(ex, 0);
     pthread_mutex_unlock(&ex->lock);
 
     evx__current_job = job;
@@ -515,18 +520,23 @@ static void evx__executor_on_free(evx__loop_member *m) {
   evx_executor_free(EVX__CONTAINER_OF(m, evx_executor, member));
 }
 
-evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
-  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
-  evx_executor_opts o = {0};
-  if (opts) o = *opts;
+/* The first layout of evx_executor_opts (what the plain evx_executor_new reads). */
+#define EVX__EXECUTOR_OPTS_V0 (offsetof(evx_executor_opts, spin_us) + sizeof(unsigned))
+
+evx_executor *evx_executor_new_sized(evx_loop *loop, const evx_executor_opts *opts,
+                                     size_t opts_size) {
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
+  evx_executor_opts o;
+  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) return evx__ctor_fail(EVX_EINVAL);
   if (o.threads == 0) o.threads = EVX__DEFAULT_THREADS;
   if (o.max_queue == 0) o.max_queue = EVX__DEFAULT_MAX_QUEUE;
   if (o.threads > EVX__MAX_THREADS || o.spin_us > EVX__MAX_SPIN_US ||
       o.target_wait_us > EVX__MAX_TARGET_WAIT_US)
-    return NULL;
+    return evx__ctor_fail(EVX_EINVAL);
 
+  int err = EVX_ENOMEM;
   evx_executor *ex = evx_calloc(1, sizeof *ex);
-  if (!ex) return NULL;
+  if (!ex) return evx__ctor_fail(EVX_ENOMEM);
   ex->loop = loop;
   ex->nthreads = o.threads;
   ex->max_queue = o.max_queue;
@@ -549,6 +559,7 @@ evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
     goto fail_mem;
   }
   evx__list_init(&ex->queue);
+  evx__list_init(&ex->space_waiters);
   evx__list_init(&ex->strands);
   evx__list_init(&ex->deferred);
   if (event_assign(&ex->wake_ev, evx_loop_base(loop), -1, 0, evx__on_wake_ev, ex) != 0) {
@@ -573,6 +584,7 @@ evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts) {
       for (unsigned j = 0; j < i; j++) pthread_join(ex->threads[j], NULL);
       pthread_cond_destroy(&ex->work_cv);
       pthread_mutex_destroy(&ex->lock);
+      err = EVX_EIO; /* a thread could not be started (EAGAIN: a limit) */
       goto fail_mem;
     }
     char tname[32]; /* Linux thread names hold 15 bytes */
@@ -589,7 +601,11 @@ fail_mem:
   evx_free(ex->threads);
   evx_free(ex->name);
   evx_free(ex);
-  return NULL;
+  return evx__ctor_fail(err);
+}
+
+evx_executor *(evx_executor_new)(evx_loop *loop, const evx_executor_opts *opts) {
+  return evx_executor_new_sized(loop, opts, EVX__EXECUTOR_OPTS_V0);
 }
 
 /* Allocate a job node and account it as queued, or say why not. ex->lock held. */
@@ -710,6 +726,7 @@ int evx_executor_shutdown(evx_executor *ex, int how) {
       post |= evx__cancel_locked(ex, EVX__CONTAINER_OF(n, evx_job, link));
   }
   pthread_cond_broadcast(&ex->work_cv);
+  evx__space_freed_locked(ex, 1); /* blocked submitters see EVX_ECLOSED */
   pthread_mutex_unlock(&ex->lock);
   if (post) evx__post(ex);
   return EVX_OK;

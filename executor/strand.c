@@ -7,6 +7,8 @@
  * max_queue counts waiting strand jobs too. All strand state is guarded by
  * its executor's lock.
  */
+#include <stdio.h>
+
 #include "executor-internal.h"
 
 void evx__strand_advance_locked(evx_strand *s) {
@@ -30,9 +32,9 @@ int evx__strand_cancel_waiting_locked(evx_strand *s) {
 }
 
 evx_strand *evx_strand_new(evx_executor *ex) {
-  if (!ex || !evx__loop_thread_ok(ex->loop)) return NULL;
+  if (!ex || !evx__loop_thread_ok(ex->loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_strand *s = evx_calloc(1, sizeof *s);
-  if (!s) return NULL;
+  if (!s) return evx__ctor_fail(EVX_ENOMEM);
   s->ex = ex;
   evx__list_init(&s->waiting);
   pthread_mutex_lock(&ex->lock);
@@ -55,6 +57,11 @@ int evx_strand_submit_job(evx_strand *s, evx_work_fn work, evx_done_fn done, voi
 void evx_strand_free(evx_strand *s) {
   if (!s) return;
   evx_executor *ex = s->ex;
+  if (!evx__loop_thread_ok(ex->loop)) {
+    /* A job could still be submitted to it, or its done() be running. */
+    fprintf(stderr, "evexec: evx_strand_free called off the loop thread; ignored\n");
+    return;
+  }
   int post = 0;
   pthread_mutex_lock(&ex->lock);
   post |= evx__strand_cancel_waiting_locked(s);

@@ -78,7 +78,7 @@ static void setup(void) {
   app->cfg.mail_from = "fuzz <fuzz@localhost>";
   app->cfg.mail_to = "notes@localhost";
   app->cfg.poll_timeout_ms = 1000;
-  app->started_ns = evx_now_ns();
+  app->started_ns = notes_now_ns();
   snprintf(S.dir, sizeof S.dir, "/tmp/evx-fuzz-notes-XXXXXX");
   EVX_FUZZ_CHECK(mkdtemp(S.dir) != NULL);
   snprintf(S.db, sizeof S.db, "%s/notes.db", S.dir);
@@ -151,9 +151,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   char *resp = NULL;
   size_t len = 0, cap = 0;
   int eof = 0;
-  uint64_t deadline = evx_now_ns() + 10ull * 1000000000ull;
+  uint64_t deadline = notes_now_ns() + 10ull * 1000000000ull;
   while (!eof) {
-    EVX_FUZZ_CHECK(evx_now_ns() < deadline);
+    EVX_FUZZ_CHECK(notes_now_ns() < deadline);
     event_base_loop(base, EVLOOP_NONBLOCK);
     for (;;) {
       if (cap - len < 4096) {

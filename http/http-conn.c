@@ -315,23 +315,44 @@ static void evx__conn_try_fail(evx__conn *c) {
   }
   char resp[256];
   const char *reason = evx__http_reason(c->bad);
+  evutil_socket_t fd = bufferevent_getfd(c->bev);
   int n = snprintf(resp, sizeof resp,
                    "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
                    "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
                    c->bad, reason, strlen(reason) + 1, reason);
-  evutil_socket_t fd = bufferevent_getfd(c->bev);
-  if (fd >= 0) {
-    ssize_t w = send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    (void)w; /* a fresh connection's socket buffer always takes ~150 bytes */
-    /* Read what the client already sent, so closing does not reset the
-     * connection and destroy the reply in flight. */
-    char sink[4096];
-    for (int i = 0; i < 16 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {
-    }
-    shutdown(fd, SHUT_WR);
-  }
+  evx__conn_send_raw(fd, resp, (size_t)n);
   h->st.status[4 + (c->bad >= 500)]++;
   evhttp_connection_free(c->evcon); /* calls evx__conn_on_close: c is gone */
+}
+
+void evx__conn_send_raw(evutil_socket_t fd, const char *resp, size_t n) {
+  if (fd < 0) return;
+  ssize_t w = send(fd, resp, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+  (void)w; /* an empty socket buffer always takes a couple of hundred bytes */
+  /* Read what the client already sent, so closing does not reset the
+   * connection and destroy the reply in flight. */
+  char sink[4096];
+  for (int i = 0; i < 16 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {
+  }
+  shutdown(fd, SHUT_WR);
+}
+
+void evx__conn_close_idle(evx_http *h) {
+  evx__list *l = h->conns.next;
+  while (l != &h->conns) {
+    evx__conn *c = EVX__CONTAINER_OF(l, evx__conn, link);
+    l = l->next; /* freeing c unlinks only c */
+    if (evx__conn_idle(c) && c->st == S_START && !c->bad &&
+        evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+      evhttp_connection_free(c->evcon);
+  }
+}
+
+void evx__conn_close_all(evx_http *h) {
+  while (!evx__list_empty(&h->conns)) {
+    evx__conn *c = EVX__CONTAINER_OF(h->conns.next, evx__conn, link);
+    evhttp_connection_free(c->evcon); /* zombifies a held request on it first */
+  }
 }
 
 /* Poison: the message that started at msg_start is bad. */

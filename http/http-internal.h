@@ -23,6 +23,9 @@
 /* Most {name} segments in one route pattern. */
 #define EVX__ROUTE_MAX_PARAMS 16
 
+/* Released requests kept (not freed) per server in hardened mode. */
+#define EVX__QUARANTINE 256
+
 /* One accepted connection (http-conn.c). */
 typedef struct evx__conn evx__conn;
 
@@ -86,6 +89,13 @@ struct evx_http {
   size_t conn_tab_cap, conn_tab_n;
   const struct timeval *header_tv, *body_tv; /* NULL: no deadline */
   int last_bad_status; /* the scanner's last rejection (for fuzz_http's oracle) */
+  /* Hardened request mode: released requests wait here (a ring) before
+   * their memory is freed, so a late call on one is caught (magic). */
+  int hardened;
+  evx_request *quar[EVX__QUARANTINE];
+  size_t quar_pos;
+  /* evx_http_shutdown (http-shutdown.c): NULL until called. */
+  struct evx__shutdown *shut;
   /* Out of descriptors (http-conn.c): a spare descriptor to accept-and-close
    * with, the backoff timer, and the rate-limited log's state. */
   int reserve_fd;
@@ -104,8 +114,13 @@ struct evx_http {
    * itself lives until the last request (st.live == 0) is released. */
   int freed;
   int dispatching;  /* > 0 while a handler runs (evx_http_free then waits) */
-  /* evx_http_free was called during dispatch: 1 = requested, 2 = free_node deferred */
-  int free_pending;
+  /* evx_http_free called while a handler runs: the free waits for dispatch
+   * to end, then for one deferred call (free_node). */
+  enum {
+    EVX__HTTP_FREE_NONE,      /* no free pending */
+    EVX__HTTP_FREE_REQUESTED, /* called during dispatch; deferred when it ends */
+    EVX__HTTP_FREE_DEFERRED   /* free_node is on the loop's deferred list */
+  } free_pending;
   evx__cbnode free_node;
 
   /* Finished requests waiting for release, freed by one deferred loop call
@@ -115,8 +130,19 @@ struct evx_http {
   evx__cbnode reap_node;
 };
 
+/* evx_request.magic: live, or released into the hardened quarantine. */
+#define EVX__REQ_LIVE 0x52455131u
+#define EVX__REQ_DEAD 0xDEADBEEFu
+void evx__request_misuse(evx_request *r, const char *fn);
+#define EVX__REQ_CHECK(r)                                                                          \
+  do {                                                                                             \
+    if ((r) && (r)->magic == EVX__REQ_DEAD) evx__request_misuse((r), __func__);                    \
+  } while (0)
+
 struct evx_request {
   evx_http *http;
+  uint32_t magic;   /* EVX__REQ_LIVE; EVX__REQ_DEAD once quarantined */
+  char desc[96];    /* quarantined: "GET /path" for the misuse message */
   /* evhttp's request. Valid until release. Owned by evhttp while the
    * request is answerable; once it is a zombie (state != 0) evexec owns it
    * (ev_owned) and frees it at release - evhttp either detached it (its
@@ -169,6 +195,7 @@ struct evx_request {
   struct event watch_ev;  /* the client socket, while held (after the watch delay) */
   struct event timer_ev;  /* the watch delay, then request_timeout_ms (not while streaming) */
   struct event notify_ev; /* runs on_close in a later callback */
+  struct evx__drain *drain; /* evx_request_on_drain / _drained: allocated on first use */
 };
 
 /* http/http-request.c */
@@ -186,8 +213,24 @@ void evx__request_reply_builtin(evx_request *r, int status, const char *extra_na
 
 /* The connection of a held request is being freed by evhttp. */
 void evx__request_conn_closed(evx_request *r, struct evhttp_connection *evcon);
+/* The request ends (finish, zombie, release): stop waiting for a drain;
+ * `status` is what a pending drained() future fails with. */
+void evx__request_drain_stop(evx_request *r, int status);
+/* Ask evhttp to close the connection after this reply (shutting down). */
+void evx__request_close_after(evx_request *r);
 /* Forget r's tracker (finish, zombie, release, or the connection went away). */
 void evx__request_detach_conn(evx_request *r);
+
+/* http/http-shutdown.c */
+/* evx_http_free during a shutdown: settle its future now. */
+void evx__http_shutdown_free(evx_http *h);
+/* http-conn.c: close connections with nothing in progress (shutting down). */
+void evx__conn_close_idle(evx_http *h);
+/* http-conn.c: close every tracked connection (the shutdown's hard end). */
+void evx__conn_close_all(evx_http *h);
+/* http-conn.c: write a small reply straight to a connection's socket and
+ * prepare it for closing (its output buffer must be empty). */
+void evx__conn_send_raw(evutil_socket_t fd, const char *resp, size_t n);
 
 /* http/http-conn.c */
 struct bufferevent *evx__conn_bevcb(struct event_base *base, void *arg);

@@ -29,7 +29,6 @@
 #include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,6 +41,7 @@
 #define EVX__DEF_IDLE_TIMEOUT_MS 60000
 #define EVX__DEF_MAX_HELD 10000
 #define EVX__DEF_HEADER_TIMEOUT_MS 60000
+#define EVX__DEF_MAX_OUTPUT (256 * 1024)
 #define EVX__DEF_BODY_TIMEOUT_MS 60000
 
 static _Atomic uint64_t evx__live_requests;
@@ -76,18 +76,33 @@ void evx__http_log(evx_http *h, evx_request *r, int status) {
 void evx__http_release(evx_request *r) {
   evx_http *h = r->http;
   evx__request_detach_conn(r);
+  if (r->drain) {
+    evx__request_drain_stop(r, EVX_ECANCELED);
+    evx_free(r->drain);
+    r->drain = NULL;
+  }
   if (r->notify_set) event_del(&r->notify_ev);
   if (r->ev_owned) evhttp_request_free(r->ev);
   evx_free(r->path_buf);
   evx_free(r->query_buf);
   evx_free((void *)r->params);
   evx_free((void *)r->rparams);
-  evx_free(r);
+  r->path_buf = r->query_buf = NULL;
+  r->params = r->rparams = NULL;
+  if (h->hardened) {
+    r->magic = EVX__REQ_DEAD;
+    size_t i = h->quar_pos++ % EVX__QUARANTINE;
+    evx_free(h->quar[i]); /* the oldest one goes for real */
+    h->quar[i] = r;
+  } else {
+    evx_free(r);
+  }
   h->st.live--;
   atomic_fetch_sub(&evx__live_requests, 1);
 }
 
 static void evx__http_free_struct(evx_http *h) {
+  for (size_t i = 0; i < EVX__QUARANTINE; i++) evx_free(h->quar[i]);
   evbuffer_free(h->scratch);
   evbuffer_free(h->edit_buf);
   evx_free(h->conn_tab);
@@ -97,7 +112,8 @@ static void evx__http_free_struct(evx_http *h) {
 
 /* Free the struct once evx_http_free was called and nothing points to it. */
 void evx__http_maybe_free(evx_http *h) {
-  if (h->freed && h->st.live == 0 && !h->reap_scheduled && h->dispatching == 0 && !h->free_pending)
+  if (h->freed && h->st.live == 0 && !h->reap_scheduled && h->dispatching == 0 &&
+      h->free_pending == EVX__HTTP_FREE_NONE)
     evx__http_free_struct(h);
 }
 
@@ -148,6 +164,12 @@ static void evx__http_apply_opts(evx_http *h) {
   if (!o->header_timeout_ms) o->header_timeout_ms = EVX__DEF_HEADER_TIMEOUT_MS;
   if (!o->body_timeout_ms) o->body_timeout_ms = EVX__DEF_BODY_TIMEOUT_MS;
   if (!o->max_connections) o->max_connections = EVX_HTTP_UNLIMITED;
+  if (!o->max_output_buffer) o->max_output_buffer = EVX__DEF_MAX_OUTPUT;
+#ifdef NDEBUG
+  h->hardened = o->hardened_requests > 0;
+#else /* Debug builds: on unless turned off */
+  h->hardened = o->hardened_requests >= 0;
+#endif
   if (o->header_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
     h->header_tv_plain.tv_sec = (time_t)(o->header_timeout_ms / 1000);
     h->header_tv_plain.tv_usec = (suseconds_t)((o->header_timeout_ms % 1000) * 1000);
@@ -194,13 +216,18 @@ static void evx__http_on_free(evx__loop_member *m) {
   evx_http_free(EVX__CONTAINER_OF(m, evx_http, member));
 }
 
-evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
-  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
+/* The first layout of evx_http_opts (what the plain evx_http_new reads). */
+#define EVX__HTTP_OPTS_V0 (offsetof(evx_http_opts, log_arg) + sizeof(void *))
+
+evx_http *evx_http_new_sized(evx_loop *loop, const evx_http_opts *opts, size_t opts_size) {
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
+  evx_http_opts o;
+  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) return evx__ctor_fail(EVX_EINVAL);
   evx_http *h = evx_calloc(1, sizeof *h);
-  if (!h) return NULL;
+  if (!h) return evx__ctor_fail(EVX_ENOMEM);
   h->loop = loop;
   h->base = evx_loop_base(loop);
-  if (opts) h->opts = *opts;
+  h->opts = o;
   evx__list_init(&h->routes);
   evx__list_init(&h->held);
   evx__list_init(&h->conns);
@@ -217,7 +244,7 @@ evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
     if (h->scratch) evbuffer_free(h->scratch);
     if (h->edit_buf) evbuffer_free(h->edit_buf);
     evx_free(h);
-    return NULL;
+    return evx__ctor_fail(EVX_ENOMEM);
   }
   evx__http_apply_opts(h);
   evhttp_set_gencb(h->evh, evx__on_request, h);
@@ -229,6 +256,10 @@ evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts) {
   evx__loop_member_add(loop, &h->member, NULL, evx__http_on_free);
   evx__loop_member_set_metrics(&h->member, evx__http_metrics);
   return h;
+}
+
+evx_http *(evx_http_new)(evx_loop *loop, const evx_http_opts *opts) {
+  return evx_http_new_sized(loop, opts, EVX__HTTP_OPTS_V0);
 }
 
 /* errno of a failed socket/bind/listen -> the error the caller can act on. */
@@ -437,6 +468,7 @@ static void evx__http_do_free(evx_http *h) {
             "each must still call evx_request_finish once\n",
             (unsigned long long)(h->st.held + h->st.zombies), (unsigned long long)h->st.held,
             (unsigned long long)h->st.zombies);
+  evx__http_shutdown_free(h);
   h->freed = 1;
   evx__loop_member_remove(&h->member);
   /* Held requests become zombies first, owning their evhttp requests, so
@@ -462,7 +494,7 @@ static void evx__http_do_free(evx_http *h) {
 
 static void evx__http_deferred_free(void *arg) {
   evx_http *h = arg;
-  h->free_pending = 0;
+  h->free_pending = EVX__HTTP_FREE_NONE;
   evx__http_do_free(h);
 }
 
@@ -473,7 +505,8 @@ void evx_http_free(evx_http *h) {
     return;
   }
   if (h->dispatching || h->free_pending) {
-    if (!h->free_pending) h->free_pending = 1; /* see the end of evx__on_request */
+    if (h->free_pending == EVX__HTTP_FREE_NONE)
+      h->free_pending = EVX__HTTP_FREE_REQUESTED; /* see the end of evx__on_request */
     return;
   }
   evx__http_do_free(h);
@@ -557,6 +590,7 @@ static int evx__capture_params(evx_request *r, const evx__route *rt) {
 }
 
 const char *evx_request_param(evx_request *r, const char *name) {
+  EVX__REQ_CHECK(r);
   if (!r || !name) return NULL;
   for (size_t i = 0; i < r->nrparams; i++)
     if (strcmp(r->rparams[2 * i], name) == 0) return r->rparams[2 * i + 1];
@@ -604,7 +638,9 @@ static void evx__on_request(struct evhttp_request *ev, void *arg) {
   atomic_fetch_add(&evx__live_requests, 1);
   h->dispatching++;
 
-  if (!r->path) {
+  if (h->shut) { /* evx_http_shutdown: every reply closes its connection */
+    evx__request_reply_builtin(r, 503, "Retry-After", "1", "shutting down\n");
+  } else if (!r->path) {
     evx__request_reply_builtin(r, 400, NULL, NULL, "bad request path\n");
   } else if (h->opts.max_header_size != EVX_HTTP_UNLIMITED &&
              evx__header_size(ev) > h->opts.max_header_size) {
@@ -643,8 +679,8 @@ static void evx__on_request(struct evhttp_request *ev, void *arg) {
   }
 
   h->dispatching--;
-  if (h->dispatching == 0 && h->free_pending == 1) {
-    h->free_pending = 2; /* deferred once */
+  if (h->dispatching == 0 && h->free_pending == EVX__HTTP_FREE_REQUESTED) {
+    h->free_pending = EVX__HTTP_FREE_DEFERRED; /* deferred once */
     /* Not here: we are inside evhttp's read callback for this connection.
      * A deferred call runs after it returned (also inside evx_loop_free). */
     h->free_node.fn = evx__http_deferred_free;

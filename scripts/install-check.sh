@@ -6,7 +6,7 @@
 #   1. cc $(pkg-config --cflags --libs evexec)   with PKG_CONFIG_PATH=<libdir>/pkgconfig
 #   2. find_package(evexec) + target_link_libraries(... evexec::evexec)
 #      with CMAKE_PREFIX_PATH=PREFIX
-# Both build tests/consumer/main.c (and ext.c, over evexec_sqlite and
+# Both build tests/consumer/main.c and coro.c (coroutine handlers) (and ext.c, over evexec_sqlite and
 # evexec_mail, when those are installed) in a temporary directory, and every
 # binary must run WITHOUT LD_LIBRARY_PATH (the .pc files and CMake put an
 # RPATH in), load the installed libraries, and print "consumer...: ok".
@@ -53,7 +53,7 @@ private=$(find "$prefix/include" \( -name '*-internal.h' -o -name '*.c' \) -prin
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/evx-install-check.XXXXXX")
 trap 'rm -rf "$work"' EXIT INT TERM
-cp "$src/main.c" "$src/ext.c" "$src/CMakeLists.txt" "$work/" # build outside the source tree
+cp "$src/main.c" "$src/ext.c" "$src/coro.c" "$src/CMakeLists.txt" "$work/" # build outside the source tree
 
 # Run a consumer binary against the installed libraries, with no
 # LD_LIBRARY_PATH, and check what it loaded. run BIN HOW [ARGS...]
@@ -101,6 +101,14 @@ if ! $cc -std=c11 -Wall -Wextra -Werror -o "$work/consumer-pkgconfig" "$work/mai
   die "pkg-config build failed: $cc ... $cflags $libs"
 fi
 run "$work/consumer-pkgconfig" "pkg-config"
+# coro.c: coroutine handlers that offload, long-poll, get EVX_EGONE and auto-finish.
+# shellcheck disable=SC2086
+if ! $cc -std=c11 -Wall -Wextra -Werror -pthread -o "$work/consumer-coro-pkgconfig" "$work/coro.c" \
+  $cflags $libs >"$work/pcc.log" 2>&1; then
+  cat "$work/pcc.log" >&2
+  die "pkg-config build of coro.c failed: $cc ... $cflags $libs"
+fi
+run "$work/consumer-coro-pkgconfig" "pkg-config coro"
 
 # The optional libraries, each with its own .pc (Requires: evexec).
 exts=""
@@ -140,6 +148,7 @@ if ! cmake --build "$work/build" >"$work/build.log" 2>&1; then
   die "CMake build of the consumer failed"
 fi
 run "$work/build/consumer" "find_package"
+run "$work/build/consumer-coro" "find_package coro"
 if [ -n "$exts" ] && [ -x "$work/build/consumer-ext" ]; then
   mkdir -p "$work/db-cmake"
   run "$work/build/consumer-ext" "find_package ext" "$work/db-cmake"

@@ -25,6 +25,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "evx-private.h" /* evx_now_ns, evx_strdup...: the tests may use evexec's internals */
+
 /* ---- gates: park worker threads deterministically ------------------------ */
 
 /* Each parked job posts `entered`, then waits on `release`. */

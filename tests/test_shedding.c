@@ -134,7 +134,7 @@ START_TEST(test_idle_worker_admits) {
   evx_gate_wait_entered(&gate, 1);
   rec a = {.loop = loop, .total = &total, .stop_at = 2};
   ck_assert_int_eq(evx_submit(ex, rec_work, rec_done, &a), EVX_OK); /* the second worker is free */
-  rec b = a;
+  rec b = {.loop = loop, .total = &total, .stop_at = 2}; /* not a copy of a: its worker may be writing a.ran */
   evx_test_run(loop, 5000);
   ck_assert_int_eq(a.status, EVX_OK);
   /* Both busy now (one parked, one parked again): the next would wait ~5 ms > 1 ms. */

@@ -536,6 +536,53 @@ START_TEST(test_counting) {
 }
 END_TEST
 
+/* evx_executor_shutdown is safe from any thread: a job's work (a worker
+ * thread, while the loop runs) shuts its own executor down; the jobs queued
+ * behind it are cancelled and later submits are refused. */
+static atomic_int g_shutter_rc;
+static evx_executor *g_shutter_ex;
+static void shutter_work(void *arg) {
+  atomic_fetch_add(&((job *)arg)->ran, 1);
+  evx_gate_park(&g.gate);
+  atomic_store(&g_shutter_rc, evx_executor_shutdown(g_shutter_ex, EVX_SHUTDOWN_CANCEL));
+}
+static void open_one(void *arg) {
+  (void)arg;
+  evx_gate_open(&g.gate, 1);
+}
+
+START_TEST(test_shutdown_from_worker) {
+  evx_loop *loop = evx_loop_new(NULL);
+  ck_assert_ptr_nonnull(loop);
+  ctx_init(loop);
+  evx_executor_opts o = {.threads = 1, .max_queue = 64};
+  evx_executor *ex = evx_executor_new(loop, &o);
+  ck_assert_ptr_nonnull(ex);
+  g_shutter_ex = ex;
+  atomic_store(&g_shutter_rc, -1);
+  job shutter = {0}, queued[Q] = {0};
+  ck_assert_int_eq(evx_submit(ex, shutter_work, job_done, &shutter), EVX_OK);
+  evx_gate_wait_entered(&g.gate, 1);
+  for (int i = 0; i < Q; i++) ck_assert_int_eq(evx_submit(ex, job_work, job_done, &queued[i]), EVX_OK);
+  ck_assert_int_eq(evx_add_callback(loop, open_one, NULL), EVX_OK); /* released once the loop runs */
+  g.stop_at = Q + 1;
+  evx_test_run(loop, 10000);
+  ck_assert_int_eq(atomic_load(&g_shutter_rc), EVX_OK);
+  ck_assert_int_eq(shutter.done_calls, 1);
+  ck_assert_int_eq(shutter.status, EVX_OK);
+  ck_assert_int_eq(g.done_cancelled, Q);
+  for (int i = 0; i < Q; i++) {
+    ck_assert_int_eq(atomic_load(&queued[i].ran), 0);
+    ck_assert_int_eq(queued[i].status, EVX_ECANCELED);
+  }
+  check_closed(ex);
+  evx_test_assert_idle(ex);
+  evx_executor_free(ex);
+  evx_gate_destroy(&g.gate);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
 static Suite *shutdown_suite(void) {
   Suite *s = suite_create("shutdown");
   TCase *tc = evx_test_tcase(s, "shutdown", 20);
@@ -544,6 +591,7 @@ static Suite *shutdown_suite(void) {
   tcase_add_test(tc, test_cancel_after_drain);
   tcase_add_test(tc, test_cancel_behind_running_job);
   tcase_add_test(tc, test_shutdown_invalid);
+  tcase_add_test(tc, test_shutdown_from_worker);
   tc = evx_test_tcase(s, "free", 20);
   tcase_add_test(tc, test_free_with_pending);
   tcase_add_test(tc, test_free_after_drain_runs_all);

@@ -7,6 +7,8 @@
 #include <evexec/executor.h>
 #include <evexec/future.h>
 #include <evexec/http.h>
+#include <evexec/metrics.h>
+#include <evexec/sync.h>
 
 #include "test_http_util.h"
 
@@ -222,6 +224,89 @@ START_TEST(test_condition_free_from_worker_refused) {
 }
 END_TEST
 
+/* The other void frees of loop-bound objects (strand, event, semaphore,
+ * queue, metrics source) are refused from a worker as well: the objects stay
+ * usable on the loop thread, which frees them afterwards (a double free or a
+ * use after free would show in the allocation balance and the sanitizers). */
+typedef struct frees_case {
+  evx_loop *loop;
+  evx_strand *strand;
+  evx_event *event;
+  evx_semaphore *sem;
+  evx_queue *queue;
+  evx_metrics_source *src;
+  evx_future *waiter; /* on the event */
+  int strand_rc;      /* a submit to the strand after the worker's free */
+  int strand_done;
+} frees_case;
+
+static void nop_metrics(evx_metrics *m, void *arg) { (void)m; (void)arg; }
+static void nop_work(void *arg) { (void)arg; }
+
+static void frees_work(void *arg) {
+  frees_case *fc = arg;
+  evx_strand_free(fc->strand);
+  evx_event_free(fc->event);
+  evx_semaphore_free(fc->sem);
+  evx_queue_free(fc->queue);
+  evx_metrics_source_free(fc->src);
+}
+
+static void strand_job_done(void *arg, int status) {
+  frees_case *fc = arg;
+  ck_assert_int_eq(status, EVX_OK);
+  fc->strand_done = 1;
+  evx_loop_stop(fc->loop);
+}
+
+static void frees_done(void *arg, int status) {
+  frees_case *fc = arg;
+  ck_assert_int_eq(status, EVX_OK);
+  ck_assert_int_eq(evx_future_is_done(fc->waiter), 0); /* the event still holds its waiter */
+  ck_assert_uint_eq(evx_semaphore_value(fc->sem), 2);
+  ck_assert_uint_eq(evx_queue_size(fc->queue), 0);
+  fc->strand_rc = evx_strand_submit(fc->strand, nop_work, strand_job_done, fc);
+}
+
+static void submit_frees(void *arg) {
+  ck_assert_int_eq(evx_submit(g_ex, frees_work, frees_done, arg), EVX_OK);
+}
+
+START_TEST(test_void_frees_from_worker_refused) {
+  evx_loop *loop = evx_loop_new(NULL);
+  evx_executor_opts eo = {.threads = 1};
+  evx_executor *ex = evx_executor_new(loop, &eo);
+  ck_assert_ptr_nonnull(ex);
+  frees_case fc = {.loop = loop,
+                   .strand = evx_strand_new(ex),
+                   .event = evx_event_new(loop),
+                   .sem = evx_semaphore_new(loop, 2),
+                   .queue = evx_queue_new(loop, 4),
+                   .src = evx_metrics_source_new(loop, nop_metrics, NULL),
+                   .strand_rc = -1};
+  ck_assert(fc.strand && fc.event && fc.sem && fc.queue && fc.src);
+  fc.waiter = evx_event_wait(fc.event);
+  ck_assert_ptr_nonnull(fc.waiter);
+  g_ex = ex;
+  ck_assert_int_eq(evx_add_callback(loop, submit_frees, &fc), EVX_OK); /* see submit_misuse */
+  evx_test_run(loop, 5000);
+  ck_assert_int_eq(fc.strand_rc, EVX_OK);
+  ck_assert_int_eq(fc.strand_done, 1);
+  /* The loop thread's frees work. */
+  evx_strand_free(fc.strand);
+  evx_event_free(fc.event);
+  evx_semaphore_free(fc.sem);
+  evx_queue_free(fc.queue);
+  evx_metrics_source_free(fc.src);
+  evx_test_run_once(loop); /* the waiter's callbacks */
+  ck_assert_int_eq(evx_future_status(fc.waiter), EVX_ECLOSED);
+  evx_future_release(fc.waiter);
+  evx_test_assert_idle(ex);
+  evx_executor_free(ex);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
 static Suite *thread_checks_suite(void) {
   Suite *s = suite_create("thread_checks");
   TCase *tc = evx_test_tcase(s, "core", 20);
@@ -229,6 +314,7 @@ static Suite *thread_checks_suite(void) {
   tcase_add_test(tc, test_adopted_checked_when_idle);
   tcase_add_test(tc, test_owned_checked_while_running);
   tcase_add_test(tc, test_condition_free_from_worker_refused);
+  tcase_add_test(tc, test_void_frees_from_worker_refused);
   return s;
 }
 

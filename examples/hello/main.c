@@ -10,11 +10,14 @@
  *                   "timeout" after ?timeout=MS (default 30000)
  *   /notify         wakes every /wait
  *
- * Usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--quiet]
- * SIGINT/SIGTERM: stop accepting, let running work finish, exit 0.
+ *   /co/work, /co/wait   with --coro: /work and /wait as coroutine handlers
+ *
+ * Usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--quiet] [--coro]
+ * SIGINT/SIGTERM: evx_http_shutdown - stop accepting, let held requests
+ * finish for --grace-ms (default 10000), answer the rest 503, cancel the
+ * queued jobs, exit 0. A second signal ends the grace at once.
  */
 #define _POSIX_C_SOURCE 200809L
-#include <event2/event.h>
 #include <evexec/evexec.h>
 #include <getopt.h>
 #include <signal.h>
@@ -30,8 +33,7 @@ static evx_loop *loop;
 static evx_http *http;
 static evx_executor *pool;
 static evx_condition *cond;
-static uint64_t stop_started_ns;
-static struct event *drain_ev;
+static evx_future *shut_f;
 
 /* ---- /hello ---- */
 
@@ -53,8 +55,12 @@ static void work_run(void *arg) { /* worker thread */
   /* ms=0 measures the offload itself: a zero nanosleep would still cost the
    * kernel's timer slack (about 50-70 us on Linux). */
   if (w->ms == 0) return;
-  struct timespec ts = {.tv_sec = w->ms / 1000, .tv_nsec = (w->ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
+  /* in 10 ms slices, so that a cancelled job (client gone, shutdown) stops */
+  for (long left = w->ms; left > 0 && !evx_job_cancelled(); left -= 10) {
+    long ms = left < 10 ? left : 10;
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = ms * 1000000L};
+    nanosleep(&ts, NULL);
+  }
 }
 
 static void work_done(void *arg, int status) { /* loop thread */
@@ -150,67 +156,89 @@ static void on_notify(evx_request *req, void *arg) {
   evx_request_finishf(req, 200, NULL, "woke %d\n", n);
 }
 
-/* ---- shutdown ---- */
+/* ---- --coro: the same two routes as coroutine handlers (bench/http.sh
+ * compares them with the callback handlers above on one server) ---- */
 
-static void drain_check(evutil_socket_t fd, short what, void *arg) {
-  (void)fd;
-  (void)what;
-  struct event *ev = arg;
-  evx_http_stats hs;
-  evx_executor_stats es;
-  evx_http_stats_get(http, &hs);
-  evx_executor_stats_get(pool, &es);
-  int idle = hs.live == 0 && es.queued == 0 && es.running == 0;
-  if (idle || evx_now_ns() - stop_started_ns > (uint64_t)DRAIN_GRACE_MS * 1000000) {
-    if (!idle) fprintf(stderr, "evx_hello: grace period over, %llu requests still open\n",
-                       (unsigned long long)hs.live);
-    evx_loop_stop(loop);
+static void co_work(evx_request *req, void *arg) {
+  (void)arg;
+  const char *s = evx_request_query(req, "ms");
+  char *end = NULL;
+  work w = {.req = req, .ms = s ? strtol(s, &end, 10) : 0};
+  if (s && (end == s || *end || w.ms < 0 || w.ms > MAX_WORK_MS)) {
+    evx_request_finishf(req, 400, NULL, "ms must be 0..%d\n", MAX_WORK_MS);
     return;
   }
-  struct timeval tv = {0, 10000};
-  evtimer_add(ev, &tv);
+  int rc = evx_await_job(pool, work_run, &w); /* EVX_EGONE: the client left; nothing to send */
+  if (rc == EVX_OK) evx_request_finishf(req, 200, NULL, "slept %ld ms\n", w.ms);
+  else if (rc == EVX_EBUSY) evx_request_reply_busy(req, 1);
+  else evx_request_finishf(req, 503, NULL, "%s\n", evx_strerror(rc));
+}
+
+static void co_wait(evx_request *req, void *arg) {
+  (void)arg;
+  const char *s = evx_request_query(req, "timeout");
+  evx_future *f = cond ? evx_condition_wait(cond, s ? strtoul(s, NULL, 10) : 30000) : NULL;
+  int rc = f ? evx_await(f) : EVX_ECLOSED;
+  evx_future_release(f);
+  if (rc == EVX_OK) evx_request_write_str(req, "notified\n");
+  else if (rc == EVX_ETIMEDOUT) evx_request_write_str(req, "timeout\n");
+  else evx_request_set_status(req, 503); /* shutdown, or the client left (then nothing is sent) */
+}
+
+/* ---- shutdown ---- */
+
+/* The server answered everyone: cancel what is still queued, then stop. */
+static void on_shut_done(evx_future *f, void *arg) {
+  (void)f;
+  (void)arg;
+  evx_executor_shutdown(pool, EVX_SHUTDOWN_CANCEL); /* queued jobs never run */
+  evx_loop_stop(loop);
 }
 
 static void on_signal(int sig, void *arg) {
-  if (drain_ev) return; /* already stopping */
-  fprintf(stderr, "evx_hello: signal %d, stopping\n", sig);
-  stop_started_ns = evx_now_ns();
-  evx_http_stop_accepting(http);
-  evx_executor_shutdown(pool, EVX_SHUTDOWN_DRAIN); /* running and queued jobs finish */
-  evx_condition_free(cond); /* long polls end with EVX_ECLOSED -> 503 */
-  cond = NULL;
-  drain_ev = evtimer_new((struct event_base *)arg, drain_check, event_self_cbarg());
-  if (!drain_ev) {
-    evx_loop_stop(loop);
+  long grace_ms = *(long *)arg;
+  if (shut_f) { /* a second signal: end the grace now */
+    fprintf(stderr, "evx_hello: signal %d again, answering the rest now\n", sig);
+    evx_future_release(evx_http_shutdown(http, 0));
     return;
   }
-  drain_check(-1, 0, drain_ev);
+  fprintf(stderr, "evx_hello: signal %d, stopping (grace %ld ms)\n", sig, grace_ms);
+  shut_f = evx_http_shutdown(http, (uint64_t)grace_ms);
+  evx_condition_free(cond); /* long polls end now with EVX_ECLOSED -> 503; work gets the grace */
+  cond = NULL;
+  if (!shut_f || evx_future_on_done(shut_f, on_shut_done, NULL) != EVX_OK) evx_loop_stop(loop);
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--quiet] [--help]\n"
+  fprintf(f, "usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--grace-ms N]\n"
+             "                 [--quiet] [--help]\n"
              "  --host ADDR   address to listen on (default 127.0.0.1)\n"
              "  --port N      port (default 8080; 0 picks a free one)\n"
              "  --threads N   worker threads for /work (default 4)\n"
              "  --spin-us N   an idle worker polls for new jobs for N us before it sleeps\n"
              "                (the executor's spin_us; default 0: sleep at once)\n"
+             "  --grace-ms N  at SIGINT/SIGTERM, held requests may finish for N ms (default\n"
+             "                10000); then they get 503. A second signal: at once\n"
              "  --quiet       no access log\n"
+             "  --coro        also serve /co/work and /co/wait: the same handlers as\n"
+             "                coroutines (for bench/http.sh)\n"
              "routes: /hello  /work?ms=N  /wait[?timeout=MS]  /notify\n");
 }
 
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
-  long port = 8080, threads = 4, spin_us = 0;
-  int quiet = 0;
-  static const struct option opts[] = {{"host", required_argument, 0, 'H'},
+  long port = 8080, threads = 4, spin_us = 0, grace_ms = DRAIN_GRACE_MS;
+  int quiet = 0, coro = 0;
+  static const struct option opts[] = {{"coro", no_argument, 0, 'c'},{"host", required_argument, 0, 'H'},
                                        {"port", required_argument, 0, 'p'},
                                        {"threads", required_argument, 0, 't'},
                                        {"spin-us", required_argument, 0, 's'},
+                                       {"grace-ms", required_argument, 0, 'g'},
                                        {"quiet", no_argument, 0, 'q'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int c;
-  while ((c = getopt_long(argc, argv, "H:p:t:s:qh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "H:p:t:s:g:qhc", opts, NULL)) != -1) {
     char *end;
     switch (c) {
     case 'H': host = optarg; break;
@@ -235,7 +263,15 @@ int main(int argc, char **argv) {
         return 2;
       }
       break;
+    case 'g':
+      grace_ms = strtol(optarg, &end, 10);
+      if (*end || grace_ms < 0 || grace_ms > 3600000) {
+        fprintf(stderr, "evx_hello: bad --grace-ms %s\n", optarg);
+        return 2;
+      }
+      break;
     case 'q': quiet = 1; break;
+    case 'c': coro = 1; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -254,6 +290,9 @@ int main(int argc, char **argv) {
       evx_http_route(http, "GET", "/wait", 0, on_wait, NULL) ||
       evx_http_route(http, NULL, "/notify", 0, on_notify, NULL))
     return 1;
+  if (coro && (evx_http_route_coro(http, "GET", "/co/work", 0, co_work, NULL) ||
+               evx_http_route_coro(http, "GET", "/co/wait", 0, co_wait, NULL)))
+    return 1;
   int rc = evx_http_bind(http, host, (uint16_t)port);
   if (rc != EVX_OK) {
     fprintf(stderr, "evx_hello: cannot listen on %s:%ld: %s\n", host, port, evx_strerror(rc));
@@ -263,17 +302,17 @@ int main(int argc, char **argv) {
           evx_http_port(http), threads);
   fflush(stderr);
 
-  struct event_base *base = evx_loop_base(loop);
-  if (evx_loop_on_signal(loop, SIGINT, on_signal, base) ||
-      evx_loop_on_signal(loop, SIGTERM, on_signal, base))
+  if (evx_loop_on_signal(loop, SIGINT, on_signal, &grace_ms) ||
+      evx_loop_on_signal(loop, SIGTERM, on_signal, &grace_ms))
     return 1;
 
   evx_loop_run(loop);
 
-  if (drain_ev) event_free(drain_ev);
+  /* the teardown order of docs/GUIDE.md ("Shutdown") */
+  evx_future_release(shut_f);
+  evx_executor_free(pool); /* joins the workers; owed done()s finish their requests */
   evx_http_free(http);
   evx_condition_free(cond);
-  evx_executor_free(pool);
   evx_loop_free(loop);
   fprintf(stderr, "evx_hello: stopped\n");
   return 0;

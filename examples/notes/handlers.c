@@ -371,7 +371,7 @@ static void wait_finish(wait_ctx *c) {
 
 /* Wait on the condition until the deadline (0 on success). */
 static int wait_arm(wait_ctx *c) {
-  uint64_t now = evx_now_ns();
+  uint64_t now = notes_now_ns();
   uint64_t left_ms = c->deadline_ns > now ? (c->deadline_ns - now + 999999) / 1000000 : 1;
   evx_future *f = c->app->new_note ? evx_condition_wait(c->app->new_note, left_ms) : NULL;
   if (!f) return -1;
@@ -422,7 +422,7 @@ static void wait_fire(evx_future *f, void *arg) {
   } else if (c->app->latest_id > c->since) {
     if (wait_read(c) == 0) return;
     notes_reply_error(c->req, 503, "cannot read the new notes");
-  } else if (evx_now_ns() >= c->deadline_ns) {
+  } else if (notes_now_ns() >= c->deadline_ns) {
     evx_request_finish(c->req, 204, NULL, NULL, 0);
   } else {
     if (wait_arm(c) == 0) return; /* woken for a note we already had: wait on */
@@ -458,7 +458,7 @@ static void on_wait(evx_request *req, void *arg) {
   c->req = req;
   c->since = since;
   c->limit = LIST_MAX;
-  c->deadline_ns = evx_now_ns() + (uint64_t)timeout * 1000000ULL;
+  c->deadline_ns = notes_now_ns() + (uint64_t)timeout * 1000000ULL;
   int rc = app->latest_id > since ? wait_read(c) : wait_arm(c);
   if (rc != 0) {
     free(c);

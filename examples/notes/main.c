@@ -21,6 +21,7 @@
 static notes_app app;
 static struct event *drain_ev;
 static uint64_t stop_ns;
+static evx_future *shut_f; /* evx_http_shutdown's: settles once every client got its answer */
 static int exit_code;
 
 /* ---- configuration -------------------------------------------------------------- */
@@ -153,12 +154,10 @@ static int configure(int argc, char **argv, notes_config *c) {
 /* ---- shutdown ----------------------------------------------------------------------- */
 
 static int idle(void) {
-  evx_http_stats hs;
   evx_executor_stats r, w;
-  evx_http_stats_get(app.http, &hs);
   evx_executor_stats_get(evx_sqlite_readers(app.db), &r);
   evx_executor_stats_get(evx_sqlite_writer(app.db), &w);
-  return hs.live == 0 && r.queued + r.running + w.queued + w.running == 0 &&
+  return (!shut_f || evx_future_is_done(shut_f)) && r.queued + r.running + w.queued + w.running == 0 &&
          evx_mailer_pending(app.mailer) == 0;
 }
 
@@ -177,7 +176,7 @@ static void drain_check(evutil_socket_t fd, short what, void *arg) {
     evx_loop_stop(app.loop);
     return;
   }
-  uint64_t spent_ms = (evx_now_ns() - stop_ns) / 1000000;
+  uint64_t spent_ms = (notes_now_ns() - stop_ns) / 1000000;
   if (spent_ms > (uint64_t)app.cfg.drain_ms) {
     cancel_rest("drain timeout");
     /* Requests still held end when the loop stops (finish says ECLOSED). */
@@ -194,13 +193,16 @@ static void on_signal(int sig, void *arg) {
   (void)arg;
   if (app.stopping) {
     cancel_rest("second signal");
+    evx_future_release(evx_http_shutdown(app.http, 0)); /* held requests: 503 now */
     return;
   }
   fprintf(stderr, "evx_notes: signal %d: stopping (%zu mail(s) pending)\n", sig,
           evx_mailer_pending(app.mailer));
   app.stopping = 1;
-  stop_ns = evx_now_ns();
-  evx_http_stop_accepting(app.http);
+  stop_ns = notes_now_ns();
+  /* Every client gets an answer: held requests may finish during the drain
+   * timeout, the rest get 503 (docs/GUIDE.md, "Shutdown"). */
+  shut_f = evx_http_shutdown(app.http, (uint64_t)app.cfg.drain_ms);
   /* Long polls end now (503); queued queries still run (DRAIN), and the
    * POSTs among them still queue their mail, so the mailer stays open until
    * the loop is idle. */
@@ -246,7 +248,7 @@ int main(int argc, char **argv) {
   int rc = configure(argc, argv, &app.cfg);
   if (rc) return rc > 0 ? 0 : 2;
   signal(SIGPIPE, SIG_IGN);
-  app.started_ns = evx_now_ns();
+  app.started_ns = notes_now_ns();
   app.loop = evx_loop_new(NULL);
   if (!app.loop) return 1;
 
@@ -298,12 +300,13 @@ int main(int argc, char **argv) {
   }
   if (drain_ev) event_free(drain_ev);
 out:
-  /* Order: the server first (held requests become ECLOSED), then the pools,
-   * whose owed callbacks finish those requests, then the mailer (its owed
-   * outcomes are logged), then the loop. */
-  evx_http_free(app.http);
+  /* The order of docs/GUIDE.md ("Shutdown"): the pools (their owed callbacks
+   * finish the requests still open), the mailer (its owed outcomes are
+   * logged), then the server, then the loop. */
+  evx_future_release(shut_f);
   evx_sqlite_close(app.db);
   evx_mailer_free(app.mailer);
+  evx_http_free(app.http);
   evx_condition_free(app.new_note);
   evx_loop_free(app.loop);
   if (exit_code == 0) fprintf(stderr, "evx_notes: stopped\n");

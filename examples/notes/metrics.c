@@ -63,7 +63,7 @@ static void app_metrics(evx_metrics *out, void *arg) {
                         NULL, (double)app->mail_not_queued);
   }
   evx_metrics_gauge(out, "notes_uptime_seconds", "Seconds since start.", NULL,
-                    (double)(evx_now_ns() - app->started_ns) / 1e9);
+                    (double)(notes_now_ns() - app->started_ns) / 1e9);
 }
 
 int notes_metrics_init(notes_app *app) {

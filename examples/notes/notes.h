@@ -14,6 +14,15 @@
 #include <evexec/http.h>
 #include <evexec/mail.h>
 #include <evexec/sqlite.h>
+#include <stdint.h>
+#include <time.h>
+
+/* Monotonic clock in nanoseconds (uptime, deadlines, request timing). */
+static inline uint64_t notes_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 typedef struct notes_config {
   const char *host;         /* --host, NOTES_HOST; default 127.0.0.1 */

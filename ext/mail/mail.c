@@ -24,7 +24,12 @@
 #include <stdio.h>
 #include <string.h>
 
-enum { JOB_QUEUED = 1, JOB_WAITING = 2 };
+/* Where a mail is between its attempts. */
+typedef enum mail_job_state {
+  JOB_DECIDING, /* an attempt or retry timer just ended: the next step is being chosen */
+  JOB_QUEUED,   /* an attempt is on the executor (queued or running) */
+  JOB_WAITING   /* a retry timer is pending */
+} mail_job_state;
 
 typedef struct mail_job {
   struct evx_mailer *m;
@@ -35,7 +40,7 @@ typedef struct mail_job {
   char *msgid;
   char *to; /* for log lines */
   unsigned attempt;
-  int state;
+  mail_job_state state;
   evx_timer *timer;
   uint64_t seq;
   uint64_t started_ns;
@@ -63,16 +68,16 @@ struct evx_mailer {
 
 /* Quiet on success: a delivered mail is counted (evx_mailer_stats_get), not
  * logged; retries and failures go to stderr. A log callback sees every line. */
-static void default_log(void *arg, int level, const char *line) {
+static void evx__mail_default_log(void *arg, int level, const char *line) {
   (void)arg;
   if (level == EVX_MAIL_INFO) return;
   static const char *const names[] = {"info", "warn", "error"};
   fprintf(stderr, "mail %s: %s\n", names[level >= 0 && level <= 2 ? level : 2], line);
 }
 
-static void mail_log(evx_mailer *m, int level, const char *fmt, ...)
+static void evx__mail_log(evx_mailer *m, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void mail_log(evx_mailer *m, int level, const char *fmt, ...) {
+static void evx__mail_log(evx_mailer *m, int level, const char *fmt, ...) {
   char line[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -81,7 +86,7 @@ static void mail_log(evx_mailer *m, int level, const char *fmt, ...) {
   m->log(m->log_arg, level, line);
 }
 
-static void job_free(mail_job *job) {
+static void evx__mail_job_free(mail_job *job) {
   evx__mail_env_free(&job->env);
   evx_free(job->text);
   evx_free(job->msgid);
@@ -89,7 +94,7 @@ static void job_free(mail_job *job) {
   evx_free(job);
 }
 
-static void list_remove(evx_mailer *m, mail_job *job) {
+static void evx__mail_list_remove(evx_mailer *m, mail_job *job) {
   if (job->prev) job->prev->next = job->next;
   else m->head = job->next;
   if (job->next) job->next->prev = job->prev;
@@ -97,76 +102,76 @@ static void list_remove(evx_mailer *m, mail_job *job) {
 }
 
 /* The one exit of a job: log, count, tell the caller, free. */
-static void job_final(mail_job *job, int status, const char *reason) {
+static void evx__mail_job_final(mail_job *job, int status, const char *reason) {
   evx_mailer *m = job->m;
-  list_remove(m, job);
+  evx__mail_list_remove(m, job);
   atomic_fetch_sub(&m->pending, 1);
   if (status == EVX_OK) {
     atomic_fetch_add(&m->sent, 1);
     double ms = (double)(evx_now_ns() - job->started_ns) / 1e6;
-    mail_log(m, EVX_MAIL_INFO, "%s to %s: %s %s (attempt %u/%u, %.1f ms)", job->msgid, job->to,
+    evx__mail_log(m, EVX_MAIL_INFO, "%s to %s: %s %s (attempt %u/%u, %.1f ms)", job->msgid, job->to,
           m->t.smtp_url ? "sent via" : "spooled to", job->out.detail, job->attempt,
           m->max_attempts, ms);
   } else if (status == EVX_ECANCELED) {
     atomic_fetch_add(&m->cancelled, 1);
-    mail_log(m, EVX_MAIL_ERROR, "%s to %s: FAILED: cancelled at shutdown after %u attempt(s)%s%s",
+    evx__mail_log(m, EVX_MAIL_ERROR, "%s to %s: FAILED: cancelled at shutdown after %u attempt(s)%s%s",
           job->msgid, job->to, job->attempt, reason ? "; last error: " : "", reason ? reason : "");
   } else {
     atomic_fetch_add(&m->failed, 1);
-    mail_log(m, EVX_MAIL_ERROR, "%s to %s: FAILED after %u attempt(s): %s", job->msgid, job->to,
+    evx__mail_log(m, EVX_MAIL_ERROR, "%s to %s: FAILED after %u attempt(s): %s", job->msgid, job->to,
           job->attempt, reason ? reason : "unknown error");
   }
   if (status != EVX_OK && !reason)
     reason = status == EVX_ECANCELED ? "cancelled at shutdown" : "delivery failed";
   if (job->done) job->done(job->arg, status, status == EVX_OK ? NULL : reason);
-  job_free(job);
+  evx__mail_job_free(job);
 }
 
-static void attempt_work(void *arg) {
+static void evx__mail_attempt_work(void *arg) {
   mail_job *job = arg;
   evx_mailer *m = job->m;
   evx__mail_deliver(&m->t, &job->env, job->text, job->len, job->seq, &job->out);
 }
 
-static void attempt_done(void *arg, int status);
-static void retry_cb(void *arg);
+static void evx__mail_attempt_done(void *arg, int status);
+static void evx__mail_retry_cb(void *arg);
 
-static uint64_t backoff_delay(const evx_mailer *m, unsigned attempt) {
+static uint64_t evx__mail_backoff_delay(const evx_mailer *m, unsigned attempt) {
   uint64_t d = m->backoff_ms;
   for (unsigned i = 1; i < attempt && d < m->backoff_max_ms; i++) d *= 2;
   return d < m->backoff_max_ms ? d : m->backoff_max_ms;
 }
 
 /* After a failed attempt: arm the retry timer, or give up. */
-static void after_failure(mail_job *job) {
+static void evx__mail_after_failure(mail_job *job) {
   evx_mailer *m = job->m;
   const char *reason = job->out.detail[0] ? job->out.detail : "delivery failed";
   if (m->cancelling) {
-    job_final(job, EVX_ECANCELED, reason);
+    evx__mail_job_final(job, EVX_ECANCELED, reason);
     return;
   }
   if (job->out.permanent || job->attempt >= m->max_attempts) {
-    job_final(job, EVX_EIO, reason);
+    evx__mail_job_final(job, EVX_EIO, reason);
     return;
   }
-  uint64_t delay = backoff_delay(m, job->attempt);
-  job->timer = evx_call_later(m->loop, delay, retry_cb, job);
+  uint64_t delay = evx__mail_backoff_delay(m, job->attempt);
+  job->timer = evx_call_later(m->loop, delay, evx__mail_retry_cb, job);
   if (!job->timer) {
-    job_final(job, EVX_EIO, reason);
+    evx__mail_job_final(job, EVX_EIO, reason);
     return;
   }
   job->state = JOB_WAITING;
   atomic_fetch_add(&m->retries, 1);
-  mail_log(m, EVX_MAIL_WARN, "%s to %s: attempt %u/%u failed: %s; retry in %llu ms", job->msgid,
+  evx__mail_log(m, EVX_MAIL_WARN, "%s to %s: attempt %u/%u failed: %s; retry in %llu ms", job->msgid,
         job->to, job->attempt, m->max_attempts, reason, (unsigned long long)delay);
 }
 
 /* Start the next attempt. Returns the submit error (the job is untouched then). */
-static int submit_attempt(mail_job *job) {
+static int evx__mail_submit_attempt(mail_job *job) {
   memset(&job->out, 0, sizeof job->out);
   job->attempt++;
   job->seq = atomic_fetch_add(&job->m->seq, 1);
-  int err = evx_submit(job->m->ex, attempt_work, attempt_done, job);
+  int err = evx_submit(job->m->ex, evx__mail_attempt_work, evx__mail_attempt_done, job);
   if (err) {
     job->attempt--;
     return err;
@@ -175,27 +180,27 @@ static int submit_attempt(mail_job *job) {
   return EVX_OK;
 }
 
-static void attempt_done(void *arg, int status) {
+static void evx__mail_attempt_done(void *arg, int status) {
   mail_job *job = arg;
   evx_mailer *m = job->m;
-  job->state = 0;
+  job->state = JOB_DECIDING;
   if (status == EVX_ECANCELED) {
     job->attempt--; /* it never ran */
-    job_final(job, EVX_ECANCELED, NULL);
+    evx__mail_job_final(job, EVX_ECANCELED, NULL);
     return;
   }
   atomic_fetch_add(&m->attempts, 1);
   if (job->out.status == EVX_OK)
-    job_final(job, EVX_OK, NULL);
+    evx__mail_job_final(job, EVX_OK, NULL);
   else
-    after_failure(job);
+    evx__mail_after_failure(job);
 }
 
-static void retry_cb(void *arg) {
+static void evx__mail_retry_cb(void *arg) {
   mail_job *job = arg;
   job->timer = NULL;
-  job->state = 0;
-  int err = submit_attempt(job);
+  job->state = JOB_DECIDING;
+  int err = evx__mail_submit_attempt(job);
   if (err == EVX_OK) return;
   /* The queue is full or closed: count it as a failed attempt. */
   job->attempt++;
@@ -203,39 +208,46 @@ static void retry_cb(void *arg) {
            evx_strerror(err));
   job->out.status = EVX_EIO;
   job->out.permanent = err == EVX_ECLOSED;
-  after_failure(job);
+  evx__mail_after_failure(job);
 }
 
 /* ---- public ----------------------------------------------------------------- */
 
-static char *dup_opt(const char *s, const char *def) {
+static char *evx__mail_dup_opt(const char *s, const char *def) {
   return evx_strdup(s && *s ? s : def);
 }
 
 /* evx_loop_free closes a mailer left open (see evx-private.h). */
-static void mailer_on_free(evx__loop_member *m) {
+static void evx__mail_mailer_on_free(evx__loop_member *m) {
   evx_mailer_free(EVX__CONTAINER_OF(m, evx_mailer, member));
 }
 
-evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts) {
-  if (!loop || !evx__loop_thread_ok(loop)) return NULL;
+/* The first layout of evx_mailer_opts (what the plain evx_mailer_new reads). */
+#define MAILER_OPTS_V0 (offsetof(evx_mailer_opts, name) + sizeof(const char *))
+
+evx_mailer *(evx_mailer_new)(evx_loop *loop, const evx_mailer_opts *opts) {
+  return evx_mailer_new_sized(loop, opts, MAILER_OPTS_V0);
+}
+
+evx_mailer *evx_mailer_new_sized(evx_loop *loop, const evx_mailer_opts *opts, size_t opts_size) {
+  if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
   evx_mailer_opts o;
-  memset(&o, 0, sizeof o);
-  if (opts) o = *opts;
-  if (o.threads > 2) return NULL;
-  if (evx__mail_global_init() != EVX_OK) return NULL;
+  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) return evx__ctor_fail(EVX_EINVAL);
+  if (o.threads > 2) return evx__ctor_fail(EVX_EINVAL);
+  if (evx__mail_global_init() != EVX_OK) return evx__ctor_fail(EVX_EIO);
+  int err = EVX_ENOMEM;
   evx_mailer *m = evx_calloc(1, sizeof *m);
-  if (!m) return NULL;
+  if (!m) return evx__ctor_fail(EVX_ENOMEM);
   m->loop = loop;
   m->max_attempts = o.max_attempts ? o.max_attempts : 5;
   m->backoff_ms = o.backoff_ms ? o.backoff_ms : 500;
   m->backoff_max_ms = o.backoff_max_ms ? o.backoff_max_ms : 30000;
   if (m->backoff_max_ms < m->backoff_ms) m->backoff_max_ms = m->backoff_ms;
-  m->log = o.log ? o.log : default_log;
+  m->log = o.log ? o.log : evx__mail_default_log;
   m->log_arg = o.log ? o.log_arg : NULL;
-  m->spool_dir = dup_opt(o.spool_dir, "spool");
-  m->from = dup_opt(o.from, "evexec@localhost");
-  m->hostname = dup_opt(o.hostname, "localhost");
+  m->spool_dir = evx__mail_dup_opt(o.spool_dir, "spool");
+  m->from = evx__mail_dup_opt(o.from, "evexec@localhost");
+  m->hostname = evx__mail_dup_opt(o.hostname, "localhost");
   if (!m->spool_dir || !m->from || !m->hostname) goto fail;
   if (o.smtp_url && *o.smtp_url) {
     /* The URL path is curl's HELO name: give it our hostname when empty. */
@@ -251,6 +263,7 @@ evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts) {
     else
       snprintf(m->smtp_url, n, "%s/%s", o.smtp_url, m->hostname);
   } else if (evx__mail_mkdirs(m->spool_dir) != 0) {
+    err = EVX_EIO;
     goto fail;
   }
   if (o.username) {
@@ -268,8 +281,11 @@ evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts) {
                           .max_queue = o.max_queue ? o.max_queue : 1024,
                           .name = o.name && *o.name ? o.name : "mail"};
   m->ex = evx_executor_new(loop, &eo);
-  if (!m->ex) goto fail;
-  evx__loop_member_add(loop, &m->member, NULL, mailer_on_free);
+  if (!m->ex) {
+    err = evx_last_error();
+    goto fail;
+  }
+  evx__loop_member_add(loop, &m->member, NULL, evx__mail_mailer_on_free);
   return m;
 fail:
   evx_free(m->smtp_url);
@@ -279,7 +295,7 @@ fail:
   evx_free(m->username);
   evx_free(m->password);
   evx_free(m);
-  return NULL;
+  return evx__ctor_fail(err);
 }
 
 int evx_mail_check(evx_mailer *m, const evx_mail_msg *msg) {
@@ -322,16 +338,16 @@ int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done,
         to[i] = (unsigned char)full.to[i] < 0x20 ? '?' : full.to[i];
       to[i] = '\0';
     }
-    mail_log(m, EVX_MAIL_ERROR, "mail to %s refused: %s (%s)", to,
+    evx__mail_log(m, EVX_MAIL_ERROR, "mail to %s refused: %s (%s)", to,
              err == EVX_EINVAL ? "bad sender or recipient address" : "out of memory",
              evx_err_name(err));
-    job_free(job);
+    evx__mail_job_free(job);
     return err;
   }
   if (message_id) {
     *message_id = evx_strdup(job->msgid);
     if (!*message_id) {
-      job_free(job);
+      evx__mail_job_free(job);
       return EVX_ENOMEM;
     }
   }
@@ -340,13 +356,13 @@ int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done,
   job->done = done;
   job->arg = arg;
   job->started_ns = evx_now_ns();
-  err = submit_attempt(job);
+  err = evx__mail_submit_attempt(job);
   if (err) {
     if (message_id) {
       evx_free(*message_id);
       *message_id = NULL;
     }
-    job_free(job);
+    evx__mail_job_free(job);
     return err;
   }
   job->next = m->head;
@@ -363,7 +379,7 @@ int evx_mailer_shutdown(evx_mailer *m, int how) {
   if (how == EVX_SHUTDOWN_DRAIN) return EVX_OK;
   m->cancelling = 1;
   /* Waiting retries end now; queued attempts are cancelled by the executor
-   * (their attempt_done gets EVX_ECANCELED later). */
+   * (their evx__mail_attempt_done gets EVX_ECANCELED later). */
   mail_job *next;
   for (mail_job *job = m->head; job; job = next) {
     next = job->next;
@@ -372,7 +388,7 @@ int evx_mailer_shutdown(evx_mailer *m, int how) {
       job->timer = NULL;
       char reason[sizeof job->out.detail];
       memcpy(reason, job->out.detail, sizeof reason);
-      job_final(job, EVX_ECANCELED, reason[0] ? reason : NULL);
+      evx__mail_job_final(job, EVX_ECANCELED, reason[0] ? reason : NULL);
     }
   }
   return evx_executor_shutdown(m->ex, EVX_SHUTDOWN_CANCEL);
@@ -400,11 +416,11 @@ void evx_mailer_free(evx_mailer *m) {
   if (!m) return;
   evx__loop_member_remove(&m->member);
   evx_mailer_shutdown(m, EVX_SHUTDOWN_CANCEL);
-  /* Waits for a running attempt and runs every attempt_done still owed:
+  /* Waits for a running attempt and runs every evx__mail_attempt_done still owed:
    * each ends its job (cancelling is set, so none re-arms a timer). */
   evx_executor_free(m->ex);
   /* Nothing can be left: WAITING jobs ended in shutdown, QUEUED ones in free. */
-  while (m->head) job_final(m->head, EVX_ECANCELED, NULL);
+  while (m->head) evx__mail_job_final(m->head, EVX_ECANCELED, NULL);
   evx_free(m->smtp_url);
   evx_free(m->spool_dir);
   evx_free(m->from);

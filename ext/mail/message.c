@@ -31,7 +31,7 @@ typedef struct sbuf {
   int oom;
 } sbuf;
 
-static void sb_grow(sbuf *b, size_t extra) {
+static void evx__mail_sb_grow(sbuf *b, size_t extra) {
   if (b->oom) return;
   if (extra > SIZE_MAX / 2 - b->len) {
     b->oom = 1;
@@ -50,21 +50,21 @@ static void sb_grow(sbuf *b, size_t extra) {
   b->cap = cap;
 }
 
-static void sb_add(sbuf *b, const char *s, size_t n) {
-  sb_grow(b, n);
+static void evx__mail_sb_add(sbuf *b, const char *s, size_t n) {
+  evx__mail_sb_grow(b, n);
   if (b->oom) return;
   memcpy(b->p + b->len, s, n);
   b->len += n;
   b->p[b->len] = '\0';
 }
 
-static void sb_str(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
+static void evx__mail_sb_str(sbuf *b, const char *s) { evx__mail_sb_add(b, s, strlen(s)); }
 
-static void sb_ch(sbuf *b, char c) { sb_add(b, &c, 1); }
+static void evx__mail_sb_ch(sbuf *b, char c) { evx__mail_sb_add(b, &c, 1); }
 
 /* ---- addresses ---------------------------------------------------------- */
 
-static int has_crlf(const char *s) { return s && strpbrk(s, "\r\n") != NULL; }
+static int evx__mail_has_crlf(const char *s) { return s && strpbrk(s, "\r\n") != NULL; }
 
 int evx__mail_addr_ok(const char *a) {
   if (!a) return 0;
@@ -79,20 +79,20 @@ int evx__mail_addr_ok(const char *a) {
   return 1;
 }
 
-static const char *skip_ws(const char *s, const char *end) {
+static const char *evx__mail_skip_ws(const char *s, const char *end) {
   while (s < end && (*s == ' ' || *s == '\t')) s++;
   return s;
 }
 
-static const char *trim_end(const char *s, const char *end) {
+static const char *evx__mail_trim_end(const char *s, const char *end) {
   while (end > s && (end[-1] == ' ' || end[-1] == '\t')) end--;
   return end;
 }
 
 /* The addr-spec of one mailbox "addr" or "Display Name <addr>" in [s, end). */
-static char *mailbox_addr(const char *s, const char *end) {
-  s = skip_ws(s, end);
-  end = trim_end(s, end);
+static char *evx__mail_mailbox_addr(const char *s, const char *end) {
+  s = evx__mail_skip_ws(s, end);
+  end = evx__mail_trim_end(s, end);
   if (s == end) return NULL;
   const char *lt = NULL, *gt = NULL;
   int quoted = 0;
@@ -130,10 +130,10 @@ void evx__mail_env_free(evx__mail_env *env) {
 
 int evx__mail_envelope(const evx_mail_msg *msg, const char *default_from, evx__mail_env *env) {
   memset(env, 0, sizeof *env);
-  if (!msg || !msg->to || has_crlf(msg->to)) return EVX_EINVAL;
+  if (!msg || !msg->to || evx__mail_has_crlf(msg->to)) return EVX_EINVAL;
   const char *from = msg->from ? msg->from : default_from ? default_from : "evexec@localhost";
-  if (has_crlf(from)) return EVX_EINVAL;
-  env->from = mailbox_addr(from, from + strlen(from));
+  if (evx__mail_has_crlf(from)) return EVX_EINVAL;
+  env->from = evx__mail_mailbox_addr(from, from + strlen(from));
   if (!env->from) return EVX_EINVAL;
   /* Split `to` at commas outside quotes. */
   const char *s = msg->to, *tok = s;
@@ -141,11 +141,11 @@ int evx__mail_envelope(const evx_mail_msg *msg, const char *default_from, evx__m
   for (const char *p = s;; p++) {
     if (*p == '"') quoted = !quoted;
     if (*p == '\0' || (*p == ',' && !quoted)) {
-      if (skip_ws(tok, p) != p) {
+      if (evx__mail_skip_ws(tok, p) != p) {
         char **v = evx_realloc(env->rcpt, (env->nrcpt + 1) * sizeof *v);
         if (!v) goto oom;
         env->rcpt = v;
-        char *a = mailbox_addr(tok, p);
+        char *a = evx__mail_mailbox_addr(tok, p);
         if (!a) goto bad;
         env->rcpt[env->nrcpt++] = a;
       }
@@ -165,20 +165,20 @@ oom:
 
 /* ---- headers ------------------------------------------------------------- */
 
-static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static const char evx__mail_b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-static void sb_base64(sbuf *b, const unsigned char *s, size_t n) {
+static void evx__mail_sb_base64(sbuf *b, const unsigned char *s, size_t n) {
   for (size_t i = 0; i < n; i += 3) {
     unsigned v = (unsigned)s[i] << 16;
     if (i + 1 < n) v |= (unsigned)s[i + 1] << 8;
     if (i + 2 < n) v |= s[i + 2];
-    char q[4] = {b64[(v >> 18) & 63], b64[(v >> 12) & 63], i + 1 < n ? b64[(v >> 6) & 63] : '=',
-                 i + 2 < n ? b64[v & 63] : '='};
-    sb_add(b, q, 4);
+    char q[4] = {evx__mail_b64[(v >> 18) & 63], evx__mail_b64[(v >> 12) & 63], i + 1 < n ? evx__mail_b64[(v >> 6) & 63] : '=',
+                 i + 2 < n ? evx__mail_b64[v & 63] : '='};
+    evx__mail_sb_add(b, q, 4);
   }
 }
 
-static int plain_ascii(const char *s, size_t max) {
+static int evx__mail_plain_ascii(const char *s, size_t max) {
   size_t n = 0;
   for (const unsigned char *p = (const unsigned char *)s; *p; p++, n++) {
     if (n >= max) return 0;
@@ -190,12 +190,12 @@ static int plain_ascii(const char *s, size_t max) {
 
 /* Subject: as is when short plain ASCII; else RFC 2047 B-encoded words of at
  * most 45 input bytes, never splitting a UTF-8 sequence, folded with CRLF SP.
- * CR, LF and other control bytes take the encoded path (plain_ascii refuses
+ * CR, LF and other control bytes take the encoded path (evx__mail_plain_ascii refuses
  * them), so they reach the reader as they were and never end the header. */
-static void sb_subject(sbuf *b, const char *subj) {
-  sb_str(b, "Subject: ");
-  if (plain_ascii(subj, 900)) {
-    sb_str(b, subj);
+static void evx__mail_sb_subject(sbuf *b, const char *subj) {
+  evx__mail_sb_str(b, "Subject: ");
+  if (evx__mail_plain_ascii(subj, 900)) {
+    evx__mail_sb_str(b, subj);
   } else {
     const unsigned char *p = (const unsigned char *)subj;
     size_t n = strlen(subj), i = 0;
@@ -204,18 +204,18 @@ static void sb_subject(sbuf *b, const char *subj) {
       size_t take = n - i < 45 ? n - i : 45;
       /* back off to a UTF-8 boundary (a byte that is not 10xxxxxx) */
       while (take < n - i && take > 1 && (p[i + take] & 0xC0) == 0x80) take--;
-      if (!first) sb_str(b, "\r\n ");
-      sb_str(b, "=?UTF-8?B?");
-      sb_base64(b, p + i, take);
-      sb_str(b, "?=");
+      if (!first) evx__mail_sb_str(b, "\r\n ");
+      evx__mail_sb_str(b, "=?UTF-8?B?");
+      evx__mail_sb_base64(b, p + i, take);
+      evx__mail_sb_str(b, "?=");
       first = 0;
       i += take;
     }
   }
-  sb_str(b, "\r\n");
+  evx__mail_sb_str(b, "\r\n");
 }
 
-static void sb_date(sbuf *b) {
+static void evx__mail_sb_date(sbuf *b) {
   static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
   static const char *const mons[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
@@ -226,10 +226,10 @@ static void sb_date(sbuf *b) {
   /* Day and month names by hand: strftime's depend on the locale. */
   snprintf(d, sizeof d, "Date: %s, %02d %s %04d %02d:%02d:%02d +0000\r\n", days[tm.tm_wday % 7],
            tm.tm_mday, mons[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
-  sb_str(b, d);
+  evx__mail_sb_str(b, d);
 }
 
-static int host_ok(const char *h) {
+static int evx__mail_host_ok(const char *h) {
   if (!h || !*h || strlen(h) > 200) return 0;
   for (const unsigned char *p = (const unsigned char *)h; *p; p++)
     if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
@@ -238,37 +238,37 @@ static int host_ok(const char *h) {
   return 1;
 }
 
-static atomic_uint_fast64_t msgid_seq;
+static atomic_uint_fast64_t evx__mail_msgid_seq;
 
 /* ---- body ------------------------------------------------------------------ */
 
 /* Body with CRLF line ends; reports the longest line and whether it is ASCII. */
-static void normalize_body(sbuf *out, const char *body, size_t *longest, int *ascii) {
+static void evx__mail_normalize_body(sbuf *out, const char *body, size_t *longest, int *ascii) {
   size_t line = 0;
   *longest = 0;
   *ascii = 1;
   for (const char *p = body; *p; p++) {
     if (*p == '\r' || *p == '\n') {
       if (*p == '\r' && p[1] == '\n') p++;
-      sb_str(out, "\r\n");
+      evx__mail_sb_str(out, "\r\n");
       line = 0;
       continue;
     }
     if ((unsigned char)*p >= 0x80) *ascii = 0;
-    sb_ch(out, *p);
+    evx__mail_sb_ch(out, *p);
     if (++line > *longest) *longest = line;
   }
-  if (out->len < 2 || memcmp(out->p + out->len - 2, "\r\n", 2) != 0) sb_str(out, "\r\n");
+  if (out->len < 2 || memcmp(out->p + out->len - 2, "\r\n", 2) != 0) evx__mail_sb_str(out, "\r\n");
 }
 
 /* Quoted-printable (RFC 2045 6.7) of CRLF text; output lines <= 76. */
-static void sb_qp(sbuf *b, const char *s, size_t n) {
+static void evx__mail_sb_qp(sbuf *b, const char *s, size_t n) {
   static const char hex[] = "0123456789ABCDEF";
   size_t col = 0;
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)s[i];
     if (c == '\r' && i + 1 < n && s[i + 1] == '\n') {
-      sb_str(b, "\r\n");
+      evx__mail_sb_str(b, "\r\n");
       col = 0;
       i++;
       continue;
@@ -286,10 +286,10 @@ static void sb_qp(sbuf *b, const char *s, size_t n) {
       k = 3;
     }
     if (col + k > 75) {
-      sb_str(b, "=\r\n");
+      evx__mail_sb_str(b, "=\r\n");
       col = 0;
     }
-    sb_add(b, enc, k);
+    evx__mail_sb_add(b, enc, k);
     col += k;
   }
 }
@@ -304,38 +304,38 @@ int evx_mail_format(const evx_mail_msg *msg, const char *hostname, char **out, c
   evx__mail_env_free(&env);
   const char *subject = msg->subject ? msg->subject : "";
   const char *from = msg->from ? msg->from : "evexec@localhost";
-  const char *host = host_ok(hostname) ? hostname : "localhost";
+  const char *host = evx__mail_host_ok(hostname) ? hostname : "localhost";
 
   sbuf b = {0}, body = {0}, id = {0};
   char tmp[160];
   snprintf(tmp, sizeof tmp, "<%llx.%llx.%ld@", (unsigned long long)evx_now_ns(),
-           (unsigned long long)atomic_fetch_add(&msgid_seq, 1), (long)getpid());
-  sb_str(&id, tmp);
-  sb_str(&id, host);
-  sb_ch(&id, '>');
+           (unsigned long long)atomic_fetch_add(&evx__mail_msgid_seq, 1), (long)getpid());
+  evx__mail_sb_str(&id, tmp);
+  evx__mail_sb_str(&id, host);
+  evx__mail_sb_ch(&id, '>');
 
-  sb_date(&b);
-  sb_str(&b, "From: ");
-  sb_str(&b, from);
-  sb_str(&b, "\r\nTo: ");
-  sb_str(&b, msg->to);
-  sb_str(&b, "\r\n");
-  sb_subject(&b, subject);
-  sb_str(&b, "Message-ID: ");
-  if (id.p) sb_str(&b, id.p);
-  sb_str(&b, "\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\n");
+  evx__mail_sb_date(&b);
+  evx__mail_sb_str(&b, "From: ");
+  evx__mail_sb_str(&b, from);
+  evx__mail_sb_str(&b, "\r\nTo: ");
+  evx__mail_sb_str(&b, msg->to);
+  evx__mail_sb_str(&b, "\r\n");
+  evx__mail_sb_subject(&b, subject);
+  evx__mail_sb_str(&b, "Message-ID: ");
+  if (id.p) evx__mail_sb_str(&b, id.p);
+  evx__mail_sb_str(&b, "\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\n");
 
   size_t longest;
   int ascii;
-  normalize_body(&body, msg->body ? msg->body : "", &longest, &ascii);
+  evx__mail_normalize_body(&body, msg->body ? msg->body : "", &longest, &ascii);
   if (longest > 998) {
-    sb_str(&b, "Content-Transfer-Encoding: quoted-printable\r\nX-Mailer: evexec\r\n\r\n");
-    if (body.p) sb_qp(&b, body.p, body.len);
-    if (b.len < 2 || memcmp(b.p + b.len - 2, "\r\n", 2) != 0) sb_str(&b, "\r\n");
+    evx__mail_sb_str(&b, "Content-Transfer-Encoding: quoted-printable\r\nX-Mailer: evexec\r\n\r\n");
+    if (body.p) evx__mail_sb_qp(&b, body.p, body.len);
+    if (b.len < 2 || memcmp(b.p + b.len - 2, "\r\n", 2) != 0) evx__mail_sb_str(&b, "\r\n");
   } else {
-    sb_str(&b, ascii ? "Content-Transfer-Encoding: 7bit\r\n" : "Content-Transfer-Encoding: 8bit\r\n");
-    sb_str(&b, "X-Mailer: evexec\r\n\r\n");
-    if (body.p) sb_add(&b, body.p, body.len);
+    evx__mail_sb_str(&b, ascii ? "Content-Transfer-Encoding: 7bit\r\n" : "Content-Transfer-Encoding: 8bit\r\n");
+    evx__mail_sb_str(&b, "X-Mailer: evexec\r\n\r\n");
+    if (body.p) evx__mail_sb_add(&b, body.p, body.len);
   }
   evx_free(body.p);
   if (b.oom || body.oom || id.oom || !b.p || !id.p) {

@@ -24,14 +24,14 @@
 #include <time.h>
 #include <unistd.h>
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_rc;
+static pthread_once_t evx__mail_curl_once = PTHREAD_ONCE_INIT;
+static CURLcode evx__mail_curl_init_rc;
 
-static void curl_init_once(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
+static void evx__mail_curl_init_once(void) { evx__mail_curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
 
 int evx__mail_global_init(void) {
-  pthread_once(&curl_once, curl_init_once);
-  return curl_init_rc == CURLE_OK ? EVX_OK : EVX_EIO;
+  pthread_once(&evx__mail_curl_once, evx__mail_curl_init_once);
+  return evx__mail_curl_init_rc == CURLE_OK ? EVX_OK : EVX_EIO;
 }
 
 int evx__mail_mkdirs(const char *dir) {
@@ -59,9 +59,9 @@ int evx__mail_mkdirs(const char *dir) {
 }
 
 /* Set out->detail, truncating long paths quietly (a log line, not a key). */
-static void set_detail(evx__mail_outcome *out, const char *fmt, ...)
+static void evx__mail_set_detail(evx__mail_outcome *out, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-static void set_detail(evx__mail_outcome *out, const char *fmt, ...) {
+static void evx__mail_set_detail(evx__mail_outcome *out, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(out->detail, sizeof out->detail, fmt, ap);
@@ -70,7 +70,7 @@ static void set_detail(evx__mail_outcome *out, const char *fmt, ...) {
 
 /* ---- spool ---------------------------------------------------------------- */
 
-static int write_all(int fd, const char *p, size_t n) {
+static int evx__mail_write_all(int fd, const char *p, size_t n) {
   while (n) {
     ssize_t w = write(fd, p, n);
     if (w < 0) {
@@ -83,7 +83,7 @@ static int write_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
-static void spool_write(const evx__mail_transport *t, const char *text, size_t len, uint64_t seq,
+static void evx__mail_spool_write(const evx__mail_transport *t, const char *text, size_t len, uint64_t seq,
                         evx__mail_outcome *out) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -93,7 +93,7 @@ static void spool_write(const evx__mail_transport *t, const char *text, size_t l
   int n1 = snprintf(tmp, sizeof tmp, "%s/.%s.tmp", t->spool_dir, name);
   int n2 = snprintf(final, sizeof final, "%s/%s.eml", t->spool_dir, name);
   if (n1 < 0 || n2 < 0 || (size_t)n1 >= sizeof tmp || (size_t)n2 >= sizeof final) {
-    set_detail(out, "spool path too long");
+    evx__mail_set_detail(out, "spool path too long");
     out->permanent = 1;
     return;
   }
@@ -101,10 +101,10 @@ static void spool_write(const evx__mail_transport *t, const char *text, size_t l
   if (fd < 0 && errno == ENOENT && evx__mail_mkdirs(t->spool_dir) == 0)
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) {
-    set_detail(out, "spool %s: %s", tmp, strerror(errno));
+    evx__mail_set_detail(out, "spool %s: %s", tmp, strerror(errno));
     return;
   }
-  int err = write_all(fd, text, len);
+  int err = evx__mail_write_all(fd, text, len);
   int saved = errno;
   if (close(fd) != 0 && !err) {
     err = -1;
@@ -116,11 +116,11 @@ static void spool_write(const evx__mail_transport *t, const char *text, size_t l
   }
   if (err) {
     unlink(tmp);
-    set_detail(out, "spool %s: %s", final, strerror(saved));
+    evx__mail_set_detail(out, "spool %s: %s", final, strerror(saved));
     return;
   }
   out->status = EVX_OK;
-  set_detail(out, "%s", final);
+  evx__mail_set_detail(out, "%s", final);
 }
 
 /* ---- SMTP (libcurl) ---------------------------------------------------------- */
@@ -130,7 +130,7 @@ typedef struct upload {
   size_t left;
 } upload;
 
-static size_t read_cb(char *buf, size_t size, size_t nitems, void *arg) {
+static size_t evx__mail_read_cb(char *buf, size_t size, size_t nitems, void *arg) {
   upload *u = arg;
   size_t room = size * nitems;
   size_t n = u->left < room ? u->left : room;
@@ -140,15 +140,15 @@ static size_t read_cb(char *buf, size_t size, size_t nitems, void *arg) {
   return n;
 }
 
-static void smtp_send(const evx__mail_transport *t, const evx__mail_env *env, const char *text,
+static void evx__mail_smtp_send(const evx__mail_transport *t, const evx__mail_env *env, const char *text,
                       size_t len, evx__mail_outcome *out) {
   if (evx__mail_global_init() != EVX_OK) {
-    set_detail(out, "curl_global_init failed");
+    evx__mail_set_detail(out, "curl_global_init failed");
     return;
   }
   CURL *c = curl_easy_init();
   if (!c) {
-    set_detail(out, "curl_easy_init failed");
+    evx__mail_set_detail(out, "curl_easy_init failed");
     return;
   }
   char errbuf[CURL_ERROR_SIZE] = "";
@@ -169,7 +169,7 @@ static void smtp_send(const evx__mail_transport *t, const evx__mail_env *env, co
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
   curl_easy_setopt(c, CURLOPT_MAIL_FROM, from);
   curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpt);
-  curl_easy_setopt(c, CURLOPT_READFUNCTION, read_cb);
+  curl_easy_setopt(c, CURLOPT_READFUNCTION, evx__mail_read_cb);
   curl_easy_setopt(c, CURLOPT_READDATA, &u);
   curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
   curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)len);
@@ -185,14 +185,14 @@ static void smtp_send(const evx__mail_transport *t, const evx__mail_env *env, co
 done:
   if (rc == CURLE_OK) {
     out->status = EVX_OK;
-    set_detail(out, "%s", t->smtp_url);
+    evx__mail_set_detail(out, "%s", t->smtp_url);
   } else {
     out->permanent = out->smtp_code >= 500 && out->smtp_code < 600;
     if (out->smtp_code)
-      set_detail(out, "%s: %s (SMTP %ld)", curl_easy_strerror(rc),
+      evx__mail_set_detail(out, "%s: %s (SMTP %ld)", curl_easy_strerror(rc),
                errbuf[0] ? errbuf : "no detail", out->smtp_code);
     else
-      set_detail(out, "%s: %s", curl_easy_strerror(rc),
+      evx__mail_set_detail(out, "%s: %s", curl_easy_strerror(rc),
                errbuf[0] ? errbuf : "no detail");
   }
   curl_slist_free_all(rcpt);
@@ -204,7 +204,7 @@ void evx__mail_deliver(const evx__mail_transport *t, const evx__mail_env *env, c
   memset(out, 0, sizeof *out);
   out->status = EVX_EIO;
   if (t->smtp_url)
-    smtp_send(t, env, text, len, out);
+    evx__mail_smtp_send(t, env, text, len, out);
   else
-    spool_write(t, text, len, seq, out);
+    evx__mail_spool_write(t, text, len, seq, out);
 }

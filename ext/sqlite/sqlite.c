@@ -168,7 +168,7 @@ const char *evx_sql_get_text(const evx_sql_result *res, size_t row, size_t col) 
   return c->v.s.p;
 }
 
-static void result_error(evx_sql_result *res, int status, int code, const char *msg) {
+static void evx__sql_result_error(evx_sql_result *res, int status, int code, const char *msg) {
   res->status = status;
   res->sqlite_code = code;
   evx_free(res->errmsg);
@@ -177,7 +177,7 @@ static void result_error(evx_sql_result *res, int status, int code, const char *
 
 /* ---- per-thread connections -------------------------------------------- */
 
-static void conn_close(sql_conn *c) {
+static void evx__sql_conn_close(sql_conn *c) {
   for (size_t i = 0; i < SQL_CACHE_SIZE; i++) {
     if (c->cache[i].stmt) sqlite3_finalize(c->cache[i].stmt);
     evx_free(c->cache[i].sql);
@@ -188,11 +188,11 @@ static void conn_close(sql_conn *c) {
 }
 
 /* pthread key destructor: runs on the worker thread as it exits. */
-static void conn_key_destructor(void *p) {
-  if (p) conn_close(p);
+static void evx__sql_conn_key_destructor(void *p) {
+  if (p) evx__sql_conn_close(p);
 }
 
-static int conn_exec(sqlite3 *conn, const char *sql, char **errmsg) {
+static int evx__sql_conn_exec(sqlite3 *conn, const char *sql, char **errmsg) {
   char *msg = NULL;
   int rc = sqlite3_exec(conn, sql, NULL, NULL, &msg);
   if (rc != SQLITE_OK && errmsg) {
@@ -206,7 +206,7 @@ static int conn_exec(sqlite3 *conn, const char *sql, char **errmsg) {
  * evx_job_cancel asked to stop (its client left, its future was cancelled)
  * is interrupted (SQLITE_INTERRUPT; the result says EVX_ECANCELED). On a
  * thread that runs no job (opening on the loop thread) it never fires. */
-static int conn_progress(void *arg) {
+static int evx__sql_conn_progress(void *arg) {
   (void)arg;
   return evx_job_cancelled();
 }
@@ -214,21 +214,21 @@ static int conn_progress(void *arg) {
 
 /* Open a connection with the common settings. On failure returns NULL and,
  * when errmsg is not NULL, a message to evx_free. */
-static sqlite3 *conn_open(const char *path, unsigned busy_ms, int query_only, int sync_full,
+static sqlite3 *evx__sql_conn_open(const char *path, unsigned busy_ms, int query_only, int sync_full,
                           int *code, char **errmsg) {
   sqlite3 *conn = NULL;
   int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
   int rc = sqlite3_open_v2(path, &conn, flags, NULL);
   if (rc != SQLITE_OK) goto fail;
   sqlite3_extended_result_codes(conn, 1);
-  sqlite3_progress_handler(conn, SQL_PROGRESS_OPS, conn_progress, NULL);
+  sqlite3_progress_handler(conn, SQL_PROGRESS_OPS, evx__sql_conn_progress, NULL);
   rc = sqlite3_busy_timeout(conn, (int)(busy_ms > INT32_MAX ? INT32_MAX : busy_ms));
   if (rc != SQLITE_OK) goto fail;
-  rc = conn_exec(conn, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+  rc = evx__sql_conn_exec(conn, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
                  errmsg);
   if (rc != SQLITE_OK) goto fail_msg;
   if (query_only) {
-    rc = conn_exec(conn, "PRAGMA query_only=1", errmsg);
+    rc = evx__sql_conn_exec(conn, "PRAGMA query_only=1", errmsg);
     if (rc != SQLITE_OK) goto fail_msg;
   }
   return conn;
@@ -241,7 +241,7 @@ fail_msg:
 }
 
 /* The calling worker thread's connection, opened on first use. */
-static sql_conn *conn_get(evx_sqlite *db, evx_sql_mode mode, int *code, char **errmsg) {
+static sql_conn *evx__sql_conn_get(evx_sqlite *db, evx_sql_mode mode, int *code, char **errmsg) {
   sql_conn *c = pthread_getspecific(db->key);
   if (c) return c;
   c = evx_calloc(1, sizeof *c);
@@ -251,7 +251,7 @@ static sql_conn *conn_get(evx_sqlite *db, evx_sql_mode mode, int *code, char **e
     return NULL;
   }
   c->db = db;
-  c->conn = conn_open(db->path, db->busy_timeout_ms, mode == EVX_SQL_READ, db->synchronous_full,
+  c->conn = evx__sql_conn_open(db->path, db->busy_timeout_ms, mode == EVX_SQL_READ, db->synchronous_full,
                       code, errmsg);
   if (!c->conn) {
     evx_free(c);
@@ -270,7 +270,7 @@ static sql_conn *conn_get(evx_sqlite *db, evx_sql_mode mode, int *code, char **e
 
 /* A prepared statement for `sql` on this connection (cached; reset and
  * unbound). On failure fills res and returns NULL. */
-static sqlite3_stmt *stmt_get(sql_conn *c, const char *sql, evx_sql_result *res) {
+static sqlite3_stmt *evx__sql_stmt_get(sql_conn *c, const char *sql, evx_sql_result *res) {
   sql_cached *victim = &c->cache[0];
   for (size_t i = 0; i < SQL_CACHE_SIZE; i++) {
     sql_cached *e = &c->cache[i];
@@ -284,12 +284,12 @@ static sqlite3_stmt *stmt_get(sql_conn *c, const char *sql, evx_sql_result *res)
   const char *tail = NULL;
   int rc = sqlite3_prepare_v3(c->conn, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, &tail);
   if (rc != SQLITE_OK) {
-    result_error(res, rc == SQLITE_NOMEM ? EVX_ENOMEM : EVX_EIO, sqlite3_extended_errcode(c->conn),
+    evx__sql_result_error(res, rc == SQLITE_NOMEM ? EVX_ENOMEM : EVX_EIO, sqlite3_extended_errcode(c->conn),
                  sqlite3_errmsg(c->conn));
     return NULL;
   }
   if (!stmt) {
-    result_error(res, EVX_EINVAL, 0, "empty SQL statement");
+    evx__sql_result_error(res, EVX_EINVAL, 0, "empty SQL statement");
     return NULL;
   }
   /* Only whitespace (and comments, which SQLite skips by preparing them to
@@ -300,7 +300,7 @@ static sqlite3_stmt *stmt_get(sql_conn *c, const char *sql, evx_sql_result *res)
     if (sqlite3_prepare_v2(c->conn, tail, -1, &extra, &next) != SQLITE_OK || extra) {
       sqlite3_finalize(extra);
       sqlite3_finalize(stmt);
-      result_error(res, EVX_EINVAL, 0, "more than one SQL statement in one query");
+      evx__sql_result_error(res, EVX_EINVAL, 0, "more than one SQL statement in one query");
       return NULL;
     }
     if (next == tail) break;
@@ -319,19 +319,19 @@ static sqlite3_stmt *stmt_get(sql_conn *c, const char *sql, evx_sql_result *res)
   return stmt;
 }
 
-static int stmt_is_cached(const sql_conn *c, const sqlite3_stmt *stmt) {
+static int evx__sql_stmt_is_cached(const sql_conn *c, const sqlite3_stmt *stmt) {
   for (size_t i = 0; i < SQL_CACHE_SIZE; i++)
     if (c->cache[i].stmt == stmt) return 1;
   return 0;
 }
 
-static int bind_params(sqlite3_stmt *stmt, const evx_sql_value *params, size_t n,
+static int evx__sql_bind_params(sqlite3_stmt *stmt, const evx_sql_value *params, size_t n,
                        evx_sql_result *res) {
   int expected = sqlite3_bind_parameter_count(stmt);
   if ((size_t)expected != n) {
     char msg[128];
     snprintf(msg, sizeof msg, "statement takes %d parameter(s), %zu given", expected, n);
-    result_error(res, EVX_EINVAL, SQLITE_RANGE, msg);
+    evx__sql_result_error(res, EVX_EINVAL, SQLITE_RANGE, msg);
     return -1;
   }
   for (size_t i = 0; i < n; i++) {
@@ -347,7 +347,7 @@ static int bind_params(sqlite3_stmt *stmt, const evx_sql_value *params, size_t n
       default: rc = sqlite3_bind_null(stmt, idx); break;
     }
     if (rc != SQLITE_OK) {
-      result_error(res, EVX_EIO, rc, sqlite3_errstr(rc));
+      evx__sql_result_error(res, EVX_EIO, rc, sqlite3_errstr(rc));
       return -1;
     }
   }
@@ -355,7 +355,7 @@ static int bind_params(sqlite3_stmt *stmt, const evx_sql_value *params, size_t n
 }
 
 /* Copy the current row into res (growing cells geometrically). */
-static int take_row(sqlite3_stmt *stmt, evx_sql_result *res, size_t *cap) {
+static int evx__sql_take_row(sqlite3_stmt *stmt, evx_sql_result *res, size_t *cap) {
   size_t nc = res->ncols;
   if (nc == 0) {
     res->nrows++;
@@ -410,12 +410,12 @@ static int take_row(sqlite3_stmt *stmt, evx_sql_result *res, size_t *cap) {
   return 0;
 }
 
-static void run_statement(sql_conn *c, const char *sql, const evx_sql_value *params, size_t n,
+static void evx__sql_run_statement(sql_conn *c, const char *sql, const evx_sql_value *params, size_t n,
                           evx_sql_result *res) {
-  sqlite3_stmt *stmt = stmt_get(c, sql, res);
+  sqlite3_stmt *stmt = evx__sql_stmt_get(c, sql, res);
   if (!stmt) return;
-  int cached = stmt_is_cached(c, stmt);
-  if (bind_params(stmt, params, n, res) != 0) goto out;
+  int cached = evx__sql_stmt_is_cached(c, stmt);
+  if (evx__sql_bind_params(stmt, params, n, res) != 0) goto out;
 
   int ncols = sqlite3_column_count(stmt);
   res->ncols = (size_t)(ncols > 0 ? ncols : 0);
@@ -431,7 +431,7 @@ static void run_statement(sql_conn *c, const char *sql, const evx_sql_value *par
   size_t cap = 0;
   int rc;
   while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-    if (take_row(stmt, res, &cap) != 0) goto oom;
+    if (evx__sql_take_row(stmt, res, &cap) != 0) goto oom;
   }
   if (rc == SQLITE_DONE) {
     res->status = EVX_OK;
@@ -447,11 +447,11 @@ static void run_statement(sql_conn *c, const char *sql, const evx_sql_value *par
                  : prim == SQLITE_NOMEM                          ? EVX_ENOMEM
                  : prim == SQLITE_INTERRUPT                      ? EVX_ECANCELED
                                                                  : EVX_EIO;
-    result_error(res, status, ext, sqlite3_errmsg(c->conn));
+    evx__sql_result_error(res, status, ext, sqlite3_errmsg(c->conn));
   }
   goto out;
 oom:
-  result_error(res, EVX_ENOMEM, SQLITE_NOMEM, "out of memory materialising the result");
+  evx__sql_result_error(res, EVX_ENOMEM, SQLITE_NOMEM, "out of memory materialising the result");
 out:
   if (res->status != EVX_OK) {
     /* No rows on failure: the header promises empty row data. */
@@ -489,7 +489,7 @@ typedef struct sql_job {
   int call_status;
 } sql_job;
 
-static void job_free(void *p) {
+static void evx__sql_job_free(void *p) {
   sql_job *job = p;
   if (!job) return;
   evx_sql_result_free(job->res);
@@ -497,7 +497,7 @@ static void job_free(void *p) {
 }
 
 /* One allocation: job | params[n] | sql\0 | param bytes. */
-static sql_job *job_new(evx_sqlite *db, evx_sql_mode mode, const char *sql,
+static sql_job *evx__sql_job_new(evx_sqlite *db, evx_sql_mode mode, const char *sql,
                         const evx_sql_value *params, size_t n) {
   size_t sql_len = strlen(sql);
   size_t bytes = 0;
@@ -542,61 +542,61 @@ static sql_job *job_new(evx_sqlite *db, evx_sql_mode mode, const char *sql,
   return job;
 }
 
-static void job_run(sql_job *job) {
+static void evx__sql_job_run(sql_job *job) {
   uint64_t start = evx_now_ns();
   evx_sql_result *res = job->res;
   res->wait_ns = start - job->submit_ns;
   int code = 0;
   char *msg = NULL;
-  sql_conn *c = conn_get(job->db, job->mode, &code, &msg);
+  sql_conn *c = evx__sql_conn_get(job->db, job->mode, &code, &msg);
   if (!c) {
     res->status = EVX_EIO;
     res->sqlite_code = code;
     res->errmsg = msg ? msg : evx_strdup("cannot open the database");
   } else {
-    run_statement(c, job->sql, job->params, job->nparams, res);
+    evx__sql_run_statement(c, job->sql, job->params, job->nparams, res);
   }
   res->run_ns = evx_now_ns() - start;
 }
 
-static void query_work(void *arg) { job_run(arg); }
+static void evx__sql_query_work(void *arg) { evx__sql_job_run(arg); }
 
-static void query_done(void *arg, int status) {
+static void evx__sql_query_done(void *arg, int status) {
   sql_job *job = arg;
   evx_sql_result *res = job->res;
   job->res = NULL;
-  if (status == EVX_ECANCELED) result_error(res, EVX_ECANCELED, 0, NULL);
+  if (status == EVX_ECANCELED) evx__sql_result_error(res, EVX_ECANCELED, 0, NULL);
   if (job->cb)
     job->cb(res, job->arg);
   else
     evx_sql_result_free(res);
-  job_free(job);
+  evx__sql_job_free(job);
 }
 
-static int check_query_args(evx_sqlite *db, evx_sql_mode mode, const char *sql,
+static int evx__sql_check_query_args(evx_sqlite *db, evx_sql_mode mode, const char *sql,
                             const evx_sql_value *params, size_t nparams) {
   if (!db || !sql || (nparams && !params)) return EVX_EINVAL;
   if (mode != EVX_SQL_READ && mode != EVX_SQL_WRITE) return EVX_EINVAL;
   return EVX_OK;
 }
 
-static evx_executor *pool_for(evx_sqlite *db, evx_sql_mode mode) {
+static evx_executor *evx__sql_pool_for(evx_sqlite *db, evx_sql_mode mode) {
   return mode == EVX_SQL_WRITE ? db->writer : db->readers;
 }
 
 int evx_sqlite_query_job(evx_sqlite *db, evx_sql_mode mode, const char *sql,
                          const evx_sql_value *params, size_t nparams, evx_sql_cb cb, void *arg,
                          evx_job **handle) {
-  int err = check_query_args(db, mode, sql, params, nparams);
+  int err = evx__sql_check_query_args(db, mode, sql, params, nparams);
   if (err) return err;
-  sql_job *job = job_new(db, mode, sql, params, nparams);
+  sql_job *job = evx__sql_job_new(db, mode, sql, params, nparams);
   if (!job) return EVX_ENOMEM;
   job->cb = cb;
   job->arg = arg;
-  evx_executor *ex = pool_for(db, mode);
-  err = handle ? evx_submit_job(ex, query_work, query_done, job, handle)
-               : evx_submit(ex, query_work, query_done, job);
-  if (err) job_free(job);
+  evx_executor *ex = evx__sql_pool_for(db, mode);
+  err = handle ? evx_submit_job(ex, evx__sql_query_work, evx__sql_query_done, job, handle)
+               : evx_submit(ex, evx__sql_query_work, evx__sql_query_done, job);
+  if (err) evx__sql_job_free(job);
   return err;
 }
 
@@ -605,9 +605,9 @@ int evx_sqlite_query(evx_sqlite *db, evx_sql_mode mode, const char *sql,
   return evx_sqlite_query_job(db, mode, sql, params, nparams, cb, arg, NULL);
 }
 
-static int query_call(void *arg, void **result) {
+static int evx__sql_query_call(void *arg, void **result) {
   sql_job *job = arg;
-  job_run(job);
+  evx__sql_job_run(job);
   *result = job->res;
   job->res = NULL;
   return EVX_OK;
@@ -615,31 +615,31 @@ static int query_call(void *arg, void **result) {
 
 evx_future *evx_sqlite_query_future(evx_sqlite *db, evx_sql_mode mode, const char *sql,
                                     const evx_sql_value *params, size_t nparams) {
-  if (check_query_args(db, mode, sql, params, nparams)) return NULL;
+  if (evx__sql_check_query_args(db, mode, sql, params, nparams)) return NULL;
   if (!evx__loop_thread_ok(db->loop)) return NULL;
-  sql_job *job = job_new(db, mode, sql, params, nparams);
+  sql_job *job = evx__sql_job_new(db, mode, sql, params, nparams);
   if (!job) return NULL;
-  /* On submit failure evx_run_on_executor calls job_free itself (arg_free);
+  /* On submit failure evx_run_on_executor calls evx__sql_job_free itself (arg_free);
    * when it returns NULL it did not, so free here. */
-  evx_future *f = evx_run_on_executor(pool_for(db, mode), query_call, job, job_free,
+  evx_future *f = evx_run_on_executor(evx__sql_pool_for(db, mode), evx__sql_query_call, job, evx__sql_job_free,
                                       (evx_free_fn)evx_sql_result_free);
-  if (!f) job_free(job);
+  if (!f) evx__sql_job_free(job);
   return f;
 }
 
-static void call_work(void *arg) {
+static void evx__sql_call_work(void *arg) {
   sql_job *job = arg;
   int code = 0;
   char *msg = NULL;
-  sql_conn *c = conn_get(job->db, job->mode, &code, &msg);
+  sql_conn *c = evx__sql_conn_get(job->db, job->mode, &code, &msg);
   evx_free(msg);
   job->call_status = c ? job->fn(c->conn, job->arg) : EVX_EIO;
 }
 
-static void call_done(void *arg, int status) {
+static void evx__sql_call_done(void *arg, int status) {
   sql_job *job = arg;
   if (job->done) job->done(job->arg, status == EVX_ECANCELED ? EVX_ECANCELED : job->call_status);
-  job_free(job);
+  evx__sql_job_free(job);
 }
 
 int evx_sqlite_call(evx_sqlite *db, evx_sql_mode mode, evx_sql_conn_fn fn, evx_done_fn done,
@@ -653,37 +653,47 @@ int evx_sqlite_call(evx_sqlite *db, evx_sql_mode mode, evx_sql_conn_fn fn, evx_d
   job->done = done;
   job->arg = arg;
   job->call_status = EVX_ECANCELED;
-  int err = evx_submit(pool_for(db, mode), call_work, call_done, job);
+  int err = evx_submit(evx__sql_pool_for(db, mode), evx__sql_call_work, evx__sql_call_done, job);
   if (err) evx_free(job);
   return err;
 }
 
 /* ---- open / close -------------------------------------------------------- */
 
-static void set_err(char **errmsg, const char *msg) {
+static void evx__sql_set_err(char **errmsg, const char *msg) {
   if (errmsg && !*errmsg) *errmsg = evx_strdup(msg);
 }
 
 /* evx_loop_free closes a handle left open (see evx-private.h). */
-static void sqlite_on_free(evx__loop_member *m) {
+static void evx__sqlite_on_free(evx__loop_member *m) {
   evx_sqlite_close(EVX__CONTAINER_OF(m, evx_sqlite, member));
 }
 
-int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opts,
-                    evx_sqlite **out, char **errmsg) {
+/* The first layout of evx_sqlite_opts (what the plain evx_sqlite_open reads). */
+#define SQL_OPTS_V0 (offsetof(evx_sqlite_opts, name) + sizeof(const char *))
+
+int(evx_sqlite_open)(evx_loop *loop, const char *path, const evx_sqlite_opts *opts,
+                     evx_sqlite **out, char **errmsg) {
+  return evx_sqlite_open_sized(loop, path, opts, out, errmsg, SQL_OPTS_V0);
+}
+
+int evx_sqlite_open_sized(evx_loop *loop, const char *path, const evx_sqlite_opts *opts,
+                          evx_sqlite **out, char **errmsg, size_t opts_size) {
   if (errmsg) *errmsg = NULL;
   if (out) *out = NULL;
   if (!loop || !path || !out) return EVX_EINVAL;
   if (!*path || strcmp(path, ":memory:") == 0 || strncmp(path, "file::memory:", 13) == 0) {
-    set_err(errmsg, "an in-memory database cannot be shared by the worker threads; give a file");
+    evx__sql_set_err(errmsg, "an in-memory database cannot be shared by the worker threads; give a file");
     return EVX_EINVAL;
   }
   if (!evx__loop_thread_ok(loop)) return EVX_EINVAL;
   evx_sqlite_opts o;
-  memset(&o, 0, sizeof o);
-  if (opts) o = *opts;
+  if (evx__opts_copy(&o, sizeof o, opts, opts_size) != EVX_OK) {
+    evx__sql_set_err(errmsg, "an option this version of evexec_sqlite does not know is set");
+    return EVX_EINVAL;
+  }
   if (o.readers > SQL_MAX_READERS) {
-    set_err(errmsg, "too many reader threads");
+    evx__sql_set_err(errmsg, "too many reader threads");
     return EVX_EINVAL;
   }
   if (!o.readers) o.readers = 4;
@@ -694,7 +704,7 @@ int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opt
    * schema. It is closed before any worker opens its own. */
   int code = 0;
   char *msg = NULL;
-  sqlite3 *conn = conn_open(path, o.busy_timeout_ms, 0, o.synchronous_full, &code, &msg);
+  sqlite3 *conn = evx__sql_conn_open(path, o.busy_timeout_ms, 0, o.synchronous_full, &code, &msg);
   if (!conn) {
     if (errmsg) *errmsg = msg; else evx_free(msg);
     return code == SQLITE_NOMEM ? EVX_ENOMEM : EVX_EIO;
@@ -703,7 +713,7 @@ int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opt
   int rc = sqlite3_prepare_v2(conn, "PRAGMA journal_mode=WAL", -1, &st, NULL);
   if (rc == SQLITE_OK) rc = sqlite3_step(st);
   if (rc != SQLITE_ROW) {
-    set_err(errmsg, sqlite3_errmsg(conn));
+    evx__sql_set_err(errmsg, sqlite3_errmsg(conn));
     sqlite3_finalize(st);
     sqlite3_close_v2(conn);
     return EVX_EIO;
@@ -712,13 +722,13 @@ int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opt
   if (!jm || strcmp(jm, "wal") != 0) {
     char buf[160];
     snprintf(buf, sizeof buf, "cannot use WAL mode on %s (journal_mode=%s)", path, jm ? jm : "?");
-    set_err(errmsg, buf);
+    evx__sql_set_err(errmsg, buf);
     sqlite3_finalize(st);
     sqlite3_close_v2(conn);
     return EVX_EIO;
   }
   sqlite3_finalize(st);
-  if (o.schema && conn_exec(conn, o.schema, &msg) != SQLITE_OK) {
+  if (o.schema && evx__sql_conn_exec(conn, o.schema, &msg) != SQLITE_OK) {
     if (errmsg) *errmsg = msg; else evx_free(msg);
     sqlite3_close_v2(conn);
     return EVX_EIO;
@@ -733,10 +743,10 @@ int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opt
   atomic_init(&db->nconns, 0);
   db->path = evx_strdup(path);
   if (!db->path) goto oom;
-  if (pthread_key_create(&db->key, conn_key_destructor) != 0) {
+  if (pthread_key_create(&db->key, evx__sql_conn_key_destructor) != 0) {
     evx_free(db->path);
     evx_free(db);
-    set_err(errmsg, "pthread_key_create failed");
+    evx__sql_set_err(errmsg, "pthread_key_create failed");
     return EVX_ENOMEM;
   }
   size_t nlen = strlen(name) + 8;
@@ -753,7 +763,7 @@ int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opt
     evx_executor_free(db->readers);
     goto oom_key;
   }
-  evx__loop_member_add(loop, &db->member, NULL, sqlite_on_free);
+  evx__loop_member_add(loop, &db->member, NULL, evx__sqlite_on_free);
   *out = db;
   return EVX_OK;
 oom_key:
@@ -761,7 +771,7 @@ oom_key:
 oom:
   evx_free(db->path);
   evx_free(db);
-  set_err(errmsg, "out of memory or cannot start threads");
+  evx__sql_set_err(errmsg, "out of memory or cannot start threads");
   return EVX_ENOMEM;
 }
 

@@ -30,6 +30,8 @@
 #include <hiredis.h>
 #include <stddef.h>
 
+#include "evx-private.h" /* evx_calloc, evx_now_ns... */
+
 /** A parsed redis://[:PASSWORD@]HOST[:PORT][/DB] or unix:PATH[?db=N] URL. */
 typedef struct evx__redis_addr {
   char host[256]; /* "" for a unix socket */

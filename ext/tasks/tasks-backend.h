@@ -55,6 +55,8 @@
 
 #include <evexec/tasks.h>
 
+#include "evx-private.h" /* evx_calloc, evx_strdup, evx_now_ns, loop members */
+
 /** One stored task, as the layer and a backend pass it around. Strings and
  *  payload are allocated with evx_malloc/evx_strdup; evx__task_rec_free
  *  frees them. */

@@ -10,12 +10,6 @@
 
 #if defined(EVX_STATIC)
 #define EVX_API
-#elif defined(_WIN32)
-#if defined(EVX_BUILDING)
-#define EVX_API __declspec(dllexport)
-#else
-#define EVX_API __declspec(dllimport)
-#endif
 #elif defined(__GNUC__) && defined(EVX_BUILDING)
 #define EVX_API __attribute__((visibility("default")))
 #else
@@ -71,6 +65,35 @@ EVX_API const char *evx_strerror(int err);
  */
 EVX_API const char *evx_err_name(int err);
 
+/**
+ * Why the last constructor called on this thread failed: the EVX_E* code of
+ * the last evx_*_new (or evx_call_later) that returned NULL, e.g.
+ * EVX_EINVAL for evx_executor_new with 5000 threads, EVX_ENOMEM, EVX_EIO
+ * when a thread or a socket could not be created. Like errno: only
+ * meaningful right after a NULL; a success does not reset it. EVX_OK when
+ * no constructor failed on this thread yet. Thread-local, so safe anywhere.
+ */
+EVX_API int evx_last_error(void);
+
+/*
+ * Options structs and the ABI. Every constructor that takes an options
+ * struct (evx_executor_new, evx_http_new, evx_sqlite_open, evx_mailer_new)
+ * is a macro that also passes the size of the struct the caller was
+ * compiled with to a sized entry point, e.g.
+ *   #define evx_executor_new(loop, ...) \
+ *     evx_executor_new_sized((loop), (__VA_ARGS__), sizeof(evx_executor_opts))
+ * so source written against any version of the headers compiles unchanged,
+ * compound literals included. Fields are only ever appended to an options
+ * struct, never moved or removed; the library reads the first `opts_size`
+ * bytes and takes the default (zero) for every field beyond them. So a
+ * program built against older headers keeps working with a newer library,
+ * and one built against newer headers runs on an older library as long as
+ * it leaves the fields that library does not know at zero (otherwise the
+ * constructor fails with EVX_EINVAL). The plain function of the same name
+ * (taking its address, or binaries built before the sized entry points)
+ * reads the first version of the struct.
+ */
+
 /** A destructor for a value handed to evexec (futures, results). NULL means "nothing to free". */
 typedef void (*evx_free_fn)(void *p);
 
@@ -91,16 +114,13 @@ EVX_API int evx_set_allocator(void *(*malloc_fn)(size_t),
                               void *(*calloc_fn)(size_t, size_t),
                               void (*free_fn)(void *));
 
-/** The configured allocator (for code that hands memory to evexec to free). */
+/**
+ * The configured allocator, for memory that crosses the API: evx_malloc for
+ * what a program hands to evexec to free, evx_free for what evexec hands
+ * back (error messages, results). evx_free(NULL) is a no-op.
+ */
 EVX_API void *evx_malloc(size_t n);
-EVX_API void *evx_calloc(size_t count, size_t n);
-EVX_API void *evx_realloc(void *p, size_t n);
 EVX_API void evx_free(void *p);
-/** strdup through the configured allocator; NULL in gives NULL. */
-EVX_API char *evx_strdup(const char *s);
-
-/** Monotonic clock in nanoseconds (CLOCK_MONOTONIC). */
-EVX_API uint64_t evx_now_ns(void);
 
 #ifdef __cplusplus
 }

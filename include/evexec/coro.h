@@ -74,11 +74,20 @@ typedef struct evx_coro_opts {
  * @return a future (one reference for the caller) that resolves with fn's
  *         result when fn returns (already resolved if fn returned without
  *         suspending). Cancel it to interrupt the coroutine (see above);
- *         releasing it does not stop the coroutine. NULL (fn never runs) for a
- *         NULL loop or fn, stack_size > 256 MiB, the wrong thread, a loop being
- *         freed, or when the stack or the future cannot be allocated.
+ *         releasing it does not stop the coroutine. NULL (fn never runs) with
+ *         evx_last_error() saying why: EVX_EINVAL for a NULL loop or fn,
+ *         stack_size > 256 MiB, an option this library does not know, the
+ *         wrong thread or a loop being freed; EVX_ENOMEM when the stack or
+ *         the future cannot be allocated.
+ * A macro over evx_go_sized (see "Options structs and the ABI" in common.h);
+ * source calling evx_go(loop, fn, arg, opts) is unchanged.
  */
-EVX_API evx_future *evx_go(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_coro_opts *opts);
+#define evx_go(loop, fn, arg, ...) \
+  evx_go_sized((loop), (fn), (arg), __VA_ARGS__, sizeof(evx_coro_opts))
+EVX_API evx_future *evx_go_sized(evx_loop *loop, evx_coro_fn fn, void *arg,
+                                 const evx_coro_opts *opts, size_t opts_size);
+/** The function behind the macro, for its address: reads the first layout of the options. */
+EVX_API evx_future *(evx_go)(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_coro_opts *opts);
 
 /**
  * Suspend the calling coroutine until f is done, and return its status:

@@ -83,12 +83,21 @@ typedef struct evx_executor_opts {
 
 /**
  * Create an executor bound to `loop` and start its threads. Loop thread only.
+ * A macro over evx_executor_new_sized (see "Options structs and the ABI" in
+ * common.h); source calling evx_executor_new(loop, opts) is unchanged.
  * @param opts options, or NULL for the defaults; copied.
  * @return the executor, owned by the caller (evx_executor_free; the loop frees
- *         any left at evx_loop_free), or NULL (NULL loop, threads > 1024,
- *         spin_us > 1000000, out of memory, or a thread could not be started).
+ *         any left at evx_loop_free), or NULL with evx_last_error() saying
+ *         why: EVX_EINVAL (NULL loop, wrong thread, threads > 1024,
+ *         spin_us > 1000000, a field this library does not know),
+ *         EVX_ENOMEM, EVX_EIO (a thread could not be started).
  */
-EVX_API evx_executor *evx_executor_new(evx_loop *loop, const evx_executor_opts *opts);
+#define evx_executor_new(loop, ...) \
+  evx_executor_new_sized((loop), (__VA_ARGS__), sizeof(evx_executor_opts))
+EVX_API evx_executor *evx_executor_new_sized(evx_loop *loop, const evx_executor_opts *opts,
+                                             size_t opts_size);
+/** The function behind the macro, for its address: reads the first layout of the options. */
+EVX_API evx_executor *(evx_executor_new)(evx_loop *loop, const evx_executor_opts *opts);
 
 /**
  * Submit a job. Safe from any thread.
@@ -105,6 +114,28 @@ EVX_API int evx_submit(evx_executor *ex, evx_work_fn work, evx_done_fn done, voi
  */
 EVX_API int evx_submit_job(evx_executor *ex, evx_work_fn work, evx_done_fn done, void *arg,
                            evx_job **job);
+
+/** evx_submit_wait's timeout meaning "no deadline". */
+#define EVX_WAIT_FOREVER ((uint64_t)-1)
+
+/**
+ * evx_submit for producer threads that are not the loop thread: when the
+ * queue is full it waits for a free slot (a worker taking a job) instead of
+ * answering EVX_EBUSY - so a producer needs no sleep-and-retry loop.
+ * Waiting producers get slots oldest first. The same rules as evx_submit
+ * otherwise: `done` runs on the loop thread, exactly once, only when this
+ * returns EVX_OK. The executor must not be freed while a call waits.
+ * @param timeout_ms how long to wait for a slot; 0 = try once (as
+ *        evx_submit); EVX_WAIT_FOREVER = no deadline.
+ * @return EVX_OK; EVX_ETIMEDOUT (still full at the deadline; done is never
+ *         called); EVX_ECLOSED (shut down, also while waiting); EVX_EINVAL
+ *         (NULL ex/work; called on the thread running the loop, which must
+ *         never block; or from one of this executor's own jobs, which could
+ *         wait for itself); EVX_ENOMEM; EVX_EBUSY only when load shedding
+ *         (target_wait_us) refuses the job at the deadline.
+ */
+EVX_API int evx_submit_wait(evx_executor *ex, evx_work_fn work, evx_done_fn done, void *arg,
+                            uint64_t timeout_ms);
 
 /**
  * Cancel a job. Loop thread only.
@@ -137,7 +168,8 @@ EVX_API int evx_job_cancelled(void);
  * cancelled (their `done` gets EVX_ECANCELED); running jobs finish.
  * Never blocks: the `done` callbacks run on the loop thread as the loop runs
  * (or inside evx_executor_free). Calling it again is allowed; CANCEL after
- * DRAIN cancels what is still waiting.
+ * DRAIN cancels what is still waiting. Safe from any thread (it takes the
+ * executor's lock), including the executor's own jobs.
  * @return EVX_OK, or EVX_EINVAL (NULL, unknown `how`).
  */
 EVX_API int evx_executor_shutdown(evx_executor *ex, int how);
@@ -219,7 +251,8 @@ EVX_API int evx_strand_submit_job(evx_strand *s, evx_work_fn work, evx_done_fn d
 /**
  * Free a strand. Loop thread only. Jobs still waiting on it are cancelled
  * (their `done` gets EVX_ECANCELED); a job that is running finishes normally.
- * NULL is accepted.
+ * NULL is accepted. From another thread while the loop runs it is ignored
+ * (one line on stderr), as evx_executor_free is.
  */
 EVX_API void evx_strand_free(evx_strand *s);
 

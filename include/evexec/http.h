@@ -39,6 +39,7 @@
 #define EVEXEC_HTTP_H
 
 #include <evexec/common.h>
+#include <evexec/future.h>
 #include <evexec/loop.h>
 
 #ifdef __cplusplus
@@ -121,17 +122,38 @@ typedef struct evx_http_opts {
    *  request in progress, nothing being written) is closed; when none is
    *  idle, the new one. Default EVX_HTTP_UNLIMITED. */
   size_t max_connections;
+  /** Hardened request mode: 1 on, -1 off, 0 (default) on in Debug builds of
+   *  the library (no NDEBUG), off otherwise. Released requests are kept in a
+   *  quarantine of the last 256 per server instead of being freed, and any
+   *  evx_request_* call on one - a second finish from a later callback, a
+   *  pointer kept after finish - prints which call it was and on which
+   *  request, and aborts, instead of a use-after-free. Costs ~256 requests'
+   *  memory per server (~100 KiB). */
+  int hardened_requests;
+  /** A connection's high-water mark for unsent reply bytes: above it
+   *  evx_request_write answers EVX_EBUSY (nothing written) until the
+   *  connection drains (evx_request_on_drain / evx_request_drained), so a
+   *  client that stops reading costs at most this plus one write. Default
+   *  256 KiB; EVX_HTTP_UNLIMITED: no mark. */
+  size_t max_output_buffer;
 } evx_http_opts;
 
 /**
  * Create a server on `loop`. Loop thread only. It serves once bound.
  * Writing to a client that left raises SIGPIPE; when the program left
  * SIGPIPE at its default action (terminate), this sets it to SIG_IGN.
+ * A macro over evx_http_new_sized (see "Options structs and the ABI" in
+ * common.h); source calling evx_http_new(loop, opts) is unchanged.
  * @param opts options or NULL for the defaults; copied.
- * @return the server, owned by the caller (evx_http_free before the loop is
- *         freed), or NULL (NULL loop, wrong thread, out of memory).
+ * @return the server, owned by the caller (evx_http_free; evx_loop_free
+ *         frees one left open), or NULL with evx_last_error() saying why:
+ *         EVX_EINVAL (NULL loop, wrong thread, a field this library does
+ *         not know) or EVX_ENOMEM.
  */
-EVX_API evx_http *evx_http_new(evx_loop *loop, const evx_http_opts *opts);
+#define evx_http_new(loop, ...) evx_http_new_sized((loop), (__VA_ARGS__), sizeof(evx_http_opts))
+EVX_API evx_http *evx_http_new_sized(evx_loop *loop, const evx_http_opts *opts, size_t opts_size);
+/** The function behind the macro, for its address: reads the first layout of the options. */
+EVX_API evx_http *(evx_http_new)(evx_loop *loop, const evx_http_opts *opts);
 
 /**
  * Listen on host:port. May be called more than once (several addresses).
@@ -241,6 +263,29 @@ EVX_API int evx_http_route_metrics(evx_http *http, const char *path);
 EVX_API int evx_http_stop_accepting(evx_http *http);
 
 /**
+ * Shut the server down so that every client gets an answer:
+ *  - at once: stop listening; from now on every reply carries
+ *    `Connection: close`, and a new request on a kept-alive connection is
+ *    answered 503 + Retry-After at once; connections with nothing in
+ *    progress are closed once no request is held (or the grace ended);
+ *  - held requests may finish normally for `grace_ms`;
+ *  - then each request still held is answered 503 and becomes an
+ *    EVX_ECLOSED zombie: its on_close callback runs (cancel its job there;
+ *    a running job sees evx_job_cancelled()), its handler's finish returns
+ *    EVX_ECLOSED; a chunked reply in progress is cut off;
+ *  - the future settles (EVX_OK) once nothing is held and every connection
+ *    closed after writing its last reply, at most grace_ms + 1 s after the call.
+ * Then cancel the executors' queued jobs (evx_executor_shutdown(ex,
+ * EVX_SHUTDOWN_CANCEL): jobs of clients already answered never run) and
+ * tear down in the order of docs/GUIDE.md ("Shutdown"). Calling it again
+ * shortens the grace (0: end it now - a second SIGTERM) and returns the same
+ * future. Loop thread only.
+ * @return a future (one reference, the caller's; release it), or NULL
+ *         (NULL http, after evx_http_free, wrong thread, out of memory).
+ */
+EVX_API evx_future *evx_http_shutdown(evx_http *http, uint64_t grace_ms);
+
+/**
  * Free the server: stop listening and close every connection. Loop thread
  * only, or after the loop stopped; may be called from a handler (the free
  * then happens when the handler returns). Requests still held become gone
@@ -269,6 +314,7 @@ typedef struct evx_http_stats {
   uint64_t body_timeouts; /**< 408: the body did not arrive within body_timeout_ms */
   uint64_t shed;          /**< connections closed by max_connections */
   uint64_t accept_errors; /**< accept() failures (EMFILE, ENFILE, ...): each pauses accepting 100 ms */
+  uint64_t write_busy;    /**< evx_request_write calls answered EVX_EBUSY (output above max_output_buffer) */
   uint64_t accept_refused; /**< clients accepted with the reserve descriptor and closed at once */
 } evx_http_stats;
 
@@ -276,9 +322,10 @@ typedef struct evx_http_stats {
 EVX_API int evx_http_stats_get(evx_http *http, evx_http_stats *out);
 
 /**
- * evx_request objects alive in the whole process (all servers, all threads),
- * including zombies and requests of freed servers. Thread-safe. For leak
- * checks: it returns to its earlier value once every request is released.
+ * Diagnostic: evx_request objects alive in the whole process (all servers,
+ * all threads), including zombies and requests of freed servers. Safe from
+ * any thread. For tests and leak checks (it returns to its earlier value
+ * once every request is released), not for flow control.
  */
 EVX_API uint64_t evx_request_live_count(void);
 
@@ -470,9 +517,34 @@ EVX_API int evx_request_start_chunked(evx_request *req, int status, const char *
 /**
  * Send one chunk (copied; len 0 sends nothing).
  * @return EVX_OK; EVX_EINVAL (not started, finished, NULL data with len > 0);
+ *         EVX_EBUSY when the connection's unsent output is above
+ *         max_output_buffer (nothing written: wait for evx_request_on_drain
+ *         or evx_request_drained, then write it again);
  *         EVX_EGONE when the client left (still call end).
  */
 EVX_API int evx_request_write(evx_request *req, const void *data, size_t len);
+
+/**
+ * Call fn(req, arg) once, in a later loop callback, when the connection's
+ * unsent output is down to half of max_output_buffer (at once - later - if
+ * it already is): write again then. Use after evx_request_write answered
+ * EVX_EBUSY. If the client leaves first, fn is called too (the request's
+ * state says why; still call end). Not called after end. A second
+ * registration replaces the first.
+ * @return EVX_OK; EVX_EINVAL (NULL, not streaming, after end); EVX_EGONE /
+ *         EVX_ETIMEDOUT / EVX_ECLOSED (fn not registered); EVX_ENOMEM.
+ */
+EVX_API int evx_request_on_drain(evx_request *req, evx_request_cb fn, void *arg);
+
+/**
+ * The same as a future (for coroutines: `evx_await(evx_request_drained(req))`):
+ * resolves (EVX_OK) when the output drained as for evx_request_on_drain,
+ * fails with EVX_EGONE / EVX_ETIMEDOUT / EVX_ECLOSED when the request can no
+ * longer be answered, with EVX_ECANCELED when it ended or a newer drained()
+ * replaced it. One reference, the caller's.
+ * @return the future, or NULL (NULL, not streaming, after end, wrong thread, ENOMEM).
+ */
+EVX_API evx_future *evx_request_drained(evx_request *req);
 
 /**
  * End a chunked reply. This is the finish of a streamed request: exactly

@@ -3,11 +3,21 @@
  * evx_loop: Tornado's IOLoop over a libevent event_base.
  *
  * One thread runs the loop (the "loop thread"): every handler, timer, future
- * callback and executor `done` runs there. evx_add_callback() and
- * evx_loop_stop() are the only calls that are safe from any thread; every
- * other call in evexec that takes an evx_loop (or an object bound to one)
- * must be made on the loop thread, and returns EVX_EINVAL (or NULL) when
- * made from another thread:
+ * callback and executor `done` runs there. The calls that are safe from any
+ * thread say so ("Safe from any thread") in their comment, and they are
+ * these: evx_add_callback() and evx_loop_stop() on a loop; on an
+ * executor, which take its lock: the submits (evx_submit, evx_submit_job,
+ * evx_strand_submit, evx_strand_submit_job), evx_executor_shutdown and
+ * evx_executor_stats_get, and evx_submit_wait, which is for the other
+ * threads only (refused on the thread running the loop); inside a job's
+ * work, evx_job_cancelled; the optional libraries' queries and counters
+ * (sqlite.h, mail.h) and the task accessors tasks.h names; and calls that
+ * touch no loop-bound object (evx_strerror, evx_last_error,
+ * evx_stats_quantile_us, evx_request_live_count...). Every other call in evexec
+ * that takes an evx_loop (or an object bound to one) must be made on the
+ * loop thread; the ones that change state or call back refuse a call from
+ * another thread with EVX_EINVAL (or NULL; a void free ignores it, with one
+ * line on stderr), and changes nothing:
  *  - the loop thread is the thread that called evx_loop_new, until a thread
  *    calls evx_loop_run (then that one, also after the run returns) or
  *    evx_loop_free (then that one);
@@ -49,8 +59,9 @@ typedef void (*evx_cb)(void *arg);
  *             hold as under evx_loop_run (see above). Dispatching it on another
  *             thread is not supported: every loop-thread call made there answers
  *             EVX_EINVAL. An owned base must only be run with evx_loop_run.
- * @return the loop, owned by the caller (free with evx_loop_free), or NULL when
- *         out of memory or when the wakeup channel cannot be created.
+ * @return the loop, owned by the caller (free with evx_loop_free), or NULL
+ *         with evx_last_error() saying why: EVX_ENOMEM, or EVX_EIO when
+ *         libevent or the wakeup channel (an eventfd) cannot be set up.
  */
 EVX_API evx_loop *evx_loop_new(struct event_base *base);
 

@@ -102,11 +102,21 @@ typedef struct evx_mailer evx_mailer;
  * Create a mailer bound to `loop` and start its delivery threads.
  * Loop thread only. Creates the spool folder when the spool transport is
  * used (blocking, once, at start-up).
+ * A macro over evx_mailer_new_sized (see "Options structs and the ABI" in
+ * common.h); source calling evx_mailer_new(loop, opts) is unchanged.
  * @return the mailer, owned by the caller (evx_mailer_free; evx_loop_free
- *         frees one left open), or NULL (NULL loop, wrong thread, threads > 2,
- *         a spool folder that cannot be created, out of memory).
+ *         frees one left open), or NULL with evx_last_error() saying why:
+ *         EVX_EINVAL (NULL loop, wrong thread, threads > 2, an option this
+ *         library does not know), EVX_EIO (a spool folder that cannot be
+ *         created, libcurl's global init, a thread that cannot be started),
+ *         EVX_ENOMEM.
  */
-EVX_API evx_mailer *evx_mailer_new(evx_loop *loop, const evx_mailer_opts *opts);
+#define evx_mailer_new(loop, ...) \
+  evx_mailer_new_sized((loop), (__VA_ARGS__), sizeof(evx_mailer_opts))
+EVX_API evx_mailer *evx_mailer_new_sized(evx_loop *loop, const evx_mailer_opts *opts,
+                                         size_t opts_size);
+/** The function behind the macro, for its address: reads the first layout of the options. */
+EVX_API evx_mailer *(evx_mailer_new)(evx_loop *loop, const evx_mailer_opts *opts);
 
 /**
  * Queue a mail. Loop thread only. The message is formatted now (see

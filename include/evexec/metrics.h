@@ -76,7 +76,8 @@ typedef struct evx_metrics_source evx_metrics_source;
  */
 EVX_API evx_metrics_source *evx_metrics_source_new(evx_loop *loop, evx_metrics_fn fn, void *arg);
 
-/** Unregister and free a source. NULL accepted. */
+/** Unregister and free a source. NULL accepted. Loop thread only: from another
+ * thread while the loop runs it is ignored (one line on stderr). */
 EVX_API void evx_metrics_source_free(evx_metrics_source *src);
 
 /**

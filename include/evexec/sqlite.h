@@ -139,11 +139,20 @@ typedef struct evx_sqlite_opts {
  * @param errmsg if not NULL, receives NULL or an error message to free with
  *        evx_free().
  * @return EVX_OK; EVX_EINVAL (NULL loop/path/out, ":memory:", wrong thread,
- *         readers > 256); EVX_EIO (SQLite could not open the file, set WAL
- *         or run the schema: see *errmsg); EVX_ENOMEM.
+ *         readers > 256, an option this library does not know); EVX_EIO
+ *         (SQLite could not open the file, set WAL or run the schema: see
+ *         *errmsg); EVX_ENOMEM.
+ * A macro over evx_sqlite_open_sized (see "Options structs and the ABI" in
+ * common.h); source calling evx_sqlite_open(loop, path, opts, out, errmsg)
+ * is unchanged.
  */
-EVX_API int evx_sqlite_open(evx_loop *loop, const char *path, const evx_sqlite_opts *opts,
-                            evx_sqlite **out, char **errmsg);
+#define evx_sqlite_open(loop, path, ...) \
+  evx_sqlite_open_sized((loop), (path), __VA_ARGS__, sizeof(evx_sqlite_opts))
+EVX_API int evx_sqlite_open_sized(evx_loop *loop, const char *path, const evx_sqlite_opts *opts,
+                                  evx_sqlite **out, char **errmsg, size_t opts_size);
+/** The function behind the macro, for its address: reads the first layout of the options. */
+EVX_API int(evx_sqlite_open)(evx_loop *loop, const char *path, const evx_sqlite_opts *opts,
+                             evx_sqlite **out, char **errmsg);
 
 /** Where a query runs. */
 typedef enum evx_sql_mode {

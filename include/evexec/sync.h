@@ -44,7 +44,8 @@ EVX_API int evx_event_is_set(const evx_event *e);
  *  when it is set now. NULL on NULL e / ENOMEM / wrong thread. */
 EVX_API evx_future *evx_event_wait(evx_event *e);
 
-/** Free; pending waiters fail with EVX_ECLOSED. NULL accepted. */
+/** Free; pending waiters fail with EVX_ECLOSED. NULL accepted.
+ * Off the loop thread while the loop runs: ignored (one line on stderr). */
 EVX_API void evx_event_free(evx_event *e);
 
 /* ---- semaphore (tornado.locks.Semaphore; value 1 is a Lock) -------------- */
@@ -67,7 +68,8 @@ EVX_API int evx_semaphore_release(evx_semaphore *s);
 /** Free slots now (0 while someone waits). 0 for NULL. */
 EVX_API unsigned evx_semaphore_value(const evx_semaphore *s);
 
-/** Free; pending acquires fail with EVX_ECLOSED. NULL accepted. */
+/** Free; pending acquires fail with EVX_ECLOSED. NULL accepted.
+ * Off the loop thread while the loop runs: ignored (one line on stderr). */
 EVX_API void evx_semaphore_free(evx_semaphore *s);
 
 /* ---- queue (tornado.queues.Queue): bounded FIFO of pointers -------------- */
@@ -100,7 +102,7 @@ EVX_API size_t evx_queue_size(const evx_queue *q);
 /**
  * Free the queue. Pending gets and puts fail with EVX_ECLOSED; items still
  * queued are dropped without being freed (drain the queue first if they own
- * memory). NULL accepted.
+ * memory). NULL accepted. Off the loop thread while the loop runs: ignored (one line on stderr).
  */
 EVX_API void evx_queue_free(evx_queue *q);
 
