@@ -217,7 +217,7 @@ static void on_signal(int sig, void *arg) {
 
 static void usage(FILE *f) {
   fprintf(f, "usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--grace-ms N]\n"
-             "                 [--quiet] [--help]\n"
+             "                 [--queue N] [--target-wait-ms N] [--coro] [--quiet] [--help]\n"
              "  --host ADDR   address to listen on (default 127.0.0.1)\n"
              "  --port N      port (default 8080; 0 picks a free one)\n"
              "  --threads N   worker threads for /work (default 4)\n"
