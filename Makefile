@@ -13,7 +13,7 @@ DEPS      = build-essential cmake pkg-config libevent-dev check libsqlite3-dev \
 # The Redis suites start their own redis-server; ext/tasks' Redis backend
 # needs hiredis (with its libevent adapter). Celery and RQ are the task-queue
 # references of bench/tasks_redis.sh.
-BENCH_DEPS = wrk python3-tornado python3-celery python3-rq gnuplot-nox
+BENCH_DEPS = wrk python3-tornado python3-celery python3-rq redis-server gnuplot-nox
 # make docs (and make install-check, which checks the installed man pages).
 DOCS_DEPS = doxygen man-db
 # Reliability runs (make test-valgrind, make fuzz-smoke).

@@ -7,6 +7,7 @@
 # Environment: THREADS (pool size, default 2), ROUNDS (5), JOBS (roundtrip
 # jobs per round, 1000000), PP_JOBS (pingpong jobs per round, 50000), PP_SPIN_US
 # (evexec's opts.spin_us for the second pingpong run, 50; 0 skips it), SKIP_HTTP=1,
+# SKIP_TASKS=1 (bench/tasks.sh: ext/tasks vs Celery and RQ),
 # and bench/http.sh's variables (DURATION, CONNS, LONGPOLL_CONNS, ...),
 # FIGURES (where the gnuplot PNGs go, default BUILD_DIR/figures: the pingpong
 # latency histograms and the HTTP throughput bars, see bench/plot.sh).
@@ -68,6 +69,9 @@ fi
 if [ "${SKIP_HTTP:-0}" != 1 ]; then
   run env THREADS="$THREADS" sh "$HERE/http.sh" "$BUILD"
 fi
+if [ "${SKIP_TASKS:-0}" != 1 ]; then
+  run env WORKERS="$THREADS" sh "$HERE/tasks.sh" "$BUILD"
+fi
 
 # target NAME OP WANT GOT: one line per target of issue 5.
 target() {
@@ -93,6 +97,7 @@ target coro_handoff_vs_swapcontext "<=" 0.25 "$(field '^ratio coro_handoff evexe
 target http_work0_coro_vs_callback ">=" 0.95 "$(field '^ratio http coro_vs_callback ' rps)"
 target longpoll_coro_bytes_per_conn "<=" 16384 "$(field '^longpoll impl=evexec-coro ' bytes_per_conn)"
 target http_work10_vs_ceiling ">=" 0.95 "$(field '^ratio http work10_vs_ceiling impl=evexec' rps)"
+target tasks_sqlite_full_vs_celery ">=" 10 "$(field '^ratio tasks evexec_full_vs_celery ' tasks_per_s)"
 
 echo "# figures (gnuplot)"
 if ! sh "$HERE/plot.sh" "$FIGURES" "$OUT"; then

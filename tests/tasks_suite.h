@@ -605,19 +605,22 @@ START_TEST(ts_visibility_timeout) {
   ts_begin(TS_PARK_FIRST);
   evx_tasks_opts o = ts_opts();
   o.workers = 2;
-  o.visibility_ms = 200;
+  o.visibility_ms = 300;
   evx_tasks *q = ts_open_started(&o);
   char *id = ts_enqueue_wait(q, "t", 1, NULL);
   evx_free(id);
   ts_wait_parked(1);
+  uint64_t t0 = evx_now_ns();
   ts_run_until(&ts.dones, 1, 10000); /* attempt 2 on the other worker */
-  ck_assert_uint_eq(atomic_load(&ts.max_attempt_seen), 2);
+  ck_assert_uint_ge(evx_test_ms_since(t0), 200);
+  ck_assert_uint_ge(atomic_load(&ts.max_attempt_seen), 2);
   ck_assert_uint_ge(ts_stats(q).redelivered, 1);
   evx_gate_open(&ts.gate, 1);
   ts_run_until(&ts.dones, 2, 10000);
   ts_wait_counts(q, 0, 0, 0, 0);
-  ts_run_for(50);
-  ck_assert_int_eq(atomic_load(&ts.runs), 2);
+  /* (On a loaded machine attempt 2 may expire too: every run still ended DONE.) */
+  ck_assert_int_eq(atomic_load(&ts.runs), atomic_load(&ts.dones));
+  ck_assert_int_eq(atomic_load(&ts.seen[1]), atomic_load(&ts.runs));
   ts_shutdown_free(q, 1000);
   ts_end();
 }
