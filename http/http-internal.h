@@ -23,6 +23,9 @@
 /* Most {name} segments in one route pattern. */
 #define EVX__ROUTE_MAX_PARAMS 16
 
+/* Released requests kept (not freed) per server in hardened mode. */
+#define EVX__QUARANTINE 256
+
 /* One accepted connection (http-conn.c). */
 typedef struct evx__conn evx__conn;
 
@@ -86,6 +89,11 @@ struct evx_http {
   size_t conn_tab_cap, conn_tab_n;
   const struct timeval *header_tv, *body_tv; /* NULL: no deadline */
   int last_bad_status; /* the scanner's last rejection (for fuzz_http's oracle) */
+  /* Hardened request mode: released requests wait here (a ring) before
+   * their memory is freed, so a late call on one is caught (magic). */
+  int hardened;
+  evx_request *quar[EVX__QUARANTINE];
+  size_t quar_pos;
   /* evx_http_shutdown (http-shutdown.c): NULL until called. */
   struct evx__shutdown *shut;
   /* Out of descriptors (http-conn.c): a spare descriptor to accept-and-close
@@ -122,8 +130,19 @@ struct evx_http {
   evx__cbnode reap_node;
 };
 
+/* evx_request.magic: live, or released into the hardened quarantine. */
+#define EVX__REQ_LIVE 0x52455131u
+#define EVX__REQ_DEAD 0xDEADBEEFu
+void evx__request_misuse(evx_request *r, const char *fn);
+#define EVX__REQ_CHECK(r)                                                                          \
+  do {                                                                                             \
+    if ((r) && (r)->magic == EVX__REQ_DEAD) evx__request_misuse((r), __func__);                    \
+  } while (0)
+
 struct evx_request {
   evx_http *http;
+  uint32_t magic;   /* EVX__REQ_LIVE; EVX__REQ_DEAD once quarantined */
+  char desc[96];    /* quarantined: "GET /path" for the misuse message */
   /* evhttp's request. Valid until release. Owned by evhttp while the
    * request is answerable; once it is a zombie (state != 0) evexec owns it
    * (ev_owned) and frees it at release - evhttp either detached it (its
@@ -176,6 +195,7 @@ struct evx_request {
   struct event watch_ev;  /* the client socket, while held (after the watch delay) */
   struct event timer_ev;  /* the watch delay, then request_timeout_ms (not while streaming) */
   struct event notify_ev; /* runs on_close in a later callback */
+  struct evx__drain *drain; /* evx_request_on_drain / _drained: allocated on first use */
 };
 
 /* http/http-request.c */
@@ -193,6 +213,9 @@ void evx__request_reply_builtin(evx_request *r, int status, const char *extra_na
 
 /* The connection of a held request is being freed by evhttp. */
 void evx__request_conn_closed(evx_request *r, struct evhttp_connection *evcon);
+/* The request ends (finish, zombie, release): stop waiting for a drain;
+ * `status` is what a pending drained() future fails with. */
+void evx__request_drain_stop(evx_request *r, int status);
 /* Ask evhttp to close the connection after this reply (shutting down). */
 void evx__request_close_after(evx_request *r);
 /* Forget r's tracker (finish, zombie, release, or the connection went away). */

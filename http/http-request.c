@@ -63,6 +63,7 @@
 #include <event2/keyvalq_struct.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -85,6 +86,7 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
   evx_request *r = evx_calloc(1, sizeof *r);
   if (!r) return NULL;
   r->http = h;
+  r->magic = EVX__REQ_LIVE;
   r->ev = ev;
   r->evcon = evhttp_request_get_connection(ev);
   r->t0_ns = t0;
@@ -127,6 +129,17 @@ evx_request *evx__request_new(evx_http *h, struct evhttp_request *ev, uint64_t t
 static void evx__on_conn_close(struct evhttp_connection *evcon, void *arg);
 static void evx__on_watch(evutil_socket_t fd, short what, void *arg);
 static void evx__on_timer(evutil_socket_t fd, short what, void *arg);
+
+/* Hardened mode: a request used after its release (it sits in the
+ * server's quarantine, so reading it is safe) - say which call and stop. */
+void evx__request_misuse(evx_request *r, const char *fn) {
+  fprintf(stderr,
+          "evexec: %s() called on a request that was already finished and released "
+          "(%s) - a second finish from a later callback, or a pointer kept after "
+          "finish; aborting (hardened request mode)\n",
+          fn, r->desc);
+  abort();
+}
 
 void evx__request_detach_conn(evx_request *r) {
   if (!r->conn) return;
@@ -198,6 +211,7 @@ void evx__request_zombify(evx_request *r, int state, int close_conn) {
   struct evhttp_connection *evcon = r->evcon;
   evx__unhold(r); /* clears the close callback: our own connection_free below stays quiet */
   evx__request_detach_conn(r);
+  evx__request_drain_stop(r, state); /* before the connection (and its buffer) goes */
   r->state = state;
   r->evcon = NULL;
   int attached = evcon && evhttp_request_get_connection(r->ev) == evcon;
@@ -291,13 +305,23 @@ static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
 
 /* ---- accessors -------------------------------------------------------- */
 
-const char *evx_request_method(evx_request *r) { return r ? r->method : NULL; }
-const char *evx_request_path(evx_request *r) { return r ? r->path : NULL; }
-const char *evx_request_uri(evx_request *r) { return r ? evhttp_request_get_uri(r->ev) : NULL; }
+const char *evx_request_method(evx_request *r) {
+  EVX__REQ_CHECK(r);
+  return r ? r->method : NULL;
+}
+const char *evx_request_path(evx_request *r) {
+  EVX__REQ_CHECK(r);
+  return r ? r->path : NULL;
+}
+const char *evx_request_uri(evx_request *r) {
+  EVX__REQ_CHECK(r);
+  return r ? evhttp_request_get_uri(r->ev) : NULL;
+}
 const char *evx_request_peer(evx_request *r) { return r ? (r->peer[0] ? r->peer : "-") : NULL; }
 evx_http *evx_request_server(evx_request *r) { return r ? r->http : NULL; }
 
 const char *evx_request_header(evx_request *r, const char *name) {
+  EVX__REQ_CHECK(r);
   if (!r || !name) return NULL;
   return evhttp_find_header(evhttp_request_get_input_headers(r->ev), name);
 }
@@ -323,6 +347,7 @@ static int evx__parse_query(evx_request *r) {
 }
 
 const char *evx_request_query(evx_request *r, const char *name) {
+  EVX__REQ_CHECK(r);
   if (!r || !name) return NULL;
   if (!r->query_parsed && evx__parse_query(r) != EVX_OK) return NULL;
   for (size_t i = 0; i < r->nparams; i++)
@@ -331,6 +356,7 @@ const char *evx_request_query(evx_request *r, const char *name) {
 }
 
 const char *evx_request_body(evx_request *r, size_t *len) {
+  EVX__REQ_CHECK(r);
   if (len) *len = 0;
   if (!r) return NULL;
   if (!r->body_ready) {
@@ -346,8 +372,14 @@ const char *evx_request_body(evx_request *r, size_t *len) {
   return r->body;
 }
 
-int evx_request_state(evx_request *r) { return r ? r->state : EVX_EINVAL; }
-int evx_request_is_gone(evx_request *r) { return r && r->state != 0; }
+int evx_request_state(evx_request *r) {
+  EVX__REQ_CHECK(r);
+  return r ? r->state : EVX_EINVAL;
+}
+int evx_request_is_gone(evx_request *r) {
+  EVX__REQ_CHECK(r);
+  return r && r->state != 0;
+}
 
 /* ---- answering -------------------------------------------------------- */
 
@@ -356,6 +388,7 @@ static int evx__thread_ok(evx_request *r) { return evx__loop_thread_ok(r->http->
 static int evx__valid_header(const char *s) { return s && !strpbrk(s, "\r\n"); }
 
 int evx_request_set_header(evx_request *r, const char *name, const char *value) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished || r->streaming || !evx__valid_header(name) ||
       !name[0] || strchr(name, ':') || !evx__valid_header(value))
     return EVX_EINVAL;
@@ -367,6 +400,7 @@ int evx_request_set_header(evx_request *r, const char *name, const char *value) 
 }
 
 int evx_request_on_close(evx_request *r, evx_request_cb fn, void *arg) {
+  EVX__REQ_CHECK(r);
   if (!r || !fn || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
   if (r->state) return r->state;
   r->on_close = fn;
@@ -377,6 +411,9 @@ int evx_request_on_close(evx_request *r, evx_request_cb fn, void *arg) {
 /* Mark finished and schedule the release (or leave it to dispatch). */
 static void evx__finished(evx_request *r) {
   r->finished = 1;
+  evx__request_drain_stop(r, EVX_ECANCELED);
+  if (r->http->hardened) /* for the misuse message, while the path is still valid */
+    snprintf(r->desc, sizeof r->desc, "%s %.80s", r->method, r->path ? r->path : "-");
   evx__request_detach_conn(r);
   if (r->notify_set) {
     event_del(&r->notify_ev);
@@ -422,12 +459,15 @@ static int evx__send(evx_request *r, int status, const char *ctype, const void *
   return rc;
 }
 
+static int evx__write(evx_request *r, const void *data, size_t len, int bounded);
+
 int evx_request_finish(evx_request *r, int status, const char *ctype, const void *body, size_t len) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
   if (r->state) return evx__finish_zombie(r);
   if (r->streaming) {
     int rc = EVX_OK;
-    if (len) rc = body ? evx_request_write(r, body, len) : EVX_EINVAL;
+    if (len) rc = body ? evx__write(r, body, len, 0) : EVX_EINVAL;
     int erc = evx_request_end(r);
     return rc != EVX_OK ? rc : erc;
   }
@@ -449,6 +489,7 @@ int evx_request_finish_str(evx_request *r, int status, const char *ctype, const 
 }
 
 int evx_request_finishf(evx_request *r, int status, const char *ctype, const char *fmt, ...) {
+  EVX__REQ_CHECK(r);
   if (!r) return EVX_EINVAL;
   if (!fmt) return evx_request_finish(r, status, ctype, NULL, 1); /* bad arguments: 500 */
   char small[512];
@@ -472,6 +513,7 @@ int evx_request_finishf(evx_request *r, int status, const char *ctype, const cha
 }
 
 int evx_request_reply_busy(evx_request *r, unsigned retry_after_s) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
   if (r->state == 0 && !r->streaming) {
     char ra[16];
@@ -494,6 +536,7 @@ void evx__request_reply_builtin(evx_request *r, int status, const char *extra_na
 /* ---- chunked replies -------------------------------------------------- */
 
 int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished || r->streaming || status < 200 || status > 599)
     return EVX_EINVAL;
   if (r->state) return r->state;
@@ -522,6 +565,7 @@ int evx_request_start_chunked(evx_request *r, int status, const char *ctype) {
 /* ---- buffered replies (coroutine handlers, or any handler) ------------- */
 
 int evx_request_set_status(evx_request *r, int status) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished || r->streaming || status < 200 || status > 599)
     return EVX_EINVAL;
   if (r->state) return r->state;
@@ -530,6 +574,7 @@ int evx_request_set_status(evx_request *r, int status) {
 }
 
 int evx_request_write_body(evx_request *r, const void *data, size_t len) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished || r->streaming || (!data && len)) return EVX_EINVAL;
   if (r->state) return r->state;
   if (len && evbuffer_add(evhttp_request_get_output_buffer(r->ev), data, len) != 0)
@@ -556,10 +601,155 @@ void evx__request_coro_done(evx_request *r) {
   }
 }
 
+/* ---- bounded output --------------------------------------------------- */
+
+/* A stalled reader costs at most max_output_buffer plus one write: above the
+ * mark evx_request_write answers EVX_EBUSY, and the drain notification (a
+ * callback and/or a future) comes once the connection's output buffer is
+ * down to half the mark. It watches the buffer with an evbuffer callback,
+ * armed only while someone waits; the notification itself runs from an
+ * event, never inside libevent's write path. */
+typedef struct evx__drain evx__drain_t;
+struct evx__drain {
+  evx_request_cb cb;
+  void *arg;
+  evx_future *f;
+  struct evbuffer *out; /* the connection's output buffer while watching */
+  evx_request *req;
+  struct event ev;
+  int ev_set, fired;
+};
+
+static struct evbuffer *evx__out_buf(evx_request *r) {
+  struct bufferevent *bev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
+  return bev ? bufferevent_get_output(bev) : NULL;
+}
+
+static size_t evx__hwm(evx_request *r) { return r->http->opts.max_output_buffer; }
+
+static void evx__drain_unwatch(evx__drain_t *d);
+
+static void evx__drain_fire(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  evx_request *r = arg;
+  evx__drain_t *d = r->drain;
+  evx_request_cb cb = d->cb;
+  void *cbarg = d->arg;
+  evx_future *f = d->f;
+  d->cb = NULL;
+  d->f = NULL;
+  if (f) {
+    if (r->state) evx_future_fail(f, r->state);
+    else evx_future_resolve(f, NULL, NULL);
+    evx_future_release(f);
+  }
+  if (cb && !r->finished) cb(r, cbarg);
+}
+
+static void evx__drain_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
+  evx_request *r = arg;
+  if (!info->n_deleted || evbuffer_get_length(buf) > evx__hwm(r) / 2) return;
+  evx__drain_unwatch(r->drain);
+  event_active(&r->drain->ev, EV_TIMEOUT, 1);
+}
+
+static void evx__drain_unwatch(evx__drain_t *d) {
+  if (d->out) evbuffer_remove_cb(d->out, evx__drain_out_cb, d->req);
+  d->out = NULL;
+}
+
+/* Arm the watch (or fire at once when already drained). */
+static int evx__drain_arm(evx_request *r) {
+  if (!r->drain) {
+    r->drain = evx_calloc(1, sizeof *r->drain);
+    if (!r->drain) return EVX_ENOMEM;
+    r->drain->req = r;
+  }
+  evx__drain_t *d = r->drain;
+  if (!d->ev_set) {
+    if (event_assign(&d->ev, r->http->base, -1, 0, evx__drain_fire, r) != 0) return EVX_ENOMEM;
+    d->ev_set = 1;
+  }
+  struct evbuffer *out = evx__out_buf(r);
+  if (!out || evbuffer_get_length(out) <= evx__hwm(r) / 2) {
+    event_active(&d->ev, EV_TIMEOUT, 1);
+    return EVX_OK;
+  }
+  if (!d->out) {
+    if (!evbuffer_add_cb(out, evx__drain_out_cb, r)) return EVX_ENOMEM;
+    d->out = out;
+  }
+  return EVX_OK;
+}
+
+void evx__request_drain_stop(evx_request *r, int status) {
+  evx__drain_t *d = r->drain;
+  if (!d) return;
+  evx__drain_unwatch(d);
+  if (d->ev_set) event_del(&d->ev);
+  if (d->f) {
+    evx_future_fail(d->f, status);
+    evx_future_release(d->f);
+    d->f = NULL;
+  }
+  if (status != EVX_OK && d->cb && !r->finished && r->state) {
+    /* a zombie: tell the waiter in a later callback (it then calls end) */
+    if (d->ev_set) event_active(&d->ev, EV_TIMEOUT, 1);
+    return;
+  }
+  d->cb = NULL;
+}
+
+int evx_request_on_drain(evx_request *r, evx_request_cb fn, void *arg) {
+  EVX__REQ_CHECK(r);
+  if (!r || !fn || !evx__thread_ok(r) || r->finished || !r->streaming) return EVX_EINVAL;
+  if (r->state) return r->state;
+  int rc = evx__drain_arm(r);
+  if (rc != EVX_OK) return rc;
+  r->drain->cb = fn;
+  r->drain->arg = arg;
+  return EVX_OK;
+}
+
+evx_future *evx_request_drained(evx_request *r) {
+  EVX__REQ_CHECK(r);
+  if (!r || !evx__thread_ok(r) || r->finished || !r->streaming) return NULL;
+  evx_future *f = evx_future_new(r->http->loop);
+  if (!f) return NULL;
+  if (r->state) {
+    evx_future_fail(f, r->state);
+    return f;
+  }
+  if (evx__drain_arm(r) != EVX_OK) {
+    evx_future_release(f);
+    return NULL;
+  }
+  if (r->drain->f) { /* one waiter at a time: the earlier one is cancelled */
+    evx_future_fail(r->drain->f, EVX_ECANCELED);
+    evx_future_release(r->drain->f);
+  }
+  r->drain->f = evx_future_ref(f);
+  return f;
+}
+
+static int evx__write(evx_request *r, const void *data, size_t len, int bounded);
+
 int evx_request_write(evx_request *r, const void *data, size_t len) {
+  EVX__REQ_CHECK(r);
+  return evx__write(r, data, len, 1);
+}
+
+/* bounded 0: the last chunk of a finish, which must not be refused */
+static int evx__write(evx_request *r, const void *data, size_t len, int bounded) {
   if (!r || !evx__thread_ok(r) || r->finished || !r->streaming || (!data && len)) return EVX_EINVAL;
   if (r->state) return r->state;
   if (len == 0) return EVX_OK;
+  struct evbuffer *out = evx__out_buf(r);
+  if (bounded && out && evx__hwm(r) != EVX_HTTP_UNLIMITED && evbuffer_get_length(out) > evx__hwm(r)) {
+    r->http->st.write_busy++;
+    return EVX_EBUSY; /* nothing written: wait for evx_request_on_drain / _drained */
+  }
   struct evbuffer *buf = r->http->scratch;
   int rc = EVX_OK;
   if (evbuffer_add(buf, data, len) != 0) {
@@ -574,6 +764,7 @@ int evx_request_write(evx_request *r, const void *data, size_t len) {
 }
 
 int evx_request_end(evx_request *r) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
   if (r->state) return evx__finish_zombie(r);
   if (!r->streaming) {
@@ -592,6 +783,11 @@ int evx_request_end(evx_request *r) {
 
 struct evhttp_connection *evx__request_connection(evx_request *r) {
   return r && r->state == 0 && !r->finished ? r->evcon : NULL;
+}
+
+size_t evx__request_out_pending(evx_request *r) {
+  struct evbuffer *out = r ? evx__out_buf(r) : NULL;
+  return out ? evbuffer_get_length(out) : 0;
 }
 
 int evx__request_watching(evx_request *r) { return r && r->watching; }

@@ -36,4 +36,8 @@ int evx__request_watching(evx_request *r);
  * 408, 501, 505), 0 if none: fuzz_http compares it with its own reading. */
 int evx__http_last_bad_status(evx_http *h);
 
+/* Bytes of reply waiting in the request's connection output buffer (not
+ * yet handed to the kernel); 0 when it has no connection. */
+size_t evx__request_out_pending(evx_request *r);
+
 #endif

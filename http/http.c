@@ -41,6 +41,7 @@
 #define EVX__DEF_IDLE_TIMEOUT_MS 60000
 #define EVX__DEF_MAX_HELD 10000
 #define EVX__DEF_HEADER_TIMEOUT_MS 60000
+#define EVX__DEF_MAX_OUTPUT (256 * 1024)
 #define EVX__DEF_BODY_TIMEOUT_MS 60000
 
 static _Atomic uint64_t evx__live_requests;
@@ -75,18 +76,33 @@ void evx__http_log(evx_http *h, evx_request *r, int status) {
 void evx__http_release(evx_request *r) {
   evx_http *h = r->http;
   evx__request_detach_conn(r);
+  if (r->drain) {
+    evx__request_drain_stop(r, EVX_ECANCELED);
+    evx_free(r->drain);
+    r->drain = NULL;
+  }
   if (r->notify_set) event_del(&r->notify_ev);
   if (r->ev_owned) evhttp_request_free(r->ev);
   evx_free(r->path_buf);
   evx_free(r->query_buf);
   evx_free((void *)r->params);
   evx_free((void *)r->rparams);
-  evx_free(r);
+  r->path_buf = r->query_buf = NULL;
+  r->params = r->rparams = NULL;
+  if (h->hardened) {
+    r->magic = EVX__REQ_DEAD;
+    size_t i = h->quar_pos++ % EVX__QUARANTINE;
+    evx_free(h->quar[i]); /* the oldest one goes for real */
+    h->quar[i] = r;
+  } else {
+    evx_free(r);
+  }
   h->st.live--;
   atomic_fetch_sub(&evx__live_requests, 1);
 }
 
 static void evx__http_free_struct(evx_http *h) {
+  for (size_t i = 0; i < EVX__QUARANTINE; i++) evx_free(h->quar[i]);
   evbuffer_free(h->scratch);
   evbuffer_free(h->edit_buf);
   evx_free(h->conn_tab);
@@ -148,6 +164,12 @@ static void evx__http_apply_opts(evx_http *h) {
   if (!o->header_timeout_ms) o->header_timeout_ms = EVX__DEF_HEADER_TIMEOUT_MS;
   if (!o->body_timeout_ms) o->body_timeout_ms = EVX__DEF_BODY_TIMEOUT_MS;
   if (!o->max_connections) o->max_connections = EVX_HTTP_UNLIMITED;
+  if (!o->max_output_buffer) o->max_output_buffer = EVX__DEF_MAX_OUTPUT;
+#ifdef NDEBUG
+  h->hardened = o->hardened_requests > 0;
+#else /* Debug builds: on unless turned off */
+  h->hardened = o->hardened_requests >= 0;
+#endif
   if (o->header_timeout_ms != EVX_HTTP_NO_TIMEOUT) {
     h->header_tv_plain.tv_sec = (time_t)(o->header_timeout_ms / 1000);
     h->header_tv_plain.tv_usec = (suseconds_t)((o->header_timeout_ms % 1000) * 1000);
@@ -568,6 +590,7 @@ static int evx__capture_params(evx_request *r, const evx__route *rt) {
 }
 
 const char *evx_request_param(evx_request *r, const char *name) {
+  EVX__REQ_CHECK(r);
   if (!r || !name) return NULL;
   for (size_t i = 0; i < r->nrparams; i++)
     if (strcmp(r->rparams[2 * i], name) == 0) return r->rparams[2 * i + 1];

@@ -122,6 +122,20 @@ typedef struct evx_http_opts {
    *  request in progress, nothing being written) is closed; when none is
    *  idle, the new one. Default EVX_HTTP_UNLIMITED. */
   size_t max_connections;
+  /** Hardened request mode: 1 on, -1 off, 0 (default) on in Debug builds of
+   *  the library (no NDEBUG), off otherwise. Released requests are kept in a
+   *  quarantine of the last 256 per server instead of being freed, and any
+   *  evx_request_* call on one - a second finish from a later callback, a
+   *  pointer kept after finish - prints which call it was and on which
+   *  request, and aborts, instead of a use-after-free. Costs ~256 requests'
+   *  memory per server (~100 KiB). */
+  int hardened_requests;
+  /** A connection's high-water mark for unsent reply bytes: above it
+   *  evx_request_write answers EVX_EBUSY (nothing written) until the
+   *  connection drains (evx_request_on_drain / evx_request_drained), so a
+   *  client that stops reading costs at most this plus one write. Default
+   *  256 KiB; EVX_HTTP_UNLIMITED: no mark. */
+  size_t max_output_buffer;
 } evx_http_opts;
 
 /**
@@ -300,6 +314,7 @@ typedef struct evx_http_stats {
   uint64_t body_timeouts; /**< 408: the body did not arrive within body_timeout_ms */
   uint64_t shed;          /**< connections closed by max_connections */
   uint64_t accept_errors; /**< accept() failures (EMFILE, ENFILE, ...): each pauses accepting 100 ms */
+  uint64_t write_busy;    /**< evx_request_write calls answered EVX_EBUSY (output above max_output_buffer) */
   uint64_t accept_refused; /**< clients accepted with the reserve descriptor and closed at once */
 } evx_http_stats;
 
@@ -502,9 +517,34 @@ EVX_API int evx_request_start_chunked(evx_request *req, int status, const char *
 /**
  * Send one chunk (copied; len 0 sends nothing).
  * @return EVX_OK; EVX_EINVAL (not started, finished, NULL data with len > 0);
+ *         EVX_EBUSY when the connection's unsent output is above
+ *         max_output_buffer (nothing written: wait for evx_request_on_drain
+ *         or evx_request_drained, then write it again);
  *         EVX_EGONE when the client left (still call end).
  */
 EVX_API int evx_request_write(evx_request *req, const void *data, size_t len);
+
+/**
+ * Call fn(req, arg) once, in a later loop callback, when the connection's
+ * unsent output is down to half of max_output_buffer (at once - later - if
+ * it already is): write again then. Use after evx_request_write answered
+ * EVX_EBUSY. If the client leaves first, fn is called too (the request's
+ * state says why; still call end). Not called after end. A second
+ * registration replaces the first.
+ * @return EVX_OK; EVX_EINVAL (NULL, not streaming, after end); EVX_EGONE /
+ *         EVX_ETIMEDOUT / EVX_ECLOSED (fn not registered); EVX_ENOMEM.
+ */
+EVX_API int evx_request_on_drain(evx_request *req, evx_request_cb fn, void *arg);
+
+/**
+ * The same as a future (for coroutines: `evx_await(evx_request_drained(req))`):
+ * resolves (EVX_OK) when the output drained as for evx_request_on_drain,
+ * fails with EVX_EGONE / EVX_ETIMEDOUT / EVX_ECLOSED when the request can no
+ * longer be answered, with EVX_ECANCELED when it ended or a newer drained()
+ * replaced it. One reference, the caller's.
+ * @return the future, or NULL (NULL, not streaming, after end, wrong thread, ENOMEM).
+ */
+EVX_API evx_future *evx_request_drained(evx_request *req);
 
 /**
  * End a chunked reply. This is the finish of a streamed request: exactly
