@@ -314,27 +314,36 @@ static void evx__conn_try_fail(evx__conn *c) {
     return;
   }
   char resp[256];
+  size_t body_bytes = 0;
   const char *reason = evx__http_reason(c->bad);
   evutil_socket_t fd = bufferevent_getfd(c->bev);
   int n = snprintf(resp, sizeof resp,
                    "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
                    "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
                    c->bad, reason, strlen(reason) + 1, reason);
-  evx__conn_send_raw(fd, resp, (size_t)n);
+  /* an empty socket buffer always takes the whole reply: count its body */
+  if (evx__conn_send_raw(fd, resp, (size_t)n) == (ssize_t)n) body_bytes = strlen(reason) + 1;
   h->st.status[4 + (c->bad >= 500)]++;
+  /* logged and counted like every other reply evexec sends (the path is not
+   * kept by the scanner: "-") */
+  char *addr = NULL;
+  ev_uint16_t port = 0;
+  evhttp_connection_get_peer(c->evcon, &addr, &port);
+  evx__http_log_conn(h, c->method_len ? c->method : "-", c->bad, body_bytes, addr);
   evhttp_connection_free(c->evcon); /* calls evx__conn_on_close: c is gone */
 }
 
-void evx__conn_send_raw(evutil_socket_t fd, const char *resp, size_t n) {
-  if (fd < 0) return;
+ssize_t evx__conn_send_raw(evutil_socket_t fd, const char *resp, size_t n) {
+  if (fd < 0) return -1;
+  /* an empty socket buffer always takes a couple of hundred bytes */
   ssize_t w = send(fd, resp, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-  (void)w; /* an empty socket buffer always takes a couple of hundred bytes */
   /* Read what the client already sent, so closing does not reset the
    * connection and destroy the reply in flight. */
   char sink[4096];
   for (int i = 0; i < 16 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {
   }
   shutdown(fd, SHUT_WR);
+  return w;
 }
 
 void evx__conn_close_idle(evx_http *h) {
@@ -482,6 +491,10 @@ static int evx__head_end(evx__conn *c) {
     c->line = L_CHUNK;
   } else if (c->cl) {
     if (c->method_nobody) return 400; /* evhttp would read the body as the next request */
+    /* Too large: answered here, before the body is read (evhttp would read
+     * it and answer an unlogged HTML 413 itself). */
+    size_t max = c->http->opts.max_body_size;
+    if (max != EVX_HTTP_UNLIMITED && c->cl > max) return 413;
     c->st = S_BODY_CL;
     c->left = c->cl;
   } else {

@@ -230,7 +230,7 @@ void evx__conn_close_idle(evx_http *h);
 void evx__conn_close_all(evx_http *h);
 /* http-conn.c: write a small reply straight to a connection's socket and
  * prepare it for closing (its output buffer must be empty). */
-void evx__conn_send_raw(evutil_socket_t fd, const char *resp, size_t n);
+ssize_t evx__conn_send_raw(evutil_socket_t fd, const char *resp, size_t n); /* bytes sent, or -1 */
 
 /* http/http-conn.c */
 struct bufferevent *evx__conn_bevcb(struct event_base *base, void *arg);
@@ -252,6 +252,10 @@ void evx__http_metrics(evx__loop_member *m, struct evx_metrics *out);
 
 /* http/http.c */
 void evx__http_log(evx_http *h, evx_request *r, int status);
+/* Log and count a reply evexec wrote on a connection without a request
+ * object (framing errors, 408, 413). peer may be NULL. */
+void evx__http_log_conn(evx_http *h, const char *method, int status, uint64_t bytes,
+                        const char *peer);
 void evx__http_schedule_release(evx_http *h, evx_request *r);
 void evx__http_release(evx_request *r);
 void evx__http_maybe_free(evx_http *h);

@@ -71,6 +71,22 @@ void evx__http_log(evx_http *h, evx_request *r, int status) {
   h->opts.log(h->opts.log_arg, &e);
 }
 
+void evx__http_log_conn(evx_http *h, const char *method, int status, uint64_t bytes,
+                        const char *peer) {
+  h->st.bytes_out += bytes;
+  evx__http_metrics_record(h, method, status, 0);
+  if (h->freed || !h->opts.log) return;
+  evx_http_log_entry e = {
+      .method = method,
+      .path = "-",
+      .status = status,
+      .bytes = bytes,
+      .duration_us = 0,
+      .peer = peer && peer[0] ? peer : "-",
+  };
+  h->opts.log(h->opts.log_arg, &e);
+}
+
 /* ---- release of finished requests ------------------------------------- */
 
 void evx__http_release(evx_request *r) {

@@ -131,6 +131,23 @@ if [ "$exts" = " evexec_sqlite evexec_mail" ]; then
 else
   say "evexec_sqlite/evexec_mail not both installed; ext consumer skipped"
 fi
+# Every installed library has its .pc and resolves (ext/tasks: Requires evexec_sqlite).
+for f in "$libdir"/libevexec_*.so; do
+  [ -e "$f" ] || continue
+  name=$(basename "$f" .so)
+  name=${name#lib}
+  [ -f "$pcdir/$name.pc" ] || die "$name is installed without $pcdir/$name.pc"
+  pkg-config --exists --print-errors "$name" || die "pkg-config cannot resolve $name"
+  say "pkg-config $name: $(pkg-config --libs "$name")"
+done
+# An installed tool runs without LD_LIBRARY_PATH too.
+if [ -x "$prefix/bin/evx-tasks" ]; then
+  env -u LD_LIBRARY_PATH "$prefix/bin/evx-tasks" --help >"$work/tool.log" 2>&1 || {
+    cat "$work/tool.log" >&2
+    die "$prefix/bin/evx-tasks --help failed without LD_LIBRARY_PATH"
+  }
+  say "evx-tasks --help runs without LD_LIBRARY_PATH"
+fi
 
 # --- 2. CMake find_package -------------------------------------------------------
 if ! cmake -S "$work" -B "$work/build" -DCMAKE_PREFIX_PATH="$prefix" \

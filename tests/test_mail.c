@@ -4,6 +4,7 @@
 #include <evexec/mail.h>
 
 #include <dirent.h>
+#include <pthread.h>
 #include <sys/stat.h>
 
 #include "evx_test.h"
@@ -553,6 +554,70 @@ START_TEST(test_smtp_retry_then_success) {
 }
 END_TEST
 
+/* evx_mail_deliver_now: one blocking attempt on a non-loop thread, for a
+ * durable task handler; the caller's Message-ID is kept, 4xx is EVX_EIO
+ * (retry), 5xx and bad input EVX_EINVAL (do not), never on the loop thread. */
+typedef struct now_call {
+  evx_mailer *m;
+  evx_mail_msg msg;
+  int rc;
+  char err[256];
+} now_call;
+
+static void *now_thread(void *arg) {
+  now_call *c = arg;
+  c->rc = evx_mail_deliver_now(c->m, &c->msg, c->err, sizeof c->err);
+  return NULL;
+}
+
+static int deliver_now_on_thread(evx_mailer *m, const evx_mail_msg *msg, char *err, size_t n) {
+  now_call c = {.m = m, .msg = *msg};
+  pthread_t t;
+  ck_assert_int_eq(pthread_create(&t, NULL, now_thread, &c), 0);
+  ck_assert_int_eq(pthread_join(t, NULL), 0);
+  snprintf(err, n, "%s", c.err);
+  return c.rc;
+}
+
+START_TEST(test_deliver_now) {
+  memset(&R, 0, sizeof R);
+  start_sink(1); /* the first mail gets 451 */
+  evx_mailer *m = smtp_mailer(sink.port, 5, 40);
+  char err[256] = "";
+  evx_mail_msg msg = {.to = "a@example.org", .subject = "task mail",
+                      .message_id = "<task-17@notes.example.org>"};
+  ck_assert_int_eq(deliver_now_on_thread(m, &msg, err, sizeof err), EVX_EIO);
+  ck_assert_msg(strstr(err, "451") != NULL, "%s", err);
+  ck_assert_int_eq(deliver_now_on_thread(m, &msg, err, sizeof err), EVX_OK);
+  char line[1024], from[128], rcpts[256], file[256];
+  ck_assert_int_eq(evx_smtp_sink_line(&sink, line, sizeof line, 5000), 0);
+  ck_assert_str_eq(line, "TEMPFAIL");
+  ck_assert_int_eq(evx_smtp_sink_line(&sink, line, sizeof line, 5000), 0);
+  ck_assert_int_eq(sscanf(line, "MSG %127s %255s %255s", from, rcpts, file), 3);
+  ck_assert_ptr_nonnull(strstr(slurp(file), "\r\nMessage-ID: <task-17@notes.example.org>\r\n"));
+  evx_mail_msg rej = {.to = "reject@example.org", .subject = "nope"};
+  ck_assert_int_eq(deliver_now_on_thread(m, &rej, err, sizeof err), EVX_EINVAL);
+  ck_assert_msg(strstr(err, "550") != NULL, "%s", err);
+  const char *bad_ids[] = {"task-17@x", "<no-at>", "<a b@c>", "<@c>", "<a@>", "<a@b@c>"};
+  for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++) {
+    evx_mail_msg b = {.to = "a@example.org", .message_id = bad_ids[i]};
+    ck_assert_int_eq(deliver_now_on_thread(m, &b, err, sizeof err), EVX_EINVAL);
+    char *text = NULL;
+    ck_assert_int_eq(evx_mail_format(&b, NULL, &text, NULL), EVX_EINVAL);
+  }
+  /* The loop thread must not block. */
+  ck_assert_int_eq(evx_mail_deliver_now(m, &msg, err, sizeof err), EVX_EINVAL);
+  evx_mailer_stats s;
+  evx_mailer_stats_get(m, &s);
+  ck_assert_uint_eq(s.sent, 1);
+  ck_assert_uint_eq(s.attempts, 3);
+  ck_assert_uint_eq(s.failed, 1);
+  ck_assert_int_eq(R.nlines, 0); /* nothing logged from the worker */
+  evx_mailer_free(m);
+  evx_smtp_sink_stop(&sink);
+}
+END_TEST
+
 /* 550 for a recipient is permanent: no retry. */
 START_TEST(test_smtp_permanent_error) {
   memset(&R, 0, sizeof R);
@@ -687,6 +752,7 @@ Suite *suite(void) {
   tcase_add_test(tc, test_smtp_delivers);
   tcase_add_test(tc, test_smtp_retry_then_success);
   tcase_add_test(tc, test_smtp_permanent_error);
+  tcase_add_test(tc, test_deliver_now);
   tcase_add_test(tc, test_smtp_dead_server);
   tcase_add_test(tc, test_shutdown_drain_and_cancel);
   tcase_add_test(tc, test_free_ends_pending);

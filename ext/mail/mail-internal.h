@@ -27,6 +27,10 @@ void evx__mail_env_free(evx__mail_env *env);
  * ASCII or UTF-8, no spaces, controls, quotes, commas or angle brackets. */
 int evx__mail_addr_ok(const char *addr);
 
+/* Non-zero when `id` is a Message-ID we accept: "<left@right>", printable
+ * ASCII without spaces or inner <>, one '@' with text on both sides, 5..250 bytes. */
+int evx__mail_msgid_ok(const char *id);
+
 /* Transport settings; strings borrowed from the mailer, which outlives every attempt. */
 typedef struct evx__mail_transport {
   const char *smtp_url; /* NULL: spool */

@@ -373,6 +373,51 @@ int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_fn done,
   return EVX_OK;
 }
 
+static void evx__mail_set_err(char *err, size_t errlen, const char *msg) {
+  if (err && errlen) snprintf(err, errlen, "%s", msg);
+}
+
+/* One blocking attempt on the caller's thread. Touches only what any thread
+ * may: the transport settings and strings (immutable after evx_mailer_new)
+ * and the atomic counters. Not the log (a loop-thread callback) nor
+ * m->closed / m->cancelling (loop-thread fields): the reason goes to `err`. */
+int evx_mail_deliver_now(evx_mailer *m, const evx_mail_msg *msg, char *err, size_t errlen) {
+  if (!m || !msg || evx_loop_in_thread(m->loop)) {
+    evx__mail_set_err(err, errlen, "invalid call (NULL, or on the loop thread)");
+    return EVX_EINVAL;
+  }
+  evx_mail_msg full = *msg;
+  if (!full.from) full.from = m->from;
+  evx__mail_env env;
+  memset(&env, 0, sizeof env);
+  char *text = NULL, *msgid = NULL;
+  int rc = evx__mail_envelope(&full, m->from, &env);
+  if (!rc) rc = evx_mail_format(&full, m->hostname, &text, &msgid);
+  if (rc) {
+    evx__mail_set_err(err, errlen, rc == EVX_EINVAL ? "bad sender, recipient or Message-ID"
+                                                    : "out of memory");
+    evx__mail_env_free(&env);
+    return rc;
+  }
+  evx__mail_outcome out;
+  memset(&out, 0, sizeof out);
+  evx__mail_deliver(&m->t, &env, text, strlen(text), atomic_fetch_add(&m->seq, 1), &out);
+  atomic_fetch_add(&m->attempts, 1);
+  if (out.status == EVX_OK) {
+    atomic_fetch_add(&m->sent, 1);
+    rc = EVX_OK;
+  } else {
+    const char *reason = out.detail[0] ? out.detail : "delivery failed";
+    evx__mail_set_err(err, errlen, reason);
+    if (out.permanent) atomic_fetch_add(&m->failed, 1);
+    rc = out.permanent ? EVX_EINVAL : EVX_EIO;
+  }
+  evx__mail_env_free(&env);
+  evx_free(text);
+  evx_free(msgid);
+  return rc;
+}
+
 int evx_mailer_shutdown(evx_mailer *m, int how) {
   if (!m || (how != EVX_SHUTDOWN_DRAIN && how != EVX_SHUTDOWN_CANCEL)) return EVX_EINVAL;
   m->closed = 1;

@@ -296,6 +296,21 @@ static void evx__mail_sb_qp(sbuf *b, const char *s, size_t n) {
 
 /* ---- the message ----------------------------------------------------------- */
 
+int evx__mail_msgid_ok(const char *id) {
+  size_t n = strlen(id);
+  if (n < 5 || n > 250 || id[0] != '<' || id[n - 1] != '>') return 0;
+  int at = 0;
+  for (size_t i = 1; i + 1 < n; i++) {
+    unsigned char c = (unsigned char)id[i];
+    if (c <= 0x20 || c >= 0x7f || c == '<' || c == '>') return 0;
+    if (c == '@') {
+      if (at || i == 1 || i + 2 == n) return 0;
+      at = 1;
+    }
+  }
+  return at;
+}
+
 int evx_mail_format(const evx_mail_msg *msg, const char *hostname, char **out, char **message_id) {
   if (!msg || !out) return EVX_EINVAL;
   evx__mail_env env;
@@ -307,12 +322,17 @@ int evx_mail_format(const evx_mail_msg *msg, const char *hostname, char **out, c
   const char *host = evx__mail_host_ok(hostname) ? hostname : "localhost";
 
   sbuf b = {0}, body = {0}, id = {0};
-  char tmp[160];
-  snprintf(tmp, sizeof tmp, "<%llx.%llx.%ld@", (unsigned long long)evx_now_ns(),
-           (unsigned long long)atomic_fetch_add(&evx__mail_msgid_seq, 1), (long)getpid());
-  evx__mail_sb_str(&id, tmp);
-  evx__mail_sb_str(&id, host);
-  evx__mail_sb_ch(&id, '>');
+  if (msg->message_id) {
+    if (!evx__mail_msgid_ok(msg->message_id)) return EVX_EINVAL;
+    evx__mail_sb_str(&id, msg->message_id);
+  } else {
+    char tmp[160];
+    snprintf(tmp, sizeof tmp, "<%llx.%llx.%ld@", (unsigned long long)evx_now_ns(),
+             (unsigned long long)atomic_fetch_add(&evx__mail_msgid_seq, 1), (long)getpid());
+    evx__mail_sb_str(&id, tmp);
+    evx__mail_sb_str(&id, host);
+    evx__mail_sb_ch(&id, '>');
+  }
 
   evx__mail_sb_date(&b);
   evx__mail_sb_str(&b, "From: ");

@@ -45,6 +45,11 @@ typedef struct evx_mail_msg {
                             includes any CR, LF or other control byte (encoded as
                             given, never a header break, never a reason to refuse) */
   const char *body;    /**< UTF-8 text; LF, CR or CRLF line ends (sent as CRLF); may be NULL */
+  /** The Message-ID to use, with its <>: "<left@right>", printable ASCII
+   *  without spaces, at most 250 bytes. A mail sent again with the same id
+   *  is recognisable downstream as the same mail (a durable task's
+   *  idempotency key, redelivered at least once). NULL: a fresh one. */
+  const char *message_id;
 } evx_mail_msg;
 
 /**
@@ -144,6 +149,21 @@ EVX_API int evx_mail_send(evx_mailer *m, const evx_mail_msg *msg, evx_mail_done_
  *         or recipient address, CR/LF in a header); EVX_ENOMEM.
  */
 EVX_API int evx_mail_check(evx_mailer *m, const evx_mail_msg *msg);
+
+/**
+ * Deliver one mail now, blocking, with one attempt through the mailer's
+ * transport (SMTP or spool) and no retry: for a durable task handler
+ * (ext/tasks), whose queue does the retries and keeps the mail across
+ * crashes. Any thread; meant for worker threads (never the loop thread, which
+ * must not block: EVX_EINVAL on the thread evx_loop_in_thread names).
+ * Counted in the mailer's stats (attempts, sent, failed); not logged (the log is a
+ * loop-thread callback): the reason goes to `err`, for the task to keep.
+ * @param err if not NULL, receives the failure reason (NUL-terminated, cut to errlen).
+ * @return EVX_OK (delivered or spooled); EVX_EIO (a failure worth retrying:
+ *         connection, timeout, SMTP 4xx); EVX_EINVAL (bad message, SMTP 5xx:
+ *         retrying will not help); EVX_ENOMEM.
+ */
+EVX_API int evx_mail_deliver_now(evx_mailer *m, const evx_mail_msg *msg, char *err, size_t errlen);
 
 /**
  * Stop accepting mail (evx_mail_send answers EVX_ECLOSED). Loop thread only.
