@@ -61,6 +61,10 @@ if [ "$PP_SPIN_US" -gt 0 ]; then
 fi
 run "$BENCH" callbacks --producers 2 --per 200000 --rounds "$ROUNDS"
 run "$BENCH" memory --jobs 100000 --threads "$THREADS"
+OVERLOAD=$BUILD/bench/evx-overload
+if [ -x "$OVERLOAD" ]; then
+  run "$OVERLOAD" --threads 2 --job-ms 50 --target-ms 100 --x 10 --seconds 2
+fi
 CORO_BENCH=$BUILD/bench/evx-coro-bench
 if [ -x "$CORO_BENCH" ]; then
   run "$CORO_BENCH" handoff --items 200000 --rounds "$ROUNDS"
@@ -91,6 +95,11 @@ if [ "$PP_SPIN_US" -gt 0 ]; then
   target "pingpong_p50_evexec_spin${PP_SPIN_US}_vs_libuv" "<=" 0.7 \
     "$(field "^ratio pingpong evexec_vs_libuv spin_us=$PP_SPIN_US " p50_us)"
 fi
+# issue 11: 10x overload with a 100 ms target wait
+target overload_ok_p99_over_target "<=" 2 "$(field '^ratio overload ' p99_over_target)"
+target overload_busy_p99_ms "<=" 10 "$(field '^ratio overload ' busy_p99_ms)"
+target overload_504 "<=" 0 "$(field '^overload impl=evexec .*target_ms=100 ' t504)"
+target overload_late "<=" 0 "$(field '^overload impl=evexec .*target_ms=100 ' late)"
 target http_work0_vs_hello ">=" 0.8 "$(field '^ratio http work0_vs_hello impl=evexec' rps)"
 target http_work0_evexec_vs_tornado ">=" 8 "$(field '^ratio http evexec_vs_tornado route=/work\?ms=0 ' rps)"
 target coro_handoff_vs_swapcontext "<=" 0.25 "$(field '^ratio coro_handoff evexec_vs_swapcontext' ns)"

@@ -223,18 +223,20 @@ static int evx__splice_locked(evx_executor *ex, uint64_t now) {
   return post;
 }
 
-/* ex->lock held. Estimated queue wait of a job submitted now: 0 while a
- * worker is free for it; else, with every worker busy and k jobs ahead, it
- * starts after k + 1 completions, which n workers deliver every run_ewma / n
- * on average, the first after about half of that: ewma * (2k + 1) / (2n).
- * Before the first job completed the run time is unknown: 0 (then only the
- * deadline at the worker sheds load). */
+/* ex->lock held. The longest queue wait a job submitted now may have: 0
+ * while a worker is free for it; else, with every worker busy and k jobs
+ * ahead of it, it starts after k + 1 completions - at worst (every running
+ * job just started) after ceil((k + 1) / n) run times of the n workers, each
+ * taken as run_ewma. A worst case, not an average, so that an admitted job
+ * rarely expires; the queue still holds a job for every worker, so the
+ * workers never idle for it. Before the first job completed the run time is
+ * unknown: 0 (then only the deadline at the worker sheds load). */
 static uint64_t evx__wait_estimate_locked(evx_executor *ex) {
   size_t n = ex->nthreads, busy = ex->nrunning < n ? ex->nrunning : n;
   size_t ahead = ex->nqueued + ex->reserved;
   if (ahead < n - busy) return 0;
   uint64_t k = ahead - (n - busy);
-  return ex->run_ewma_ns * (2 * k + 1) / (2 * (uint64_t)n);
+  return ex->run_ewma_ns * ((k + 1 + n - 1) / n);
 }
 
 /* ex->lock held. 1 when load shedding refuses a new job (counted). */

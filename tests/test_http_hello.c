@@ -101,6 +101,42 @@ START_TEST(test_clean_stop) {
 }
 END_TEST
 
+/* --target-wait-ms: with the one worker busy on a 300 ms job (its run time
+ * known from a first one), a job that would wait longer than 50 ms gets 503
+ * + Retry-After at once instead of queueing; the running one still answers. */
+static tc_resp shed_long;
+static void *shed_client_long(void *arg) {
+  (void)arg;
+  tc_get(stop_port, "/work?ms=300", &shed_long);
+  return NULL;
+}
+
+START_TEST(test_target_wait) {
+  char *argv[] = {"evx_hello", "--port", "0", "--threads", "1", "--target-wait-ms", "50", NULL};
+  ck_assert_int_eq(srv_start(&S, argv), 0);
+  stop_port = S.port;
+  tc_resp r;
+  ck_assert_int_eq(tc_get(S.port, "/work?ms=300", &r), 0); /* the run time is known now */
+  ck_assert_int_eq(r.status, 200);
+  tc_resp_free(&r);
+  pthread_t t;
+  pthread_create(&t, NULL, shed_client_long, NULL);
+  tc_sleep_ms(100); /* the second long job runs (time is the subject) */
+  uint64_t t0 = evx_now_ns();
+  ck_assert_int_eq(tc_get(S.port, "/work?ms=10", &r), 0);
+  uint64_t ms = evx_test_ms_since(t0);
+  ck_assert_int_eq(r.status, 503);
+  ck_assert_ptr_nonnull(tc_header(&r, "Retry-After"));
+  ck_assert_uint_lt(ms, 100); /* at once, not after the 200 ms the job had left */
+  tc_resp_free(&r);
+  pthread_join(t, NULL);
+  ck_assert_int_eq(shed_long.status, 200);
+  tc_resp_free(&shed_long);
+  kill(S.pid, SIGINT);
+  ck_assert_int_eq(srv_wait(&S), 0);
+}
+END_TEST
+
 static int run_status(char *const argv[], char *out, size_t cap) {
   server s;
   memset(&s, 0, sizeof s);
@@ -127,6 +163,9 @@ START_TEST(test_options) {
   ck_assert(strstr(out, "--port N"));
   ck_assert(strstr(out, "--threads N"));
   ck_assert(strstr(out, "--spin-us N"));
+  ck_assert(strstr(out, "--target-wait-ms N"));
+  char *badtarget[] = {"evx_hello", "--target-wait-ms", "600001", NULL};
+  ck_assert_int_eq(run_status(badtarget, out, sizeof out), 2);
   char *badport[] = {"evx_hello", "--port", "70000", NULL};
   ck_assert_int_eq(run_status(badport, out, sizeof out), 2);
   char *badthreads[] = {"evx_hello", "--threads", "0", NULL};
@@ -147,6 +186,7 @@ static Suite *hello_suite(void) {
   tcase_add_test(tc, test_routes_and_log);
   tcase_add_test(tc, test_clean_stop);
   tcase_add_test(tc, test_options);
+  tcase_add_test(tc, test_target_wait);
   suite_add_tcase(s, tc);
   return s;
 }

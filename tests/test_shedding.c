@@ -21,10 +21,6 @@ static void rec_done(void *arg, int status) {
   r->status = status;
   if (++*r->total == r->stop_at) evx_loop_stop(r->loop);
 }
-static void sleep10_work(void *arg) {
-  evx_test_sleep_ms(10);
-  rec_work(arg);
-}
 
 static evx_executor *shedding(evx_loop *loop, unsigned threads, unsigned target_us) {
   evx_executor_opts o = {.threads = threads, .name = "shed", .target_wait_us = target_us};
@@ -37,7 +33,7 @@ static evx_executor *shedding(evx_loop *loop, unsigned threads, unsigned target_
  * (Before the first completion the run time is unknown: it is admitted.) */
 START_TEST(test_expired_job_never_runs) {
   evx_loop *loop = evx_loop_new(NULL);
-  evx_executor *ex = shedding(loop, 1, 20000);
+  evx_executor *ex = shedding(loop, 1, 50000);
   evx_gate gate;
   evx_gate_init(&gate);
   int total = 0;
@@ -45,7 +41,7 @@ START_TEST(test_expired_job_never_runs) {
   evx_gate_wait_entered(&gate, 1);
   rec late = {.loop = loop, .total = &total, .stop_at = 1};
   ck_assert_int_eq(evx_submit(ex, rec_work, rec_done, &late), EVX_OK);
-  evx_test_sleep_ms(30); /* its deadline passes while the worker is parked */
+  evx_test_sleep_ms(80); /* its deadline passes while the worker is parked */
   evx_gate_open(&gate, 1);
   evx_test_run(loop, 5000);
   ck_assert_int_eq(late.done_calls, 1);
@@ -64,16 +60,22 @@ START_TEST(test_expired_job_never_runs) {
 }
 END_TEST
 
-/* With a known run time (~10 ms) and the worker busy, the estimate for the
- * k-th waiting job is 10 * (2k + 1) / 2 ms: with a 20 ms target, two are
- * admitted (5, 15 ms) and the third (25 ms) is refused at once; its done
- * never runs. Without the option, the same submits are all accepted. */
+/* With a known run time (40 ms, a little more on a busy machine) and the one
+ * worker busy, the worst-case wait of a job with k jobs ahead is (k + 1) *
+ * 40 ms: with a 100 ms target, two are admitted (40, 80 ms) and the third
+ * (120 ms) is refused at once; its done never runs. Without the option, the
+ * same submits are all accepted. */
+static void sleep40_work(void *arg) {
+  evx_test_sleep_ms(40);
+  rec_work(arg);
+}
+
 START_TEST(test_shed_at_submit) {
   evx_loop *loop = evx_loop_new(NULL);
-  evx_executor *ex = shedding(loop, 1, 20000);
+  evx_executor *ex = shedding(loop, 1, 100000);
   int total = 0;
   rec warm = {.loop = loop, .total = &total, .stop_at = 1};
-  ck_assert_int_eq(evx_submit(ex, sleep10_work, rec_done, &warm), EVX_OK);
+  ck_assert_int_eq(evx_submit(ex, sleep40_work, rec_done, &warm), EVX_OK);
   evx_test_run(loop, 5000); /* one run time is known now */
 
   evx_gate gate;
@@ -102,7 +104,7 @@ START_TEST(test_shed_at_submit) {
   ex = shedding(loop, 1, 0);
   total = 0;
   warm = (rec){.loop = loop, .total = &total, .stop_at = 1};
-  ck_assert_int_eq(evx_submit(ex, sleep10_work, rec_done, &warm), EVX_OK);
+  ck_assert_int_eq(evx_submit(ex, sleep40_work, rec_done, &warm), EVX_OK);
   evx_test_run(loop, 5000);
   evx_gate_init(&gate);
   ck_assert_int_eq(evx_submit(ex, evx_gate_park, NULL, &gate), EVX_OK);
@@ -120,13 +122,20 @@ START_TEST(test_shed_at_submit) {
 }
 END_TEST
 
-/* A free worker means no wait: never shed, whatever the run time. */
+/* A free worker means no wait: never shed, whatever the run time; with
+ * both workers busy the next job may wait a whole run time (~88 ms, the
+ * EWMA of 100 and ~0) > 40 ms: shed. */
+static void sleep100_work(void *arg) {
+  evx_test_sleep_ms(100);
+  rec_work(arg);
+}
+
 START_TEST(test_idle_worker_admits) {
   evx_loop *loop = evx_loop_new(NULL);
-  evx_executor *ex = shedding(loop, 2, 1000); /* 1 ms target, 10 ms jobs */
+  evx_executor *ex = shedding(loop, 2, 40000);
   int total = 0;
   rec warm = {.loop = loop, .total = &total, .stop_at = 1};
-  ck_assert_int_eq(evx_submit(ex, sleep10_work, rec_done, &warm), EVX_OK);
+  ck_assert_int_eq(evx_submit(ex, sleep100_work, rec_done, &warm), EVX_OK);
   evx_test_run(loop, 5000);
   evx_gate gate;
   evx_gate_init(&gate);
@@ -134,15 +143,18 @@ START_TEST(test_idle_worker_admits) {
   evx_gate_wait_entered(&gate, 1);
   rec a = {.loop = loop, .total = &total, .stop_at = 2};
   ck_assert_int_eq(evx_submit(ex, rec_work, rec_done, &a), EVX_OK); /* the second worker is free */
-  rec b = {.loop = loop, .total = &total, .stop_at = 2}; /* not a copy of a: its worker may be writing a.ran */
   evx_test_run(loop, 5000);
   ck_assert_int_eq(a.status, EVX_OK);
-  /* Both busy now (one parked, one parked again): the next would wait ~5 ms > 1 ms. */
+  rec b = {.loop = loop, .total = &total, .stop_at = 99};
   ck_assert_int_eq(evx_submit(ex, evx_gate_park, NULL, &gate), EVX_OK);
-  evx_gate_wait_entered(&gate, 1);
+  evx_gate_wait_entered(&gate, 1); /* both workers busy now */
   ck_assert_int_eq(evx_submit(ex, rec_work, rec_done, &b), EVX_EBUSY);
+  evx_executor_stats st;
+  ck_assert_int_eq(evx_executor_stats_get(ex, &st), EVX_OK);
+  ck_assert_uint_eq(st.shed, 1);
   evx_gate_open(&gate, 2);
   evx_executor_free(ex);
+  ck_assert_int_eq(b.done_calls, 0);
   evx_gate_destroy(&gate);
   evx_test_free_loop(loop);
 }
@@ -152,7 +164,7 @@ END_TEST
  * too, and the strand goes on with the next one. */
 START_TEST(test_strand_job_expires_and_strand_continues) {
   evx_loop *loop = evx_loop_new(NULL);
-  evx_executor *ex = shedding(loop, 1, 20000);
+  evx_executor *ex = shedding(loop, 1, 50000);
   evx_strand *s = evx_strand_new(ex);
   ck_assert_ptr_nonnull(s);
   evx_gate gate;
@@ -162,7 +174,7 @@ START_TEST(test_strand_job_expires_and_strand_continues) {
   evx_gate_wait_entered(&gate, 1);
   rec late = {.loop = loop, .total = &total, .stop_at = 2};
   ck_assert_int_eq(evx_strand_submit(s, rec_work, rec_done, &late), EVX_OK);
-  evx_test_sleep_ms(30);
+  evx_test_sleep_ms(80);
   rec fresh = late;
   evx_gate_open(&gate, 1);
   evx_test_run_until_count(loop, &late.done_calls, 1, 5000);

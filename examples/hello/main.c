@@ -4,15 +4,18 @@
  *   /hello          answered on the loop thread
  *   /work?ms=N      sleeps N ms on the worker pool (a stand-in for a blocking
  *                   library call), then answers; 503 + Retry-After when the
- *                   pool's queue is full; a client that leaves cancels its
- *                   job if it has not started
+ *                   pool's queue is full, or - with --target-wait-ms - when
+ *                   the job would wait longer than that; a client that
+ *                   leaves cancels its job if it has not started (a running
+ *                   one is asked to stop: evx_job_cancelled())
  *   /wait           long poll: answers when someone calls /notify, or
  *                   "timeout" after ?timeout=MS (default 30000)
  *   /notify         wakes every /wait
  *
  *   /co/work, /co/wait   with --coro: /work and /wait as coroutine handlers
  *
- * Usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--quiet] [--coro]
+ * Usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--target-wait-ms N]
+ *                  [--quiet] [--coro]
  * SIGINT/SIGTERM: evx_http_shutdown - stop accepting, let held requests
  * finish for --grace-ms (default 10000), answer the rest 503, cancel the
  * queued jobs, exit 0. A second signal ends the grace at once.
@@ -67,6 +70,8 @@ static void work_done(void *arg, int status) { /* loop thread */
   work *w = arg;
   if (status == EVX_OK)
     evx_request_finishf(w->req, 200, NULL, "slept %ld ms\n", w->ms);
+  else if (status == EVX_ETIMEDOUT) /* waited past --target-wait-ms: shed, never ran */
+    evx_request_reply_busy(w->req, 1);
   else /* cancelled: the client left (finish says EVX_EGONE) or we are shutting down */
     evx_request_finish(w->req, 503, NULL, "cancelled\n", 10);
   free(w);
@@ -170,7 +175,8 @@ static void co_work(evx_request *req, void *arg) {
   }
   int rc = evx_await_job(pool, work_run, &w); /* EVX_EGONE: the client left; nothing to send */
   if (rc == EVX_OK) evx_request_finishf(req, 200, NULL, "slept %ld ms\n", w.ms);
-  else if (rc == EVX_EBUSY) evx_request_reply_busy(req, 1);
+  else if (rc == EVX_EBUSY || rc == EVX_ETIMEDOUT) /* full, or shed by --target-wait-ms */
+    evx_request_reply_busy(req, 1);
   else evx_request_finishf(req, 503, NULL, "%s\n", evx_strerror(rc));
 }
 
@@ -217,6 +223,10 @@ static void usage(FILE *f) {
              "  --threads N   worker threads for /work (default 4)\n"
              "  --spin-us N   an idle worker polls for new jobs for N us before it sleeps\n"
              "                (the executor's spin_us; default 0: sleep at once)\n"
+             "  --target-wait-ms N  load shedding: a /work job that would wait in the\n"
+             "                queue longer than N ms gets 503 + Retry-After at once, and\n"
+             "                one that still waited longer is not run (the executor's\n"
+             "                target_wait_us; default 0: off)\n"
              "  --grace-ms N  at SIGINT/SIGTERM, held requests may finish for N ms (default\n"
              "                10000); then they get 503. A second signal: at once\n"
              "  --quiet       no access log\n"
@@ -227,18 +237,19 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
-  long port = 8080, threads = 4, spin_us = 0, grace_ms = DRAIN_GRACE_MS;
+  long port = 8080, threads = 4, spin_us = 0, grace_ms = DRAIN_GRACE_MS, target_wait_ms = 0;
   int quiet = 0, coro = 0;
   static const struct option opts[] = {{"coro", no_argument, 0, 'c'},{"host", required_argument, 0, 'H'},
                                        {"port", required_argument, 0, 'p'},
                                        {"threads", required_argument, 0, 't'},
                                        {"spin-us", required_argument, 0, 's'},
                                        {"grace-ms", required_argument, 0, 'g'},
+                                       {"target-wait-ms", required_argument, 0, 'w'},
                                        {"quiet", no_argument, 0, 'q'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int c;
-  while ((c = getopt_long(argc, argv, "H:p:t:s:g:qhc", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "H:p:t:s:g:w:qhc", opts, NULL)) != -1) {
     char *end;
     switch (c) {
     case 'H': host = optarg; break;
@@ -270,6 +281,13 @@ int main(int argc, char **argv) {
         return 2;
       }
       break;
+    case 'w':
+      target_wait_ms = strtol(optarg, &end, 10);
+      if (*end || target_wait_ms < 0 || target_wait_ms > 600000) {
+        fprintf(stderr, "evx_hello: bad --target-wait-ms %s\n", optarg);
+        return 2;
+      }
+      break;
     case 'q': quiet = 1; break;
     case 'c': coro = 1; break;
     case 'h': usage(stdout); return 0;
@@ -281,6 +299,8 @@ int main(int argc, char **argv) {
   if (!loop) return 1;
   pool = evx_executor_new(loop, &(evx_executor_opts){.threads = (unsigned)threads,
                                                       .spin_us = (unsigned)spin_us,
+                                                      .target_wait_us =
+                                                          (unsigned)target_wait_ms * 1000u,
                                                       .name = "work"});
   cond = evx_condition_new(loop);
   http = evx_http_new(loop, &(evx_http_opts){.log = quiet ? NULL : evx_http_log_stderr});

@@ -89,7 +89,8 @@ typedef struct evx_executor_opts {
  * @return the executor, owned by the caller (evx_executor_free; the loop frees
  *         any left at evx_loop_free), or NULL with evx_last_error() saying
  *         why: EVX_EINVAL (NULL loop, wrong thread, threads > 1024,
- *         spin_us > 1000000, a field this library does not know),
+ *         spin_us > 1000000, target_wait_us > 600000000, a field this library
+ *         does not know),
  *         EVX_ENOMEM, EVX_EIO (a thread could not be started).
  */
 #define evx_executor_new(loop, ...) \
