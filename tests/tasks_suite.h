@@ -237,6 +237,24 @@ static evx_tasks_stats ts_stats(evx_tasks *q) {
   return s;
 }
 
+/* A handler's own counter moves on its worker before the loop has counted
+ * its answer: wait for the queue's completed counter. */
+typedef struct ts_completed_wait {
+  evx_tasks *q;
+  uint64_t n;
+} ts_completed_wait;
+
+static int ts_completed_reached(void *arg) {
+  ts_completed_wait *w = arg;
+  evx_tasks_stats s;
+  return evx_tasks_stats_get(w->q, &s) == EVX_OK && s.completed >= w->n;
+}
+
+static void ts_wait_completed(evx_tasks *q, uint64_t n) {
+  ts_completed_wait w = {q, n};
+  evx_test_run_until(ts_loop, ts_completed_reached, &w, 10000);
+}
+
 /* Counts are refreshed every 100..1000 ms: wait for one taken after this
  * call that matches. */
 typedef struct ts_count_wait {
@@ -296,6 +314,7 @@ START_TEST(ts_basic) {
   ck_assert_int_gt((int)strlen(evx_future_result(f)), 0);
   evx_future_release(f);
   ts_run_until(&ts.dones, 1, 10000);
+  ts_wait_completed(q, 1);
   ck_assert_int_eq(atomic_load(&ts.seen[7]), 1);
   ck_assert_uint_eq(atomic_load(&ts.last_attempt), 1);
   ck_assert_int_eq(atomic_load(&ts.bad_view), 0);
@@ -332,6 +351,7 @@ START_TEST(ts_many) {
     evx_future_release(fs[i]);
   }
   ts_run_until(&ts.dones, N, 20000);
+  ts_wait_completed(q, N);
   for (int i = 0; i < N; i++) ck_assert_int_eq(atomic_load(&ts.seen[i]), 1);
   ts_wait_counts(q, 0, 0, 0, 0);
   ck_assert_uint_eq(ts_stats(q).completed, N);
@@ -348,6 +368,7 @@ START_TEST(ts_retry_then_done) {
   char *id = ts_enqueue_wait(q, "t", 1, NULL);
   evx_free(id);
   ts_run_until(&ts.dones, 1, 10000);
+  ts_wait_completed(q, 1);
   ck_assert_int_eq(atomic_load(&ts.runs), 3);
   ck_assert_uint_eq(atomic_load(&ts.last_attempt), 3);
   evx_tasks_stats s = ts_stats(q);
