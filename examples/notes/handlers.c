@@ -1,20 +1,22 @@
 /*
  * The notes routes. Every handler runs on the loop thread and never blocks:
- * SQL goes to the reader pool or the writer thread (ext/sqlite), mail to the
- * mailer's thread (ext/mail), and long polls park on an evx_condition.
+ * SQL goes to the reader pool or the writer thread (ext/sqlite), the "new
+ * note" mail is a durable task committed with the note (mailtask.c), and
+ * long polls park on an evx_condition.
  *
  *   POST /notes                {"title": "...", "body": "..."} -> 201 + the note;
- *                              after finish: wake long polls, send the mail
+ *                              (the note and its mail task in one transaction);
+ *                              after finish: wake long polls
  *   GET  /notes[?since=ID&limit=N]  notes with id > since, oldest first
  *   GET  /notes/{id}           one note, 404 when missing
  *   GET  /notes/wait?since=ID[&timeout=MS]  notes newer than ID as soon as
  *                              one exists; 204 after the timeout
  *   GET  /metrics              Prometheus text (evx_http_route_metrics + metrics.c)
  *
- * Ownership: each held request has a small context (post_ctx, read_ctx,
+ * Ownership: each held request has a small context (notes_post, read_ctx,
  * wait_ctx) freed by the callback that finishes the request. A client that
  * leaves cancels a read or a wait that has not started (evx_request_on_close);
- * a write is never cancelled - the note is stored and mailed even if nobody
+ * a write is never cancelled - the note and its mail are stored even if nobody
  * reads the reply.
  */
 #include <errno.h>
@@ -37,8 +39,6 @@ const char notes_schema[] =
     " body TEXT NOT NULL,"
     " created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));";
 
-static const char SQL_INSERT[] =
-    "INSERT INTO notes (title, body) VALUES (?1, ?2) RETURNING id, title, body, created_at";
 static const char SQL_ONE[] = "SELECT id, title, body, created_at FROM notes WHERE id = ?1";
 static const char SQL_LIST[] =
     "SELECT id, title, body, created_at FROM notes WHERE id > ?1 ORDER BY id LIMIT ?2";
@@ -148,66 +148,29 @@ static int utf8_chars(const char *s, size_t len) {
 
 /* ---- POST /notes --------------------------------------------------------------- */
 
-typedef struct post_ctx {
-  notes_app *app;
-  evx_request *req;
-} post_ctx;
-
-static void send_new_note_mail(notes_app *app, const evx_sql_result *r) {
-  if (!app->mailer) return;
-  int64_t id = evx_sql_get_int(r, 0, 0);
-  size_t tlen, blen_;
-  const char *title = cell_text(r, 0, 1, &tlen), *body = cell_text(r, 0, 2, &blen_);
-  char subject[300];
-  /* Cut long titles at a character boundary. */
-  size_t tl = tlen;
-  if (tl > 120) {
-    tl = 120;
-    while (tl > 0 && ((unsigned char)title[tl] & 0xC0) == 0x80) tl--;
-  }
-  snprintf(subject, sizeof subject, "New note #%lld: %.*s%s", (long long)id, (int)tl, title,
-           tl < tlen ? "..." : "");
-  size_t blen = tlen + blen_ + 256;
-  char *text = malloc(blen);
-  if (!text) return;
-  snprintf(text, blen, "%s\n\n%s\n\n-- \nnote %lld, http://%s:%d/notes/%lld\n", title, body,
-           (long long)id, app->cfg.host, evx_http_port(app->http), (long long)id);
-  evx_mail_msg msg = {.from = app->cfg.mail_from, .to = app->cfg.mail_to, .subject = subject,
-                      .body = text};
-  int rc = evx_mail_send(app->mailer, &msg, NULL, NULL, NULL);
-  if (rc != EVX_OK) {
-    /* Overload: the mailer's queue is full (or it is closing). The note is
-     * stored and answered; the mail is dropped, counted and logged - the
-     * first time and then once per 1000, so the log stays readable. */
-    if (app->mail_not_queued++ % 1000 == 0)
-      fprintf(stderr, "evx_notes: mail for note %lld not queued: %s (%llu so far)\n",
-              (long long)id, evx_strerror(rc), (unsigned long long)app->mail_not_queued);
-  }
-  free(text);
-}
-
-static void post_done(evx_sql_result *res, void *arg) {
-  post_ctx *c = arg;
-  notes_app *app = c->app;
-  evx_request *req = c->req;
-  free(c);
-  if (res->status != EVX_OK || res->nrows != 1) {
-    reply_db_error(req, res->status ? res->status : EVX_EIO, res->errmsg);
-    evx_sql_result_free(res);
+/* The note is stored and its mail task enqueued in one transaction
+ * (mailtask.c), so the mail is as durable as the note. */
+static void post_done(void *arg, int status) {
+  notes_post *p = arg;
+  notes_app *app = p->app;
+  evx_request *req = p->req;
+  if (status != EVX_OK) {
+    reply_db_error(req, status, p->errmsg[0] ? p->errmsg : NULL);
+    notes_post_free(p);
     return;
   }
-  int64_t id = evx_sql_get_int(res, 0, 0);
   char location[64];
-  snprintf(location, sizeof location, "/notes/%lld", (long long)id);
+  snprintf(location, sizeof location, "/notes/%lld", (long long)p->id);
   evx_request_set_header(req, "Location", location);
   /* The response ends here (Tornado's finish); the work below still runs,
    * whether or not the client is still there. */
-  reply_json(req, 201, note_json(res, 0));
-
-  if (id > app->latest_id) app->latest_id = id;
+  reply_json(req, 201,
+             json_pack("{s:I, s:s%, s:s%, s:s%}", "id", (json_int_t)p->id, "title", p->title,
+                       p->title_len, "body", p->body, p->body_len, "created_at", p->created_at,
+                       p->created_len));
+  if (p->id > app->latest_id) app->latest_id = p->id;
   if (app->new_note) evx_condition_notify_all(app->new_note);
-  send_new_note_mail(app, res);
-  evx_sql_result_free(res);
+  notes_post_free(p);
 }
 
 static void on_post(evx_request *req, void *arg) {
@@ -238,19 +201,24 @@ static void on_post(evx_request *req, void *arg) {
     json_decref(doc);
     return;
   }
-  evx_sql_value p[2] = {evx_sql_textn(json_string_value(jt), json_string_length(jt)),
-                        jb ? evx_sql_textn(json_string_value(jb), json_string_length(jb))
-                           : evx_sql_text("")};
-  post_ctx *c = malloc(sizeof *c);
-  int rc = c ? EVX_OK : EVX_ENOMEM;
-  if (c) {
-    c->app = app;
-    c->req = req;
-    rc = evx_sqlite_query(app->db, EVX_SQL_WRITE, SQL_INSERT, p, 2, post_done, c);
+  notes_post *p = calloc(1, sizeof *p);
+  int rc = EVX_ENOMEM;
+  if (p) {
+    p->app = app;
+    p->req = req;
+    p->title_len = json_string_length(jt);
+    p->body_len = jb ? json_string_length(jb) : 0;
+    p->title = malloc(p->title_len + 1);
+    p->body = malloc(p->body_len + 1);
+    if (p->title && p->body) {
+      memcpy(p->title, json_string_value(jt), p->title_len + 1);
+      memcpy(p->body, jb ? json_string_value(jb) : "", p->body_len + 1);
+      rc = notes_insert_note(p, post_done);
+    }
   }
-  json_decref(doc); /* the query copied the strings */
+  json_decref(doc);
   if (rc != EVX_OK) {
-    free(c);
+    notes_post_free(p);
     reply_db_error(req, rc, NULL);
   }
 }

@@ -3,11 +3,12 @@
  * "new note" mail sent after the response is finished, long polling, and
  * Prometheus metrics. The demo behind `make demo`.
  *
- * Start-up: open the database (WAL, schema), start the mailer, read the
- * highest note id, then bind and serve. Shutdown (SIGINT/SIGTERM): stop
- * accepting, answer the long polls, let queued queries finish and every
- * pending mail reach its outcome, then exit 0. A second signal, or the
- * --drain-timeout, cancels what is left.
+ * Start-up: open the database (WAL, schema), the mailer and the mail task
+ * queue (which resumes the mail a previous process left), read the highest
+ * note id, then bind and serve. Shutdown (SIGINT/SIGTERM): stop accepting,
+ * answer the long polls, let running mail deliveries and queued queries
+ * finish, leave the mail not sent yet durable for the next start, exit 0. A
+ * second signal, or the --drain-timeout, cancels what is left.
  */
 #include <event2/event.h>
 #include <getopt.h>
@@ -40,13 +41,15 @@ static void usage(FILE *f) {
           "  --mail-to ADDR       recipient of \"new note\" mail (NOTES_MAIL_TO; default notes@localhost)\n"
           "  --mail-from ADDR     sender (default \"evexec notes <notes@localhost>\")\n"
           "  --mail-threads N     mail delivery threads, 1 or 2 (default 1)\n"
-          "  --mail-queue N       mails waiting for a thread; beyond it they are dropped,\n"
-          "                       counted and logged (default 10000)\n"
-          "  --mail-attempts N    delivery attempts per mail (default 5)\n"
-          "  --mail-backoff MS    delay before the first retry, doubling (default 1000)\n"
+          "  --tasks URL          durable store of the mail tasks (NOTES_TASKS; default\n"
+          "                       sqlite:DB, the notes database: a note and its mail commit\n"
+          "                       together)\n"
+          "  --mail-attempts N    delivery attempts per mail, then the dead-letter store (default 5)\n"
+          "  --mail-backoff MS    delay before the first retry, doubling, with jitter (default 1000)\n"
           "  --mail-timeout MS    time limit of one SMTP attempt (default 10000)\n"
           "  --poll-timeout MS    longest long poll (default 30000)\n"
           "  --drain-timeout MS   grace period at shutdown (default 10000)\n"
+          "  --no-mail            no \"new note\" mail (no mailer, no task queue)\n"
           "  --quiet              no access log\n"
           "  --help\n"
           "routes: POST /notes  GET /notes  GET /notes/{id}  GET /notes/wait?since=ID  GET /metrics\n");
@@ -80,7 +83,7 @@ static int configure(int argc, char **argv, notes_config *c) {
                       .mail_to = env_or("NOTES_MAIL_TO", "notes@localhost"),
                       .mail_from = "evexec notes <notes@localhost>",
                       .mail_threads = 1,
-                      .mail_queue = 10000,
+                      .tasks_url = env_or("NOTES_TASKS", NULL),
                       .mail_attempts = 5,
                       .mail_backoff_ms = 1000,
                       .mail_timeout_ms = 10000,
@@ -91,7 +94,7 @@ static int configure(int argc, char **argv, notes_config *c) {
   if (getenv("NOTES_THREADS") &&
       parse_long("NOTES_THREADS", getenv("NOTES_THREADS"), 1, 256, &c->threads))
     return -1;
-  enum { O_MAXQ = 256, O_MTO, O_MFROM, O_MTHREADS, O_MQUEUE, O_MATT, O_MBACK, O_MTIMEOUT, O_POLL, O_DRAIN };
+  enum { O_MAXQ = 256, O_MTO, O_MFROM, O_MTHREADS, O_TASKS, O_MATT, O_MBACK, O_MTIMEOUT, O_POLL, O_DRAIN };
   static const struct option opts[] = {{"host", required_argument, 0, 'H'},
                                        {"port", required_argument, 0, 'p'},
                                        {"threads", required_argument, 0, 't'},
@@ -102,13 +105,14 @@ static int configure(int argc, char **argv, notes_config *c) {
                                        {"mail-to", required_argument, 0, O_MTO},
                                        {"mail-from", required_argument, 0, O_MFROM},
                                        {"mail-threads", required_argument, 0, O_MTHREADS},
-                                       {"mail-queue", required_argument, 0, O_MQUEUE},
+                                       {"tasks", required_argument, 0, O_TASKS},
                                        {"mail-attempts", required_argument, 0, O_MATT},
                                        {"mail-backoff", required_argument, 0, O_MBACK},
                                        {"mail-timeout", required_argument, 0, O_MTIMEOUT},
                                        {"poll-timeout", required_argument, 0, O_POLL},
                                        {"drain-timeout", required_argument, 0, O_DRAIN},
                                        {"quiet", no_argument, 0, 'q'},
+                                       {"no-mail", no_argument, 0, 'M'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int o, bad = 0;
@@ -124,13 +128,14 @@ static int configure(int argc, char **argv, notes_config *c) {
       case O_MTO: c->mail_to = optarg; break;
       case O_MFROM: c->mail_from = optarg; break;
       case O_MTHREADS: bad = parse_long("--mail-threads", optarg, 1, 2, &c->mail_threads); break;
-      case O_MQUEUE: bad = parse_long("--mail-queue", optarg, 1, 1000000, &c->mail_queue); break;
+      case O_TASKS: c->tasks_url = optarg; break;
       case O_MATT: bad = parse_long("--mail-attempts", optarg, 1, 100, &c->mail_attempts); break;
       case O_MBACK: bad = parse_long("--mail-backoff", optarg, 1, 3600000, &c->mail_backoff_ms); break;
       case O_MTIMEOUT: bad = parse_long("--mail-timeout", optarg, 1, 3600000, &c->mail_timeout_ms); break;
       case O_POLL: bad = parse_long("--poll-timeout", optarg, 1, 3600000, &c->poll_timeout_ms); break;
       case O_DRAIN: bad = parse_long("--drain-timeout", optarg, 0, 3600000, &c->drain_ms); break;
       case 'q': c->quiet = 1; break;
+      case 'M': c->no_mail = 1; break;
       case 'h': usage(stdout); return 1;
       default: usage(stderr); return -1;
     }
@@ -153,19 +158,39 @@ static int configure(int argc, char **argv, notes_config *c) {
 
 /* ---- shutdown ----------------------------------------------------------------------- */
 
+/* Order: the server stops taking work and answers everyone (evx_http_shutdown);
+ * the mail queue stops leasing and lets running deliveries finish within the
+ * grace, leaving the rest durable for the next start (evx_tasks_shutdown);
+ * only then the database drains - the queue acknowledges its last tasks
+ * through the database's writer, so it closes after the queue. */
+static evx_future *tasks_f; /* evx_tasks_shutdown's */
+static int db_shut;
+
+static size_t tasks_left(void) {
+  evx_tasks_stats ts;
+  if (!app.tasks || evx_tasks_stats_get(app.tasks, &ts) != EVX_OK) return 0;
+  return (size_t)(ts.ready + ts.delayed + ts.leased);
+}
+
 static int idle(void) {
+  if (tasks_f && evx_future_is_done(tasks_f) && !db_shut) {
+    evx_sqlite_shutdown(app.db, EVX_SHUTDOWN_DRAIN);
+    db_shut = 1;
+  }
+  if (!db_shut) return 0;
   evx_executor_stats r, w;
   evx_executor_stats_get(evx_sqlite_readers(app.db), &r);
   evx_executor_stats_get(evx_sqlite_writer(app.db), &w);
-  return (!shut_f || evx_future_is_done(shut_f)) && r.queued + r.running + w.queued + w.running == 0 &&
-         evx_mailer_pending(app.mailer) == 0;
+  return (!shut_f || evx_future_is_done(shut_f)) && r.queued + r.running + w.queued + w.running == 0;
 }
 
 static void cancel_rest(const char *why) {
-  fprintf(stderr, "evx_notes: %s: cancelling %zu pending mail(s) and queued queries\n", why,
-          evx_mailer_pending(app.mailer));
-  evx_sqlite_shutdown(app.db, EVX_SHUTDOWN_CANCEL);
-  evx_mailer_shutdown(app.mailer, EVX_SHUTDOWN_CANCEL);
+  fprintf(stderr, "evx_notes: %s: cancelling queued queries (mail tasks stay durable)\n", why);
+  evx_future_release(evx_tasks_shutdown(app.tasks, 0)); /* the grace ends now */
+  if (tasks_f && evx_future_is_done(tasks_f)) {
+    evx_sqlite_shutdown(app.db, EVX_SHUTDOWN_CANCEL);
+    db_shut = 1;
+  }
 }
 
 static void drain_check(evutil_socket_t fd, short what, void *arg) {
@@ -196,19 +221,22 @@ static void on_signal(int sig, void *arg) {
     evx_future_release(evx_http_shutdown(app.http, 0)); /* held requests: 503 now */
     return;
   }
-  fprintf(stderr, "evx_notes: signal %d: stopping (%zu mail(s) pending)\n", sig,
-          evx_mailer_pending(app.mailer));
+  fprintf(stderr, "evx_notes: signal %d: stopping (%zu mail task(s) not done yet)\n", sig,
+          tasks_left());
   app.stopping = 1;
   stop_ns = notes_now_ns();
   /* Every client gets an answer: held requests may finish during the drain
    * timeout, the rest get 503 (docs/GUIDE.md, "Shutdown"). */
   shut_f = evx_http_shutdown(app.http, (uint64_t)app.cfg.drain_ms);
-  /* Long polls end now (503); queued queries still run (DRAIN), and the
-   * POSTs among them still queue their mail, so the mailer stays open until
-   * the loop is idle. */
+  /* Long polls end now (503); queued queries still run, and the POSTs among
+   * them still enqueue their mail in their own transaction. */
   evx_condition_free(app.new_note);
   app.new_note = NULL;
-  evx_sqlite_shutdown(app.db, EVX_SHUTDOWN_DRAIN);
+  tasks_f = evx_tasks_shutdown(app.tasks, (uint64_t)app.cfg.drain_ms);
+  if (!tasks_f) { /* no queue: nothing to wait for */
+    evx_sqlite_shutdown(app.db, EVX_SHUTDOWN_DRAIN);
+    db_shut = 1;
+  }
   drain_check(-1, 0, NULL);
 }
 
@@ -236,6 +264,13 @@ static void on_latest(evx_sql_result *res, void *arg) {
     return;
   }
   int port = evx_http_port(app.http);
+  app.port = port; /* read by the mail tasks' workers: set before the queue starts */
+  if (app.tasks && (rc = evx_tasks_start(app.tasks)) != EVX_OK) {
+    fprintf(stderr, "evx_notes: cannot start the mail task queue: %s\n", evx_strerror(rc));
+    exit_code = 1;
+    evx_loop_stop(app.loop);
+    return;
+  }
   fprintf(stderr,
           "evx_notes: listening on http://%s:%d/ (db %s, %ld reader threads, mail %s%s, "
           "latest note %lld)\n",
@@ -267,19 +302,28 @@ int main(int argc, char **argv) {
   evx_mailer_opts mo = {.smtp_url = app.cfg.smtp_url,
                         .spool_dir = app.cfg.spool_dir,
                         .from = app.cfg.mail_from,
-                        .threads = (unsigned)app.cfg.mail_threads,
-                        .max_queue = (size_t)app.cfg.mail_queue,
+                        .threads = 1, /* unused: deliveries run on the task workers */
                         .max_attempts = (unsigned)app.cfg.mail_attempts,
                         .backoff_ms = (uint64_t)app.cfg.mail_backoff_ms,
                         .timeout_ms = app.cfg.mail_timeout_ms,
                         .log = notes_mail_log,
                         .log_arg = &app,
                         .name = "mail"};
-  app.mailer = evx_mailer_new(app.loop, &mo);
+  app.mailer = app.cfg.no_mail ? NULL : evx_mailer_new(app.loop, &mo);
+  if (app.mailer) {
+    rc = notes_tasks_open(&app, &msg);
+    if (rc != EVX_OK) {
+      fprintf(stderr, "evx_notes: cannot open the mail task queue: %s\n",
+              msg ? msg : evx_strerror(rc));
+      evx_free(msg);
+      exit_code = 1;
+      goto out;
+    }
+  }
   app.new_note = evx_condition_new(app.loop);
   evx_http_opts ho = {.log = notes_access_log, .log_arg = &app};
   app.http = evx_http_new(app.loop, &ho);
-  if (!app.mailer || !app.new_note || !app.http || notes_routes(&app) != 0) {
+  if ((!app.mailer && !app.cfg.no_mail) || !app.new_note || !app.http || notes_routes(&app) != 0) {
     fprintf(stderr, "evx_notes: start-up failed (%s)\n",
             !app.mailer ? "mailer: cannot create the spool folder or start threads" : "out of memory");
     exit_code = 1;
@@ -304,6 +348,8 @@ out:
    * finish the requests still open), the mailer (its owed outcomes are
    * logged), then the server, then the loop. */
   evx_future_release(shut_f);
+  evx_future_release(tasks_f);
+  evx_tasks_free(app.tasks); /* before the database it writes through */
   evx_sqlite_close(app.db);
   evx_mailer_free(app.mailer);
   evx_http_free(app.http);

@@ -49,18 +49,20 @@ static void app_metrics(evx_metrics *out, void *arg) {
                     "Open SQLite connections (one per worker thread that ran a query).", NULL,
                     evx_sqlite_connections(app->db));
   if (app->mailer) {
+    /* The mail is a durable task (mailtask.c): these are its outcomes in
+     * this process; the queue's own counts (ready, delayed, leased, dead)
+     * are the evx_tasks_* series. */
     evx_mailer_stats ms;
     evx_mailer_stats_get(app->mailer, &ms);
-    evx_metrics_counter(out, "notes_mail_sent_total", "Mails delivered.", NULL, (double)ms.sent);
-    evx_metrics_counter(out, "notes_mail_failed_total", "Mails given up on.", NULL, (double)ms.failed);
-    evx_metrics_counter(out, "notes_mail_cancelled_total", "Mails cancelled at shutdown.", NULL,
-                        (double)ms.cancelled);
-    evx_metrics_counter(out, "notes_mail_retries_total", "SMTP retries.", NULL, (double)ms.retries);
-    evx_metrics_counter(out, "notes_mail_attempts_total", "SMTP attempts.", NULL, (double)ms.attempts);
-    evx_metrics_gauge(out, "notes_mail_pending", "Mails not delivered nor failed yet.", NULL,
-                      (double)ms.pending);
-    evx_metrics_counter(out, "notes_mail_not_queued_total", "Mails the mailer refused to queue.",
-                        NULL, (double)app->mail_not_queued);
+    evx_metrics_counter(out, "notes_mail_sent_total", "Mails delivered.", NULL,
+                        (double)atomic_load(&app->mail_sent));
+    evx_metrics_counter(out, "notes_mail_failed_total",
+                        "Mails moved to the dead-letter store (last attempt or permanent error).",
+                        NULL, (double)atomic_load(&app->mail_failed));
+    evx_metrics_counter(out, "notes_mail_retries_total", "Delivery attempts that will be retried.",
+                        NULL, (double)atomic_load(&app->mail_retries));
+    evx_metrics_counter(out, "notes_mail_attempts_total", "SMTP (or spool) attempts.", NULL,
+                        (double)ms.attempts);
   }
   evx_metrics_gauge(out, "notes_uptime_seconds", "Seconds since start.", NULL,
                     (double)(notes_now_ns() - app->started_ns) / 1e9);

@@ -3,9 +3,13 @@
  * main.c     flags and environment, start-up, signals, clean shutdown
  * handlers.c the routes: POST/GET /notes, GET /notes/{id}, GET /notes/wait
  * metrics.c  the application's own numbers for GET /metrics (evexec adds
- *            every executor's and the HTTP server's)
+ *            every executor's, the HTTP server's and the task queue's)
+ * mailtask.c the "new note" mail as a durable task, enqueued in the note's
+ *            own transaction (ext/tasks)
  *
- * Everything in notes_app is touched on the loop thread only.
+ * Everything in notes_app is touched on the loop thread only, except what
+ * mailtask.c's worker-thread code reads (set before the loop runs) and the
+ * atomic mail counters.
  */
 #ifndef NOTES_H
 #define NOTES_H
@@ -14,6 +18,8 @@
 #include <evexec/http.h>
 #include <evexec/mail.h>
 #include <evexec/sqlite.h>
+#include <evexec/tasks.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -35,13 +41,14 @@ typedef struct notes_config {
   const char *mail_to;      /* --mail-to, NOTES_MAIL_TO; default notes@localhost */
   const char *mail_from;    /* --mail-from; default "evexec notes <notes@localhost>" */
   long mail_threads;        /* --mail-threads: 1 or 2; default 1 */
-  long mail_queue;          /* --mail-queue: mails waiting before they are dropped; default 10000 */
+  const char *tasks_url;    /* --tasks URL, NOTES_TASKS: the mail's task store; default sqlite:DB */
   long mail_attempts;       /* --mail-attempts; default 5 */
   long mail_backoff_ms;     /* --mail-backoff MS: first retry delay; default 1000 */
   long mail_timeout_ms;     /* --mail-timeout MS: per SMTP attempt; default 10000 */
   long poll_timeout_ms;     /* --poll-timeout MS: longest long poll; default 30000 */
   long drain_ms;            /* --drain-timeout MS: grace at shutdown; default 10000 */
   int quiet;                /* --quiet: no access log */
+  int no_mail;              /* --no-mail: no mailer, no task queue */
 } notes_config;
 
 /* Requests counted by method and status, for /metrics. */
@@ -57,7 +64,9 @@ typedef struct notes_app {
   int64_t latest_id;       /* highest committed note id */
   int stopping;
   uint64_t requests[NOTES_NMETHODS][600];
-  uint64_t mail_not_queued; /* evx_mail_send refused (queue full, closed) */
+  evx_tasks *tasks;          /* the mail queue (mailtask.c); NULL: no mail */
+  int port;                  /* the bound port, for the mail's link */
+  atomic_uint_fast64_t mail_sent, mail_failed, mail_retries; /* task outcomes */
   uint64_t started_ns;
 } notes_app;
 
@@ -70,6 +79,24 @@ void notes_access_log(void *arg, const evx_http_log_entry *e);
 void notes_mail_log(void *arg, int level, const char *line);
 /* Register the application's own numbers with the loop's /metrics. */
 int notes_metrics_init(notes_app *app);
+
+/* mailtask.c: one POST's note on its way through the writer thread. The
+ * strings are malloc'd; insert replaces title/body with the stored text. */
+typedef struct notes_post {
+  notes_app *app;
+  evx_request *req;
+  char *title, *body, *created_at;
+  size_t title_len, body_len, created_len;
+  int64_t id;
+  char errmsg[256];
+} notes_post;
+/* Insert the note and enqueue its mail in one transaction (writer thread);
+ * done(p, status) on the loop thread. evx_sqlite_call's return codes. */
+int notes_insert_note(notes_post *p, evx_done_fn done);
+void notes_post_free(notes_post *p);
+/* Open the mail task queue (--tasks) and register the handler; main starts
+ * it (evx_tasks_start) once the port is known. */
+int notes_tasks_open(notes_app *app, char **errmsg);
 
 /* A JSON error reply: {"error": msg}. */
 int notes_reply_error(evx_request *req, int status, const char *msg);

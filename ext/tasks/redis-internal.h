@@ -83,6 +83,14 @@ unsigned evx__redis_connects(const evx__redis *r);
 /** Drop the current connection now (as if it failed) and reconnect after backoff. */
 void evx__redis_drop(evx__redis *r);
 
+/** Blocking (for a free that must deliver what is owed): drive the current
+ *  connection on the calling thread until no reply is owed, or timeout_ms.
+ *  Callbacks run inside. EVX_OK, or EVX_ETIMEDOUT with replies still owed. */
+int evx__redis_flush(evx__redis *r, unsigned timeout_ms);
+/** Blocking (start-up): drive the first connect and its set-up until READY,
+ *  or timeout_ms. EVX_OK when READY, else EVX_EIO (reconnects go on). */
+int evx__redis_wait_ready(evx__redis *r, unsigned timeout_ms);
+
 /** Send one command (binary-safe argv). EVX_OK; EVX_EIO when not READY or
  *  hiredis refused it; EVX_ENOMEM. On failure fn is never called. */
 int evx__redis_cmd(evx__redis *r, evx__redis_reply_fn fn, void *arg, int argc,

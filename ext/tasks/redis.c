@@ -28,6 +28,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -420,4 +421,38 @@ int evx__redis_cmd(evx__redis *r, evx__redis_reply_fn fn, void *arg, int argc,
 const char *evx__redis_script_sha(const evx__redis *r, size_t i) {
   if (!r || i >= r->nscripts || !r->sha[i][0]) return NULL;
   return r->sha[i];
+}
+
+/* Drive the current connection on the calling thread (blocking) until
+ * done(r) holds, the context is gone, or timeout_ms passed. */
+static void drive(evx__redis *r, int (*done)(const evx__redis *), unsigned timeout_ms) {
+  uint64_t end = evx_now_ns() + (uint64_t)timeout_ms * 1000000u;
+  while (r->ac && !done(r)) {
+    uint64_t now = evx_now_ns();
+    if (now >= end) break;
+    redisContext *c = &r->ac->c;
+    int connected = (c->flags & REDIS_CONNECTED) != 0;
+    /* connecting: writable means the connect finished (hiredis checks it) */
+    struct pollfd p = {.fd = c->fd,
+                       .events = POLLIN | (!connected || sdslen(c->obuf) ? POLLOUT : 0)};
+    int left = (int)((end - now) / 1000000u) + 1;
+    if (poll(&p, 1, left) < 0 && errno != EINTR) break;
+    if (r->ac && (p.revents & (POLLOUT | POLLERR | POLLHUP))) redisAsyncHandleWrite(r->ac);
+    if (r->ac && (p.revents & (POLLIN | POLLHUP | POLLERR))) redisAsyncHandleRead(r->ac);
+  }
+}
+
+static int no_replies_owed(const evx__redis *r) { return r->pending == 0; }
+static int is_ready(const evx__redis *r) { return r->state == EVX__REDIS_READY; }
+
+int evx__redis_flush(evx__redis *r, unsigned timeout_ms) {
+  if (!r) return EVX_EINVAL;
+  if (r->state == EVX__REDIS_READY) drive(r, no_replies_owed, timeout_ms);
+  return r->pending ? EVX_ETIMEDOUT : EVX_OK;
+}
+
+int evx__redis_wait_ready(evx__redis *r, unsigned timeout_ms) {
+  if (!r) return EVX_EINVAL;
+  drive(r, is_ready, timeout_ms);
+  return r->state == EVX__REDIS_READY ? EVX_OK : EVX_EIO;
 }
