@@ -238,8 +238,11 @@ START_TEST(redis_worker_processes) {
   evx_tasks_opts o = ts_opts();
   o.role = EVX_TASKS_ROLE_PRODUCER;
   evx_tasks *q = ts_open_with(&o);
-  enum { N = 2000 };
-  static evx_future *fs[N];
+  enum { NMAX = 2000 };
+  /* EVX_TEST_SLOW (valgrind, sanitizers): fewer tasks, same checks */
+  const int N = getenv("EVX_TEST_SLOW") ? 300 : NMAX;
+  const int kill_after = getenv("EVX_TEST_SLOW") ? 10 : 50;
+  static evx_future *fs[NMAX];
   char p[32];
   for (int i = 0; i < N; i++) {
     int len = snprintf(p, sizeof p, "n=%d", i);
@@ -252,15 +255,15 @@ START_TEST(redis_worker_processes) {
     evx_future_release(fs[i]);
   }
   /* kill worker 0 once it is in the middle of its work */
-  for (int w = 0; w < 1000 && starts_by(pids[0]) < 50; w++) evx_test_sleep_ms(5);
-  ck_assert_int_ge(starts_by(pids[0]), 50);
+  for (int w = 0; w < 2000 && starts_by(pids[0]) < kill_after; w++) evx_test_sleep_ms(5);
+  ck_assert_int_ge(starts_by(pids[0]), kill_after);
   kill(pids[0], SIGKILL);
   int status;
   ck_assert_int_eq(waitpid(pids[0], &status, 0), pids[0]);
   /* every task completes (the killed worker's leases expire after 3 s; shorter
    * leases expire in a loaded machine's live workers too, which is a
    * legitimate duplicate but not the one this test is about) */
-  for (int w = 0; w < 3000 && evx_redis_int(&ts_srv, "HLEN done") < N; w++) evx_test_sleep_ms(5);
+  for (int w = 0; w < 6000 && evx_redis_int(&ts_srv, "HLEN done") < N; w++) evx_test_sleep_ms(5);
   ck_assert_int_eq(evx_redis_int(&ts_srv, "HLEN done"), N);
   for (int i = 1; i < 3; i++) kill(pids[i], SIGTERM);
   for (int i = 1; i < 3; i++) {
@@ -270,7 +273,7 @@ START_TEST(redis_worker_processes) {
   /* a task that started more than once had a start in the killed worker */
   redisReply *starts = evx_redis_cmd(&ts_srv, "LRANGE starts 0 -1");
   ck_assert_ptr_nonnull(starts);
-  static int runs[N], killed_had[N];
+  static int runs[NMAX], killed_had[NMAX];
   memset(runs, 0, sizeof runs);
   memset(killed_had, 0, sizeof killed_had);
   for (size_t i = 0; i < starts->elements; i++) {
