@@ -75,6 +75,12 @@ install-check: docs
 	$(MAKE) install
 	sh scripts/install-check.sh $(PREFIX)
 
+# 10 minutes of mixed hostile load on examples/hello (slow clients, leavers,
+# overload, garbage, long polls); RSS and descriptors bounded and reported.
+SOAK_SECONDS ?= 600
+soak: build
+	/usr/bin/python3 scripts/soak.py --bin $(BUILD)/examples/hello/evx_hello --seconds $(SOAK_SECONDS)
+
 demo: build
 	@sh scripts/demo.sh $(BUILD)
 

@@ -217,7 +217,7 @@ static void on_signal(int sig, void *arg) {
 
 static void usage(FILE *f) {
   fprintf(f, "usage: evx_hello [--host ADDR] [--port N] [--threads N] [--spin-us N] [--grace-ms N]\n"
-             "                 [--quiet] [--help]\n"
+             "                 [--queue N] [--target-wait-ms N] [--coro] [--quiet] [--help]\n"
              "  --host ADDR   address to listen on (default 127.0.0.1)\n"
              "  --port N      port (default 8080; 0 picks a free one)\n"
              "  --threads N   worker threads for /work (default 4)\n"
@@ -229,6 +229,7 @@ static void usage(FILE *f) {
              "                target_wait_us; default 0: off)\n"
              "  --grace-ms N  at SIGINT/SIGTERM, held requests may finish for N ms (default\n"
              "                10000); then they get 503. A second signal: at once\n"
+             "  --queue N     most jobs waiting for a worker (default 4096); then 503\n"
              "  --quiet       no access log\n"
              "  --coro        also serve /co/work and /co/wait: the same handlers as\n"
              "                coroutines (for bench/http.sh)\n"
@@ -238,18 +239,20 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
   long port = 8080, threads = 4, spin_us = 0, grace_ms = DRAIN_GRACE_MS, target_wait_ms = 0;
+  long queue = 0;
   int quiet = 0, coro = 0;
   static const struct option opts[] = {{"coro", no_argument, 0, 'c'},{"host", required_argument, 0, 'H'},
                                        {"port", required_argument, 0, 'p'},
                                        {"threads", required_argument, 0, 't'},
                                        {"spin-us", required_argument, 0, 's'},
                                        {"grace-ms", required_argument, 0, 'g'},
+                                       {"queue", required_argument, 0, 'Q'},
                                        {"target-wait-ms", required_argument, 0, 'w'},
                                        {"quiet", no_argument, 0, 'q'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int c;
-  while ((c = getopt_long(argc, argv, "H:p:t:s:g:w:qhc", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "H:p:t:s:g:w:Q:qhc", opts, NULL)) != -1) {
     char *end;
     switch (c) {
     case 'H': host = optarg; break;
@@ -281,6 +284,13 @@ int main(int argc, char **argv) {
         return 2;
       }
       break;
+    case 'Q':
+      queue = strtol(optarg, &end, 10);
+      if (*end || queue < 1 || queue > 1000000) {
+        fprintf(stderr, "evx_hello: bad --queue %s\n", optarg);
+        return 2;
+      }
+      break;
     case 'w':
       target_wait_ms = strtol(optarg, &end, 10);
       if (*end || target_wait_ms < 0 || target_wait_ms > 600000) {
@@ -299,6 +309,7 @@ int main(int argc, char **argv) {
   if (!loop) return 1;
   pool = evx_executor_new(loop, &(evx_executor_opts){.threads = (unsigned)threads,
                                                       .spin_us = (unsigned)spin_us,
+                                                      .max_queue = (size_t)queue,
                                                       .target_wait_us =
                                                           (unsigned)target_wait_ms * 1000u,
                                                       .name = "work"});
