@@ -151,11 +151,22 @@ END_TEST
  * connection per thread): RPUSH starts "<pid> <payload>" before the work,
  * HINCRBY done <payload> after it. */
 static _Thread_local redisContext *wk_conn;
+static redisContext *wk_conns[16]; /* every thread's, freed at exit (valgrind) */
+static pthread_mutex_t wk_mu = PTHREAD_MUTEX_INITIALIZER;
 static volatile sig_atomic_t wk_term;
 
 static evx_task_result wk_handler(evx_task *t, void *arg) {
   (void)arg;
-  if (!wk_conn) wk_conn = redisConnect("127.0.0.1", ts_srv.port);
+  if (!wk_conn) {
+    wk_conn = redisConnect("127.0.0.1", ts_srv.port);
+    pthread_mutex_lock(&wk_mu);
+    for (size_t i = 0; i < 16; i++)
+      if (!wk_conns[i]) {
+        wk_conns[i] = wk_conn;
+        break;
+      }
+    pthread_mutex_unlock(&wk_mu);
+  }
   size_t len;
   const char *p = evx_task_payload(t, &len);
   redisReply *r = redisCommand(wk_conn, "RPUSH starts %d:%b", (int)getpid(), p, len);
@@ -208,6 +219,8 @@ static void worker_main(void) {
   evx_future_release(w.shut);
   evx_tasks_free(w.q);
   evx_loop_free(w.loop);
+  for (size_t i = 0; i < 16; i++)
+    if (wk_conns[i]) redisFree(wk_conns[i]);
   _exit(0);
 }
 

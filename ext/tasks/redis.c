@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -381,6 +382,11 @@ evx__redis *evx__redis_new(evx_loop *loop, const evx__redis_addr *a, const evx__
     inet_ntop(res->ai_family, sa, r->ip, sizeof r->ip);
     freeaddrinfo(res);
   }
+  /* hiredis writes with write(): a server that went away would kill the
+   * process with SIGPIPE. Ignore it unless the application chose a handler
+   * (writes then fail with EPIPE, which is a lost connection here). */
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
   r->watchdog = evx_call_later(loop, 100, watchdog_cb, r);
   if (!r->watchdog) {
     evx_free(r);
