@@ -237,6 +237,24 @@ static evx_tasks_stats ts_stats(evx_tasks *q) {
   return s;
 }
 
+/* A handler's own counter moves on its worker before the loop has counted
+ * its answer: wait for the queue's completed counter. */
+typedef struct ts_completed_wait {
+  evx_tasks *q;
+  uint64_t n;
+} ts_completed_wait;
+
+static int ts_completed_reached(void *arg) {
+  ts_completed_wait *w = arg;
+  evx_tasks_stats s;
+  return evx_tasks_stats_get(w->q, &s) == EVX_OK && s.completed >= w->n;
+}
+
+static void ts_wait_completed(evx_tasks *q, uint64_t n) {
+  ts_completed_wait w = {q, n};
+  evx_test_run_until(ts_loop, ts_completed_reached, &w, 10000);
+}
+
 /* Counts are refreshed every 100..1000 ms: wait for one taken after this
  * call that matches. */
 typedef struct ts_count_wait {
@@ -348,6 +366,7 @@ START_TEST(ts_retry_then_done) {
   char *id = ts_enqueue_wait(q, "t", 1, NULL);
   evx_free(id);
   ts_run_until(&ts.dones, 1, 10000);
+  ts_wait_completed(q, 1);
   ck_assert_int_eq(atomic_load(&ts.runs), 3);
   ck_assert_uint_eq(atomic_load(&ts.last_attempt), 3);
   evx_tasks_stats s = ts_stats(q);
