@@ -13,11 +13,13 @@
  *                              one exists; 204 after the timeout
  *   GET  /metrics              Prometheus text (evx_http_route_metrics + metrics.c)
  *
- * Ownership: each held request has a small context (notes_post, read_ctx,
- * wait_ctx) freed by the callback that finishes the request. A client that
- * leaves cancels a read or a wait that has not started (evx_request_on_close);
- * a write is never cancelled - the note and its mail are stored even if nobody
- * reads the reply.
+ * Styles: the reads and the long poll are coroutine handlers
+ * (evx_http_route_coro): they await the query or the condition, and a client
+ * that leaves makes that await return EVX_EGONE (a query not started is
+ * cancelled). POST stays a callback handler with a small context
+ * (notes_post) freed by the callback that finishes the request: a write is
+ * never cancelled - the note and its mail are stored even if nobody reads
+ * the reply.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -223,62 +225,28 @@ static void on_post(evx_request *req, void *arg) {
   }
 }
 
-/* ---- reads: GET /notes, GET /notes/{id} ------------------------------------------ */
+/* ---- reads: GET /notes, GET /notes/{id} (coroutine handlers) ------------------- */
 
-typedef struct read_ctx {
-  notes_app *app;
-  evx_request *req;
-  evx_future *f;
-  int64_t id; /* GET /notes/{id}: the id; list: -1 */
-} read_ctx;
-
-static void read_done(evx_future *f, void *arg) {
-  read_ctx *c = arg;
-  int st = evx_future_status(f);
-  evx_sql_result *r = st == EVX_OK ? evx_future_result(f) : NULL;
-  if (!r || r->status != EVX_OK) {
-    reply_db_error(c->req, r ? r->status : st, r ? r->errmsg : NULL);
-  } else if (c->id >= 0) {
-    if (r->nrows == 0) {
-      char msg[64];
-      snprintf(msg, sizeof msg, "note %lld not found", (long long)c->id);
-      notes_reply_error(c->req, 404, msg);
-    } else {
-      reply_json(c->req, 200, note_json(r, 0));
-    }
-  } else {
-    reply_json(c->req, 200, notes_array(r));
-  }
-  evx_future_release(f);
-  free(c);
-}
-
-/* The client left: a query that has not started is cancelled (read_done
- * still runs and finishes the request, which answers EVX_EGONE). */
-static void read_client_left(evx_request *req, void *arg) {
-  (void)req;
-  read_ctx *c = arg;
-  evx_future_cancel(c->f);
-}
-
-static void start_read(notes_app *app, evx_request *req, int64_t id, const char *sql,
-                       const evx_sql_value *p, size_t n) {
-  read_ctx *c = malloc(sizeof *c);
-  evx_future *f = c ? evx_sqlite_query_future(app->db, EVX_SQL_READ, sql, p, n) : NULL;
-  if (!f || evx_future_on_done(f, read_done, c) != EVX_OK) {
-    if (f) {
-      evx_future_cancel(f);
-      evx_future_release(f);
-    }
-    free(c);
+/* Run a read on the reader pool and wait for it. Returns the query's future
+ * (the caller borrows its result and releases the future), or NULL after
+ * answering the error itself. The client leaving makes the await return
+ * EVX_EGONE (a query that has not started is cancelled): nothing to send. */
+static evx_future *await_read(notes_app *app, evx_request *req, const char *sql,
+                              const evx_sql_value *p, size_t n) {
+  evx_future *f = evx_sqlite_query_future(app->db, EVX_SQL_READ, sql, p, n);
+  if (!f) {
     notes_reply_error(req, 500, "out of memory");
-    return;
+    return NULL;
   }
-  c->app = app;
-  c->req = req;
-  c->f = f;
-  c->id = id;
-  evx_request_on_close(req, read_client_left, c);
+  int st = evx_await(f);
+  evx_sql_result *r = st == EVX_OK ? evx_future_result(f) : NULL;
+  if (st != EVX_EGONE && (!r || r->status != EVX_OK))
+    reply_db_error(req, r ? r->status : st, r ? r->errmsg : NULL);
+  if (!r || r->status != EVX_OK) {
+    evx_future_release(f);
+    return NULL;
+  }
+  return f;
 }
 
 static int list_params(evx_request *req, long long *since, long long *limit) {
@@ -300,7 +268,10 @@ static void on_list(evx_request *req, void *arg) {
   long long since, limit;
   if (list_params(req, &since, &limit) != 0) return;
   evx_sql_value p[2] = {evx_sql_int(since), evx_sql_int(limit)};
-  start_read(arg, req, -1, SQL_LIST, p, 2);
+  evx_future *f = await_read(arg, req, SQL_LIST, p, 2);
+  if (!f) return;
+  reply_json(req, 200, notes_array(evx_future_result(f)));
+  evx_future_release(f);
 }
 
 static void on_get_one(evx_request *req, void *arg) {
@@ -310,94 +281,20 @@ static void on_get_one(evx_request *req, void *arg) {
     return;
   }
   evx_sql_value p = evx_sql_int(id);
-  start_read(arg, req, id, SQL_ONE, &p, 1);
-}
-
-/* ---- GET /notes/wait ------------------------------------------------------------------ */
-
-typedef struct wait_ctx {
-  notes_app *app;
-  evx_request *req;
-  evx_future *f; /* the condition wait, then the read */
-  long long since, limit;
-  uint64_t deadline_ns;
-  int reading;
-} wait_ctx;
-
-static void wait_fire(evx_future *f, void *arg);
-
-static void wait_client_left(evx_request *req, void *arg) {
-  (void)req;
-  wait_ctx *c = arg;
-  evx_future_cancel(c->f);
-}
-
-static void wait_finish(wait_ctx *c) {
-  evx_future_release(c->f);
-  free(c);
-}
-
-/* Wait on the condition until the deadline (0 on success). */
-static int wait_arm(wait_ctx *c) {
-  uint64_t now = notes_now_ns();
-  uint64_t left_ms = c->deadline_ns > now ? (c->deadline_ns - now + 999999) / 1000000 : 1;
-  evx_future *f = c->app->new_note ? evx_condition_wait(c->app->new_note, left_ms) : NULL;
-  if (!f) return -1;
-  if (evx_future_on_done(f, wait_fire, c) != EVX_OK) {
-    evx_future_cancel(f);
-    evx_future_release(f);
-    return -1;
-  }
-  c->f = f;
-  return 0;
-}
-
-/* New notes exist: read them (on the reader pool) and answer. */
-static int wait_read(wait_ctx *c) {
-  evx_sql_value p[2] = {evx_sql_int(c->since), evx_sql_int(c->limit)};
-  evx_future *f = evx_sqlite_query_future(c->app->db, EVX_SQL_READ, SQL_LIST, p, 2);
-  if (!f) return -1;
-  if (evx_future_on_done(f, wait_fire, c) != EVX_OK) {
-    evx_future_cancel(f);
-    evx_future_release(f);
-    return -1;
-  }
-  c->f = f;
-  c->reading = 1;
-  return 0;
-}
-
-static void wait_fire(evx_future *f, void *arg) {
-  wait_ctx *c = arg;
-  int st = evx_future_status(f);
-  if (c->reading) {
-    evx_sql_result *r = st == EVX_OK ? evx_future_result(f) : NULL;
-    if (!r || r->status != EVX_OK)
-      reply_db_error(c->req, r ? r->status : st, r ? r->errmsg : NULL);
-    else
-      reply_json(c->req, 200, notes_array(r));
-    wait_finish(c);
-    return;
+  evx_future *f = await_read(arg, req, SQL_ONE, &p, 1);
+  if (!f) return;
+  const evx_sql_result *r = evx_future_result(f);
+  if (r->nrows == 0) {
+    char msg[64];
+    snprintf(msg, sizeof msg, "note %lld not found", (long long)id);
+    notes_reply_error(req, 404, msg);
+  } else {
+    reply_json(req, 200, note_json(r, 0));
   }
   evx_future_release(f);
-  c->f = NULL;
-  if (st == EVX_ETIMEDOUT) {
-    evx_request_finish(c->req, 204, NULL, NULL, 0);
-  } else if (st != EVX_OK) {
-    /* cancelled (the client left: finish says EVX_EGONE) or the condition
-     * was freed because the service is stopping */
-    notes_reply_error(c->req, 503, "the service is shutting down");
-  } else if (c->app->latest_id > c->since) {
-    if (wait_read(c) == 0) return;
-    notes_reply_error(c->req, 503, "cannot read the new notes");
-  } else if (notes_now_ns() >= c->deadline_ns) {
-    evx_request_finish(c->req, 204, NULL, NULL, 0);
-  } else {
-    if (wait_arm(c) == 0) return; /* woken for a note we already had: wait on */
-    notes_reply_error(c->req, 503, "cannot wait");
-  }
-  free(c);
 }
+
+/* ---- GET /notes/wait (a coroutine handler) ---------------------------------------- */
 
 static void on_wait(evx_request *req, void *arg) {
   notes_app *app = arg;
@@ -417,23 +314,39 @@ static void on_wait(evx_request *req, void *arg) {
     notes_reply_error(req, 503, "the service is shutting down");
     return;
   }
-  wait_ctx *c = calloc(1, sizeof *c);
-  if (!c) {
-    notes_reply_error(req, 500, "out of memory");
-    return;
+  uint64_t deadline_ns = notes_now_ns() + (uint64_t)timeout * 1000000ULL;
+  /* Wait until a note newer than `since` exists; a wake-up for a note we
+   * already had waits on until the deadline. */
+  while (app->latest_id <= since) {
+    uint64_t now = notes_now_ns();
+    if (now >= deadline_ns) {
+      evx_request_finish(req, 204, NULL, NULL, 0);
+      return;
+    }
+    evx_future *w = app->new_note
+                        ? evx_condition_wait(app->new_note, (deadline_ns - now + 999999) / 1000000)
+                        : NULL;
+    if (!w) {
+      notes_reply_error(req, 503, "cannot wait");
+      return;
+    }
+    int st = evx_await(w);
+    evx_future_release(w);
+    if (st == EVX_ETIMEDOUT) {
+      evx_request_finish(req, 204, NULL, NULL, 0);
+      return;
+    }
+    if (st == EVX_EGONE) return; /* the client left: nothing to answer */
+    if (st != EVX_OK) {          /* the condition was freed: the service is stopping */
+      notes_reply_error(req, 503, "the service is shutting down");
+      return;
+    }
   }
-  c->app = app;
-  c->req = req;
-  c->since = since;
-  c->limit = LIST_MAX;
-  c->deadline_ns = notes_now_ns() + (uint64_t)timeout * 1000000ULL;
-  int rc = app->latest_id > since ? wait_read(c) : wait_arm(c);
-  if (rc != 0) {
-    free(c);
-    notes_reply_error(req, 503, "cannot wait");
-    return;
-  }
-  evx_request_on_close(req, wait_client_left, c);
+  evx_sql_value p[2] = {evx_sql_int(since), evx_sql_int(LIST_MAX)};
+  evx_future *f = await_read(app, req, SQL_LIST, p, 2);
+  if (!f) return;
+  reply_json(req, 200, notes_array(evx_future_result(f)));
+  evx_future_release(f);
 }
 
 /* ---- routes ----------------------------------------------------------------------------- */
@@ -441,9 +354,9 @@ static void on_wait(evx_request *req, void *arg) {
 int notes_routes(notes_app *app) {
   evx_http *h = app->http;
   if (evx_http_route(h, "POST", "/notes", 0, on_post, app) ||
-      evx_http_route(h, "GET", "/notes", 0, on_list, app) ||
-      evx_http_route(h, "GET", "/notes/wait", 0, on_wait, app) ||
-      evx_http_route(h, "GET", "/notes/{id}", 0, on_get_one, app) ||
+      evx_http_route_coro(h, "GET", "/notes", 0, on_list, app) ||
+      evx_http_route_coro(h, "GET", "/notes/wait", 0, on_wait, app) ||
+      evx_http_route_coro(h, "GET", "/notes/{id}", 0, on_get_one, app) ||
       evx_http_route_metrics(h, "/metrics"))
     return -1;
   /* A long poll may wait --poll-timeout; every other request keeps the server's timeout. */
