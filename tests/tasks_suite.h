@@ -314,6 +314,7 @@ START_TEST(ts_basic) {
   ck_assert_int_gt((int)strlen(evx_future_result(f)), 0);
   evx_future_release(f);
   ts_run_until(&ts.dones, 1, 10000);
+  ts_wait_completed(q, 1);
   ck_assert_int_eq(atomic_load(&ts.seen[7]), 1);
   ck_assert_uint_eq(atomic_load(&ts.last_attempt), 1);
   ck_assert_int_eq(atomic_load(&ts.bad_view), 0);
@@ -350,6 +351,7 @@ START_TEST(ts_many) {
     evx_future_release(fs[i]);
   }
   ts_run_until(&ts.dones, N, 20000);
+  ts_wait_completed(q, N);
   for (int i = 0; i < N; i++) ck_assert_int_eq(atomic_load(&ts.seen[i]), 1);
   ts_wait_counts(q, 0, 0, 0, 0);
   ck_assert_uint_eq(ts_stats(q).completed, N);

@@ -288,7 +288,9 @@ START_TEST(test_mail_survives_sigkill) {
   ck_assert_int_gt(port, 0);
   char url[64];
   snprintf(url, sizeof url, "smtp://127.0.0.1:%d", port);
-  const char *extra[] = {"--smtp", url, "--mail-backoff", "200", "--mail-attempts", "50", NULL};
+  /* --mail-timeout 1000: a lease of the killed process expires 6 s after it began. */
+  const char *extra[] = {"--smtp", url, "--mail-backoff", "200", "--mail-attempts", "50",
+                         "--mail-timeout", "1000", NULL};
   nt_start(&S, extra);
   for (int i = 0; i < 5; i++)
     ck_assert_int_eq(nt_http(&S, "POST", "/notes", "{\"title\":\"kept\"}", &R), 201);
@@ -301,13 +303,14 @@ START_TEST(test_mail_survives_sigkill) {
 
   start_sink(0);
   snprintf(url, sizeof url, "smtp://127.0.0.1:%d", sink.port);
-  const char *again[] = {"--smtp", url, "--mail-backoff", "200", NULL};
+  const char *again[] = {"--smtp", url, "--mail-backoff", "200", "--mail-timeout", "1000", NULL};
   nt_start_in(&S, again);
   int seen[6] = {0};
   for (int n = 0; n < 5; n++) {
     char line[1024], from[128], rcpts[256], file[256];
     int at = 0;
-    ck_assert_int_eq(evx_smtp_sink_line(&sink, line, sizeof line, 15000), 0);
+    ck_assert_msg(evx_smtp_sink_line(&sink, line, sizeof line, 20000) == 0, "mail %d missing; log:\n%s",
+                  n + 1, nt_log(&S));
     ck_assert_int_eq(sscanf(line, "MSG %127s %255s %255s %n", from, rcpts, file, &at), 3);
     int id = 0;
     ck_assert_int_eq(sscanf(line + at, "New note #%d: kept", &id), 1);

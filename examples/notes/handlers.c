@@ -172,6 +172,7 @@ static void post_done(void *arg, int status) {
                        p->created_len));
   if (p->id > app->latest_id) app->latest_id = p->id;
   if (app->new_note) evx_condition_notify_all(app->new_note);
+  notes_enqueue_mail_after(p);
   notes_post_free(p);
 }
 

@@ -13,6 +13,12 @@
  * Message-ID is the task's idempotency key, "<note-ID@evx-notes>", so the copy
  * is recognisable downstream as the same mail.
  *
+ * With a Redis task store (--tasks redis://...) the mail cannot join the
+ * SQLite transaction: it is enqueued right after the commit
+ * (notes_enqueue_mail_after), so a crash between the two loses that mail,
+ * and a refused enqueue (Redis down) is logged and counted, never silent.
+ * --role web enqueues only; --role worker runs only the mail handlers.
+ *
  * Threads: notes_insert_note runs on the SQLite writer thread,
  * note_mail_task on a task worker; both read only what main.c set before the
  * loop ran (app->cfg, app->port, app->mailer, app->tasks) and touch the
@@ -42,20 +48,51 @@ static char *dup_col(sqlite3_stmt *st, int col, size_t *len) {
   return s;
 }
 
-static int enqueue_mail(notes_post *p, sqlite3 *conn) {
-  notes_app *app = p->app;
+/* The task's payload (malloc'd JSON) and key, "<note-ID@evx-notes>". */
+static char *mail_payload(const notes_post *p, char *key, size_t keylen) {
   json_t *doc = json_pack("{s:I, s:s%, s:s%}", "id", (json_int_t)p->id, "title", p->title,
                           p->title_len, "body", p->body, p->body_len);
   char *payload = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
   json_decref(doc);
-  if (!payload) return EVX_ENOMEM;
+  snprintf(key, keylen, "<note-%lld@evx-notes>", (long long)p->id);
+  return payload;
+}
+
+static int enqueue_mail(notes_post *p, sqlite3 *conn) {
   char key[64];
-  snprintf(key, sizeof key, "<note-%lld@evx-notes>", (long long)p->id);
+  char *payload = mail_payload(p, key, sizeof key);
+  if (!payload) return EVX_ENOMEM;
   evx_task_opts to = {.key = key};
-  int rc = evx_tasks_enqueue_sql(app->tasks, conn, NOTE_MAIL_TASK, payload, strlen(payload), &to,
-                                 NULL);
+  int rc = evx_tasks_enqueue_sql(p->app->tasks, conn, NOTE_MAIL_TASK, payload, strlen(payload),
+                                 &to, NULL);
   free(payload);
   return rc;
+}
+
+static void mail_enqueued(evx_future *f, void *arg) {
+  notes_app *app = arg;
+  int st = evx_future_status(f);
+  if (st != EVX_OK) {
+    atomic_fetch_add(&app->mail_failed, 1);
+    fprintf(stderr, "evx_notes: a note's mail was not enqueued: %s\n", evx_strerror(st));
+  }
+  evx_future_release(f);
+}
+
+void notes_enqueue_mail_after(notes_post *p) {
+  notes_app *app = p->app;
+  if (!app->tasks || app->tasks_in_tx) return;
+  char key[64];
+  char *payload = mail_payload(p, key, sizeof key);
+  evx_task_opts to = {.key = key};
+  evx_future *f =
+      payload ? evx_tasks_enqueue(app->tasks, NOTE_MAIL_TASK, payload, strlen(payload), &to) : NULL;
+  free(payload);
+  if (!f || evx_future_on_done(f, mail_enqueued, app) != EVX_OK) {
+    atomic_fetch_add(&app->mail_failed, 1);
+    fprintf(stderr, "evx_notes: mail for note %lld not enqueued: out of memory\n", (long long)p->id);
+    evx_future_release(f);
+  }
 }
 
 /* Writer thread: BEGIN; INSERT ... RETURNING; enqueue the mail; COMMIT. */
@@ -82,7 +119,7 @@ static int insert_fn(sqlite3 *conn, void *arg) {
   if (sqlite3_step(st) != SQLITE_DONE) goto rollback;
   sqlite3_finalize(st);
   st = NULL;
-  if (p->app->tasks) {
+  if (p->app->tasks && p->app->tasks_in_tx) {
     rc = enqueue_mail(p, conn);
     if (rc != EVX_OK) goto rollback_rc;
   }
@@ -191,10 +228,16 @@ int notes_tasks_open(notes_app *app, char **errmsg) {
             url, app->cfg.db_path);
     return EVX_EINVAL;
   }
+  app->tasks_in_tx = is_sqlite;
   evx_tasks_opts o = {.queue = "notes-mail",
+                      .role = app->cfg.role,
                       .workers = (unsigned)app->cfg.mail_threads,
                       .max_attempts = (unsigned)app->cfg.mail_attempts,
                       .backoff_ms = (uint32_t)app->cfg.mail_backoff_ms,
+                      /* One attempt lasts at most --mail-timeout: a lease
+                       * still open 5 s after that belongs to a process that
+                       * died, and its mail is delivered again. */
+                      .visibility_ms = (uint32_t)app->cfg.mail_timeout_ms + 5000,
                       .db = app->db};
   int rc = evx_tasks_open(app->loop, url, &o, &app->tasks, errmsg);
   if (rc != EVX_OK) return rc;

@@ -49,6 +49,8 @@ static void usage(FILE *f) {
           "  --mail-timeout MS    time limit of one SMTP attempt (default 10000)\n"
           "  --poll-timeout MS    longest long poll (default 30000)\n"
           "  --drain-timeout MS   grace period at shutdown (default 10000)\n"
+          "  --role ROLE          web (serve, enqueue mail), worker (only send the mail of\n"
+          "                       a shared --tasks redis://... queue) or all (default)\n"
           "  --no-mail            no \"new note\" mail (no mailer, no task queue)\n"
           "  --quiet              no access log\n"
           "  --help\n"
@@ -113,6 +115,7 @@ static int configure(int argc, char **argv, notes_config *c) {
                                        {"drain-timeout", required_argument, 0, O_DRAIN},
                                        {"quiet", no_argument, 0, 'q'},
                                        {"no-mail", no_argument, 0, 'M'},
+                                       {"role", required_argument, 0, 'R'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int o, bad = 0;
@@ -136,6 +139,15 @@ static int configure(int argc, char **argv, notes_config *c) {
       case O_DRAIN: bad = parse_long("--drain-timeout", optarg, 0, 3600000, &c->drain_ms); break;
       case 'q': c->quiet = 1; break;
       case 'M': c->no_mail = 1; break;
+      case 'R':
+        if (strcmp(optarg, "web") == 0) c->role = EVX_TASKS_ROLE_PRODUCER;
+        else if (strcmp(optarg, "worker") == 0) c->role = EVX_TASKS_ROLE_WORKER;
+        else if (strcmp(optarg, "all") == 0) c->role = EVX_TASKS_ROLE_ALL;
+        else {
+          fprintf(stderr, "evx_notes: --role must be web, worker or all (got \"%s\")\n", optarg);
+          bad = 1;
+        }
+        break;
       case 'h': usage(stdout); return 1;
       default: usage(stderr); return -1;
     }
@@ -255,7 +267,20 @@ static void on_latest(evx_sql_result *res, void *arg) {
   app.latest_id = evx_sql_get_int(res, 0, 0);
   evx_sql_result_free(res);
   if (app.stopping) return;
-  int rc = evx_http_bind(app.http, app.cfg.host, (uint16_t)app.cfg.port);
+  int rc;
+  if (app.cfg.role == EVX_TASKS_ROLE_WORKER) { /* no HTTP: the web processes serve */
+    app.port = (int)app.cfg.port;
+    if (!app.tasks || (rc = evx_tasks_start(app.tasks)) != EVX_OK) {
+      fprintf(stderr, "evx_notes: --role worker needs the mail task queue\n");
+      exit_code = 1;
+      evx_loop_stop(app.loop);
+      return;
+    }
+    fprintf(stderr, "evx_notes: worker: sending the mail of %s\n",
+            app.cfg.tasks_url ? app.cfg.tasks_url : app.cfg.db_path);
+    return;
+  }
+  rc = evx_http_bind(app.http, app.cfg.host, (uint16_t)app.cfg.port);
   if (rc != EVX_OK) {
     fprintf(stderr, "evx_notes: cannot listen on %s:%ld: %s\n", app.cfg.host, app.cfg.port,
             evx_strerror(rc));

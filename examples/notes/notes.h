@@ -49,6 +49,7 @@ typedef struct notes_config {
   long drain_ms;            /* --drain-timeout MS: grace at shutdown; default 10000 */
   int quiet;                /* --quiet: no access log */
   int no_mail;              /* --no-mail: no mailer, no task queue */
+  evx_tasks_role role;      /* --role web|worker|all: EVX_TASKS_ROLE_PRODUCER/WORKER/ALL */
 } notes_config;
 
 /* Requests counted by method and status, for /metrics. */
@@ -66,6 +67,7 @@ typedef struct notes_app {
   uint64_t requests[NOTES_NMETHODS][600];
   evx_tasks *tasks;          /* the mail queue (mailtask.c); NULL: no mail */
   int port;                  /* the bound port, for the mail's link */
+  int tasks_in_tx;           /* the task store is the notes database: enqueue in the note's transaction */
   atomic_uint_fast64_t mail_sent, mail_failed, mail_retries; /* task outcomes */
   uint64_t started_ns;
 } notes_app;
@@ -94,6 +96,8 @@ typedef struct notes_post {
  * done(p, status) on the loop thread. evx_sqlite_call's return codes. */
 int notes_insert_note(notes_post *p, evx_done_fn done);
 void notes_post_free(notes_post *p);
+/* After the commit, for a task store that is not the notes database. */
+void notes_enqueue_mail_after(notes_post *p);
 /* Open the mail task queue (--tasks) and register the handler; main starts
  * it (evx_tasks_start) once the port is known. */
 int notes_tasks_open(notes_app *app, char **errmsg);
