@@ -156,6 +156,38 @@ START_TEST(test_route_timeout) {
 }
 END_TEST
 
+/* ---- 503 bytes in the log --------------------------------------------- */
+
+static void h_busy(evx_request *req, void *arg) {
+  (void)arg;
+  evx_request_reply_busy(req, 2);
+}
+static tc_resp busy_resp;
+static void *busy_client(void *arg) {
+  (void)arg;
+  tc_get(F.port, "/busy", &busy_resp);
+  evx_loop_stop(F.loop);
+  return NULL;
+}
+
+START_TEST(test_busy_logged_with_bytes) {
+  nlog = 0;
+  tc_fixture_init(&F, &(evx_http_opts){.log = test_log});
+  evx_http_route(F.http, "GET", "/busy", 0, h_busy, NULL);
+  tc_fixture_bind(&F);
+  tc_fixture_run(&F, busy_client, NULL);
+  ck_assert_int_eq(busy_resp.status, 503);
+  ck_assert_str_eq(tc_header(&busy_resp, "Retry-After"), "2");
+  char want[64];
+  snprintf(want, sizeof want, "GET /busy 503 %zuB", busy_resp.body_len);
+  ck_assert_uint_gt(busy_resp.body_len, 0);
+  ck_assert_int_eq(nlog, 1);
+  ck_assert_str_eq(log_lines[0], want);
+  tc_resp_free(&busy_resp);
+  tc_fixture_done(&F);
+}
+END_TEST
+
 /* ---- before hook ------------------------------------------------------ */
 
 static int handler_calls;
@@ -259,6 +291,7 @@ static Suite *routes_suite(void) {
   TCase *tc = evx_test_tcase(s, "routes", 20);
   tcase_add_test(tc, test_patterns);
   tcase_add_test(tc, test_route_timeout);
+  tcase_add_test(tc, test_busy_logged_with_bytes);
   tcase_add_test(tc, test_before_hook);
   tcase_add_test(tc, test_free_warns_unfinished);
   return s;
