@@ -60,22 +60,23 @@ START_TEST(test_expired_job_never_runs) {
 }
 END_TEST
 
-/* With a known run time (40 ms, a little more on a busy machine) and the one
- * worker busy, the worst-case wait of a job with k jobs ahead is (k + 1) *
- * 40 ms: with a 100 ms target, two are admitted (40, 80 ms) and the third
- * (120 ms) is refused at once; its done never runs. Without the option, the
- * same submits are all accepted. */
-static void sleep40_work(void *arg) {
-  evx_test_sleep_ms(40);
+/* With a known run time R (300 ms, more on a busy machine) and the one
+ * worker busy, the worst-case wait of a job with k jobs ahead is (k + 1) * R:
+ * with an 880 ms target, two are admitted (R, 2R) and the third (3R >= 900 ms)
+ * is refused at once; its done never runs. The second stays admitted while
+ * the sleep overshoots by up to 140 ms (a 40 ms run and 100 ms target failed
+ * on a loaded machine). Without the option, the same submits are all accepted. */
+static void sleep300_work(void *arg) {
+  evx_test_sleep_ms(300);
   rec_work(arg);
 }
 
 START_TEST(test_shed_at_submit) {
   evx_loop *loop = evx_loop_new(NULL);
-  evx_executor *ex = shedding(loop, 1, 100000);
+  evx_executor *ex = shedding(loop, 1, 880000);
   int total = 0;
   rec warm = {.loop = loop, .total = &total, .stop_at = 1};
-  ck_assert_int_eq(evx_submit(ex, sleep40_work, rec_done, &warm), EVX_OK);
+  ck_assert_int_eq(evx_submit(ex, sleep300_work, rec_done, &warm), EVX_OK);
   evx_test_run(loop, 5000); /* one run time is known now */
 
   evx_gate gate;
@@ -104,7 +105,7 @@ START_TEST(test_shed_at_submit) {
   ex = shedding(loop, 1, 0);
   total = 0;
   warm = (rec){.loop = loop, .total = &total, .stop_at = 1};
-  ck_assert_int_eq(evx_submit(ex, sleep40_work, rec_done, &warm), EVX_OK);
+  ck_assert_int_eq(evx_submit(ex, sleep300_work, rec_done, &warm), EVX_OK);
   evx_test_run(loop, 5000);
   evx_gate_init(&gate);
   ck_assert_int_eq(evx_submit(ex, evx_gate_park, NULL, &gate), EVX_OK);
@@ -125,17 +126,21 @@ END_TEST
 /* A free worker means no wait: never shed, whatever the run time; with
  * both workers busy the next job may wait a whole run time (~88 ms, the
  * EWMA of 100 and ~0) > 40 ms: shed. */
-static void sleep100_work(void *arg) {
-  evx_test_sleep_ms(100);
+static void sleep400_work(void *arg) {
+  evx_test_sleep_ms(400);
   rec_work(arg);
 }
 
+/* The warm-up job seeds the run-time average with >= 400 ms, so the
+ * estimate for a job behind two busy workers is >= 350 ms (> the 300 ms
+ * target: shed), while a job with a free worker is admitted and has 300 ms
+ * of slack for the worker's wakeup on a loaded machine (40 ms was not enough). */
 START_TEST(test_idle_worker_admits) {
   evx_loop *loop = evx_loop_new(NULL);
-  evx_executor *ex = shedding(loop, 2, 40000);
+  evx_executor *ex = shedding(loop, 2, 300000);
   int total = 0;
   rec warm = {.loop = loop, .total = &total, .stop_at = 1};
-  ck_assert_int_eq(evx_submit(ex, sleep100_work, rec_done, &warm), EVX_OK);
+  ck_assert_int_eq(evx_submit(ex, sleep400_work, rec_done, &warm), EVX_OK);
   evx_test_run(loop, 5000);
   evx_gate gate;
   evx_gate_init(&gate);
@@ -164,7 +169,7 @@ END_TEST
  * too, and the strand goes on with the next one. */
 START_TEST(test_strand_job_expires_and_strand_continues) {
   evx_loop *loop = evx_loop_new(NULL);
-  evx_executor *ex = shedding(loop, 1, 50000);
+  evx_executor *ex = shedding(loop, 1, 200000);
   evx_strand *s = evx_strand_new(ex);
   ck_assert_ptr_nonnull(s);
   evx_gate gate;
@@ -174,7 +179,7 @@ START_TEST(test_strand_job_expires_and_strand_continues) {
   evx_gate_wait_entered(&gate, 1);
   rec late = {.loop = loop, .total = &total, .stop_at = 2};
   ck_assert_int_eq(evx_strand_submit(s, rec_work, rec_done, &late), EVX_OK);
-  evx_test_sleep_ms(80);
+  evx_test_sleep_ms(250); /* past the 200 ms target; a fresh job then has 200 ms of slack */
   rec fresh = late;
   evx_gate_open(&gate, 1);
   evx_test_run_until_count(loop, &late.done_calls, 1, 5000);
