@@ -632,19 +632,22 @@ START_TEST(test_guard_page) {
   close(fds[0]);
   int status;
   ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-#ifdef EVX_TSAN
-  /* TSan handles SIGSEGV ahead of any user handler: it reports the stack
-   * overflow itself and exits 66. The guard page did its job either way. */
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 66) {
-    ck_assert_msg(strstr(out, "stack-overflow") != NULL, "message: %s", out);
+#if defined(EVX_TSAN) || defined(__SANITIZE_ADDRESS__)
+  /* TSan and ASan may handle SIGSEGV ahead of our handler: they report the
+   * stack overflow themselves and exit (TSan 66, ASan 1). The guard page did
+   * its job either way: the overflow was caught, not silent corruption. */
+  if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
+    ck_assert_msg(strstr(out, "stack-overflow") != NULL || strstr(out, "coroutine stack overflow"),
+                  "message: %.300s", out);
     return;
   }
 #endif
-  ck_assert_msg(WIFSIGNALED(status), "the child was not killed by a signal (status %d): %s",
+  /* Messages are cut: Check refuses a failure message over its buffer. */
+  ck_assert_msg(WIFSIGNALED(status), "the child was not killed by a signal (status %d): %.300s",
                 status, out);
   ck_assert_int_eq(WTERMSIG(status), SIGSEGV);
-  ck_assert_msg(strstr(out, "coroutine stack overflow") != NULL, "message: %s", out);
-  ck_assert_msg(strstr(out, "65536 bytes") != NULL, "message: %s", out);
+  ck_assert_msg(strstr(out, "coroutine stack overflow") != NULL, "message: %.300s", out);
+  ck_assert_msg(strstr(out, "65536 bytes") != NULL, "message: %.300s", out);
 }
 END_TEST
 
