@@ -78,16 +78,16 @@ START_TEST(redis_restart_loses_no_acked_task) {
   enum { N = 400 };
   evx_future *fs[N];
   for (int i = 0; i < N / 2; i++) fs[i] = ts_enqueue(q, "t", i, NULL);
-  for (int i = 0; i < N / 2; i++) ck_assert_int_eq(ts_wait(fs[i], 10000), EVX_OK);
+  for (int i = 0; i < N / 2; i++) ck_assert_int_eq(ts_wait(fs[i], 30000), EVX_OK);
   ck_assert_int_eq(evx_tasks_start(q), EVX_OK);
-  ts_run_until(&ts.dones, 20, 10000);
+  ts_run_until(&ts.dones, 20, 30000);
   evx_redis_kill(&ts_srv); /* mid-run: leases, acks and enqueues in flight */
   for (int i = N / 2; i < N; i++) fs[i] = ts_enqueue(q, "t", i, NULL);
   ts_run_for(50);
   ck_assert_int_eq(evx_redis_restart(&ts_srv), 0);
   int acked = 0;
   for (int i = 0; i < N; i++) {
-    int st = ts_wait(fs[i], 10000);
+    int st = ts_wait(fs[i], 30000);
     ck_assert_msg(st == EVX_OK || st == EVX_EIO, "status %d", st);
     if (st == EVX_OK) acked++;
   }
