@@ -217,6 +217,40 @@ START_TEST(synchronous_normal) {
 }
 END_TEST
 
+/* The options follow the sized scheme of common.h: a caller compiled with a
+ * longer struct that sets a field this library does not know is refused,
+ * one that leaves it zero is served, and the plain function (its address)
+ * reads the first layout. */
+START_TEST(opts_sized) {
+  ts_begin(TS_DONE);
+  struct {
+    evx_tasks_opts base;
+    int future_field;
+  } n;
+  memset(&n, 0, sizeof n); /* the tail padding too: the library reads every byte past its struct */
+  n.base = ts_opts();
+  n.future_field = 1;
+  n.base.role = EVX_TASKS_ROLE_PRODUCER;
+  evx_tasks *q = NULL;
+  char *msg = NULL;
+  ck_assert_int_eq(evx_tasks_open_sized(ts_loop, ts_url, &n.base, &q, &msg, sizeof n), EVX_EINVAL);
+  ck_assert_ptr_null(q);
+  ck_assert_ptr_nonnull(msg);
+  ck_assert_ptr_nonnull(strstr(msg, "does not know"));
+  evx_free(msg);
+  n.future_field = 0;
+  ck_assert_int_eq(evx_tasks_open_sized(ts_loop, ts_url, &n.base, &q, &msg, sizeof n), EVX_OK);
+  ck_assert_ptr_null(msg);
+  ts_shutdown_free(q, 0);
+  int (*plain)(evx_loop *, const char *, const evx_tasks_opts *, evx_tasks **, char **) =
+      evx_tasks_open;
+  q = NULL;
+  ck_assert_int_eq(plain(ts_loop, ts_url, &n.base, &q, NULL), EVX_OK);
+  ts_shutdown_free(q, 0);
+  ts_end();
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("tasks_sqlite");
   ts_suite_add(s);
@@ -225,5 +259,6 @@ int main(void) {
   tcase_add_test(tc, enqueue_sql_wrong_database);
   tcase_add_test(tc, corrupt_rows);
   tcase_add_test(tc, synchronous_normal);
+  tcase_add_test(tc, opts_sized);
   return evx_test_main(s);
 }

@@ -35,6 +35,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -190,9 +191,11 @@ static void set_errmsg(char **errmsg, const char *msg) {
   if (errmsg && !*errmsg) *errmsg = evx_strdup(msg);
 }
 
-static int fill_opts(const evx_tasks_opts *in, evx_tasks_opts *o, char **errmsg) {
-  memset(o, 0, sizeof *o);
-  if (in) *o = *in;
+static int fill_opts(const evx_tasks_opts *in, size_t in_size, evx_tasks_opts *o, char **errmsg) {
+  if (evx__opts_copy(o, sizeof *o, in, in_size) != EVX_OK) {
+    set_errmsg(errmsg, "an option this version of evexec_tasks does not know is set");
+    return EVX_EINVAL;
+  }
   if (!o->queue) o->queue = "default";
   if (!evx__tasks_name_ok(o->queue, strlen(o->queue))) {
     set_errmsg(errmsg, "queue name must be 1..128 bytes of [A-Za-z0-9_.:-]");
@@ -290,8 +293,16 @@ static void tasks_on_metrics(evx__loop_member *m, struct evx_metrics *out) {
                                s.run_hist, 24, s.run_ns_total);
 }
 
-int evx_tasks_open(evx_loop *loop, const char *url, const evx_tasks_opts *opts, evx_tasks **out,
-                   char **errmsg) {
+/* The first layout of evx_tasks_opts (what the plain evx_tasks_open reads). */
+#define TASKS_OPTS_V0 (offsetof(evx_tasks_opts, db) + sizeof(struct evx_sqlite *))
+
+int(evx_tasks_open)(evx_loop *loop, const char *url, const evx_tasks_opts *opts, evx_tasks **out,
+                    char **errmsg) {
+  return evx_tasks_open_sized(loop, url, opts, out, errmsg, TASKS_OPTS_V0);
+}
+
+int evx_tasks_open_sized(evx_loop *loop, const char *url, const evx_tasks_opts *opts,
+                         evx_tasks **out, char **errmsg, size_t opts_size) {
   if (errmsg) *errmsg = NULL;
   if (out) *out = NULL;
   if (!loop || !url || !out || !evx__loop_thread_ok(loop)) return EVX_EINVAL;
@@ -310,7 +321,7 @@ int evx_tasks_open(evx_loop *loop, const char *url, const evx_tasks_opts *opts, 
     return EVX_EINVAL;
   }
   evx_tasks_opts o;
-  int err = fill_opts(opts, &o, errmsg);
+  int err = fill_opts(opts, opts_size, &o, errmsg);
   if (err) return err;
 
   evx_tasks *q = evx_calloc(1, sizeof *q);

@@ -77,9 +77,9 @@ EVX_API int evx_last_error(void);
 
 /*
  * Options structs and the ABI. Every constructor that takes an options
- * struct (evx_executor_new, evx_http_new, evx_sqlite_open, evx_mailer_new)
- * is a macro that also passes the size of the struct the caller was
- * compiled with to a sized entry point, e.g.
+ * struct (evx_executor_new, evx_http_new, evx_go, evx_sqlite_open,
+ * evx_mailer_new, evx_tasks_open) is a macro that also passes the size of
+ * the struct the caller was compiled with to a sized entry point, e.g.
  *   #define evx_executor_new(loop, ...) \
  *     evx_executor_new_sized((loop), (__VA_ARGS__), sizeof(evx_executor_opts))
  * so source written against any version of the headers compiles unchanged,

@@ -115,10 +115,19 @@ typedef struct evx_tasks_opts {
  *         wrong thread); EVX_EIO (the backend could not be opened: *errmsg);
  *         EVX_ENOMEM. A Redis server that is down at open is not an error:
  *         the queue reconnects with backoff (enqueue answers EVX_EIO meanwhile,
- *         unless an outbox keeps the task).
+ *         unless an outbox keeps the task). An option this version of
+ *         evexec_tasks does not know, set non-zero, is EVX_EINVAL too.
+ * A macro over evx_tasks_open_sized (see "Options structs and the ABI" in
+ * common.h); source calling evx_tasks_open(loop, url, opts, out, errmsg) is
+ * unchanged.
  */
-EVX_API int evx_tasks_open(evx_loop *loop, const char *url, const evx_tasks_opts *opts,
-                           evx_tasks **out, char **errmsg);
+#define evx_tasks_open(loop, url, ...) \
+  evx_tasks_open_sized((loop), (url), __VA_ARGS__, sizeof(evx_tasks_opts))
+EVX_API int evx_tasks_open_sized(evx_loop *loop, const char *url, const evx_tasks_opts *opts,
+                                 evx_tasks **out, char **errmsg, size_t opts_size);
+/** The function behind the macro, for its address: reads the first layout of the options. */
+EVX_API int(evx_tasks_open)(evx_loop *loop, const char *url, const evx_tasks_opts *opts,
+                            evx_tasks **out, char **errmsg);
 
 /**
  * Register the handler for tasks called `name` (copied; 1..128 bytes of
