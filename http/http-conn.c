@@ -323,15 +323,15 @@ static void evx__conn_try_fail(evx__conn *c) {
     return;
   }
   char resp[256];
-  size_t body_bytes = 0;
   const char *reason = evx__http_reason(c->bad);
   evutil_socket_t fd = bufferevent_getfd(c->bev);
   int n = snprintf(resp, sizeof resp,
                    "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
                    "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
                    c->bad, reason, strlen(reason) + 1, reason);
-  /* an empty socket buffer always takes the whole reply: count its body */
-  if (evx__conn_send_raw(fd, resp, (size_t)n) == (ssize_t)n) body_bytes = strlen(reason) + 1;
+  /* an empty socket buffer takes the whole reply; count the body bytes that left */
+  size_t body_bytes = evx__raw_body_sent(evx__conn_send_raw(fd, resp, (size_t)n), (size_t)n,
+                                         strlen(reason) + 1);
   h->st.status[4 + (c->bad >= 500)]++;
   /* logged and counted like every other reply evexec sends (the path is not
    * kept by the scanner: "-") */

@@ -2,7 +2,8 @@
  * over max_body_size gets evexec's 413 (text body, Connection: close,
  * logged with its bytes, counted in the stats and the metrics) - not
  * evhttp's unlogged HTML one; a chunked body of exactly max_body_size is
- * served; huge chunk sizes are 4xx. */
+ * served; huge chunk sizes are 4xx; and the 503 that evx_http_shutdown
+ * writes straight to a held request's socket is logged with its bytes. */
 #include "test_http_util.h"
 
 #include <evexec/metrics.h>
@@ -184,10 +185,77 @@ START_TEST(test_huge_chunk_sizes) {
 }
 END_TEST
 
+/* ---- the shutdown's 503 ------------------------------------------------ */
+
+static sem_t held_sem;
+static evx_request *held_req;
+static evx_future *shut_f;
+static int late_rc;
+static tc_resp sd_resp;
+static int sd_eof;
+
+static void h_hold(evx_request *req, void *arg) {
+  (void)arg;
+  held_req = req;
+  sem_post(&held_sem);
+}
+
+static void start_shutdown(void *arg) {
+  (void)arg;
+  shut_f = evx_http_shutdown(F.http, 0); /* no grace: the held request gets 503 */
+}
+
+static void finish_late(void *arg) {
+  (void)arg;
+  late_rc = evx_request_finish(held_req, 200, NULL, "late", 4);
+}
+
+static void *shutdown_client(void *arg) {
+  (void)arg;
+  int fd = tc_connect(F.port);
+  tc_send(fd, "GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
+  tc_sem_wait(&held_sem);
+  tc_on_loop(F.loop, start_shutdown, NULL);
+  tc_conn c;
+  tc_conn_init(&c, fd);
+  tc_read_resp(&c, &sd_resp, 0);
+  sd_eof = tc_wait_eof(&c);
+  close(fd);
+  tc_on_loop(F.loop, finish_late, NULL);
+  evx_loop_stop(F.loop);
+  return NULL;
+}
+
+START_TEST(test_shutdown_503_logged) {
+  nlogs = 0;
+  sem_init(&held_sem, 0, 0);
+  tc_fixture_init(&F, &(evx_http_opts){.log = test_log});
+  evx_http_route(F.http, NULL, "/hold", 0, h_hold, NULL);
+  tc_fixture_bind(&F);
+  tc_fixture_run(&F, shutdown_client, NULL);
+  ck_assert_int_eq(sd_resp.status, 503);
+  ck_assert_str_eq(sd_resp.body, "shutting down\n");
+  ck_assert(sd_eof);
+  tc_resp_free(&sd_resp);
+  ck_assert_int_eq(late_rc, EVX_ECLOSED);
+  ck_assert_int_eq(nlogs, 1);
+  ck_assert_str_eq(logs[0], "GET /hold 503 14");
+  evx_http_stats st;
+  evx_http_stats_get(F.http, &st);
+  ck_assert_uint_eq(st.status[5], 1);
+  ck_assert_uint_eq(st.bytes_out, 14);
+  ck_assert_ptr_nonnull(shut_f);
+  evx_future_release(shut_f);
+  sem_destroy(&held_sem);
+  tc_fixture_done(&F);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("http_own_errors");
   TCase *tc = evx_test_tcase(s, "own_errors", 30);
   tcase_add_test(tc, test_chunked_over_limit);
   tcase_add_test(tc, test_huge_chunk_sizes);
+  tcase_add_test(tc, test_shutdown_503_logged);
   return evx_test_main(s);
 }
