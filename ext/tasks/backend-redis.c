@@ -26,6 +26,31 @@
  *    their error, never handed to the layer.
  * Every op that was accepted owes exactly one completion; st->owed counts
  * them so shutdown can report closed once the last one came back.
+ *
+ * OUTBOX (opts->db set: the transactional outbox pattern)
+ *  - enqueue and enqueue_sql do not talk to Redis: they store the task as a
+ *    row of the application's database (evx__tasks_outbox_open: the SQLite
+ *    backend's group commit on that database's writer, or the caller's own
+ *    transaction), and the enqueue future settles when that row committed.
+ *    The task id is "o<tag>-<rowid>" (tag: random, kept in the database).
+ *  - The forwarder (loop thread) leases a batch of due rows in rowid order,
+ *    sends one ENQUEUE script per row, pipelined on the main connection
+ *    (Redis applies them in that order), and deletes a row (settle DONE)
+ *    only after Redis answered its script; a row whose forward failed is
+ *    given back (release) and goes first in the next batch. One batch at a
+ *    time. It runs when a row was added, when the connection comes up, when
+ *    a batch ends full, and every poll_ms (delayed rows falling due, rows
+ *    another process gave up).
+ *  - Every forward carries an idempotency key (SET NX, as enqueue's keys):
+ *    the task's own key, or evx:{Q}:f:TASK-ID for 1 day. A crash between the
+ *    script and the delete forwards the row again after its outbox lease
+ *    (visibility_ms) expires; the key makes that second forward a no-op.
+ *  - Redis down: rows wait in the outbox, bounded by max_pending (the layer
+ *    counts outbox rows: evx__tasks_outbox_depth); forwarding resumes on
+ *    reconnect.
+ *  - Shutdown waits for the batch in flight, then shuts the outbox down and
+ *    reports closed once both are closed. Free frees Redis first (forwards
+ *    in flight come back failed and are given back), then the outbox.
  */
 #include "tasks-backend.h"
 
@@ -48,6 +73,8 @@ static const char *const scripts[] = {EVX__LUA_ENQUEUE, EVX__LUA_LEASE, EVX__LUA
 
 #define GROUP "evx"
 #define KEY_TTL_S "604800" /* idempotency keys: 7 days */
+#define FWD_TTL_S "86400"  /* forwarding keys of outbox rows: 1 day */
+#define OB_BATCH 256       /* outbox rows per forwarding batch */
 
 typedef struct rstate {
   evx_tasks *q;
@@ -71,6 +98,20 @@ typedef struct rstate {
   uint64_t last_claim_ns; /* last lease that looked for expired leases */
   uint32_t lease_vis;
   uint64_t malformed; /* entries dead-lettered as malformed */
+  /* The local outbox (opts->db; see "OUTBOX" above). Loop thread. */
+  void *ob;                      /* the outbox's SQLite-backend state, or NULL */
+  evx__tasks_outbox_sink ob_sink;
+  char ob_tag[24];               /* the database's tag: task ids are o<tag>-<rowid> */
+  char k_fprefix[300];           /* forwarding keys: evx:{Q}:f:TASK-ID */
+  int ob_busy;                   /* a batch is in flight (its lease or its forwards) */
+  int ob_more;                   /* rows were added while busy: go again at once */
+  int ob_failed;                 /* a forward of this batch failed */
+  size_t ob_left;                /* rows of this batch not given back yet */
+  size_t ob_got;                 /* rows in this batch */
+  int ob_counting;               /* an outbox count is in flight */
+  int ob_shut;                   /* the outbox's shutdown was called */
+  int ob_closed;                 /* ... and it reported closed */
+  evx_timer *ob_timer;           /* the next poll of the outbox */
 } rstate;
 
 static int64_t wall_ms(void) { return evx__tasks_wall_ms(); }
@@ -172,10 +213,14 @@ static void create_group(rstate *st) {
   internal_cmd(st, 6, argv, NULL);
 }
 
+static void ob_kick(rstate *st);
+
 static void on_main_state(evx__redis *r, int up, void *arg) {
   (void)r;
   rstate *st = arg;
-  if (up && !st->freed) create_group(st); /* the first command on every new connection */
+  if (!up || st->freed) return;
+  create_group(st); /* the first command on every new connection */
+  ob_kick(st);      /* rows kept while Redis was away */
 }
 
 /* Dead-letter a malformed entry we hold the lease of (SETTLE fail). */
@@ -239,6 +284,189 @@ static evx__task_rec *entry_rec(rstate *st, const redisReply *id, uint64_t dl, c
   return r;
 }
 
+/* ---- the outbox forwarder ---------------------------------------------------- */
+
+#define SQ (&evx__tasks_backend_sqlite)
+
+static void ob_kick(rstate *st);
+
+static void ob_tick(void *arg) {
+  rstate *st = arg;
+  st->ob_timer = NULL;
+  ob_kick(st);
+}
+
+static void ob_arm(rstate *st) {
+  if (st->ob_timer || st->closing || st->freeing || !st->ob) return;
+  st->ob_timer = evx_call_later(st->loop, st->o->poll_ms ? st->o->poll_ms : 200, ob_tick, st);
+}
+
+/* Shut the outbox down once no batch is in flight (after r_shutdown). */
+static void ob_try_shut(rstate *st) {
+  if (!st->ob || st->closing < 2 || st->ob_busy || st->ob_shut || st->freeing) return;
+  st->ob_shut = 1;
+  SQ->shutdown(st->ob);
+}
+
+/* One row of the batch is back with the outbox (deleted or given back). */
+static void ob_row_done(rstate *st) {
+  if (--st->ob_left) return;
+  st->ob_busy = 0;
+  if (st->freeing) return;
+  if (st->closing) {
+    ob_try_shut(st);
+    return;
+  }
+  if (!st->ob_failed && (st->ob_more || st->ob_got == OB_BATCH))
+    ob_kick(st);
+  else
+    ob_arm(st);
+}
+
+/* Hand a forwarded row back to the outbox: delete it (acked) or release it. */
+static void ob_giveback(rstate *st, evx__task_rec *r, int acked) {
+  if (!acked) st->ob_failed = 1;
+  int rc = acked ? SQ->settle(st->ob, r, EVX_TASK_DONE, 0) : SQ->release(st->ob, r);
+  if (rc != EVX_OK) {
+    /* the outbox lease expires and the row is forwarded again (its key makes
+     * that harmless when this forward reached Redis) */
+    evx__task_rec_free(r);
+    ob_row_done(st);
+  }
+}
+
+static void fwd_reply(evx__redis *r, redisReply *rep, void *arg) {
+  (void)r;
+  evx__task_rec *rec = arg;
+  rstate *st = rec->owner;
+  if (st->freed) {
+    evx__task_rec_free(rec);
+    return;
+  }
+  int rc = reply_error(st, rep, "outbox forward");
+  /* {task id, deduplicated}: either way Redis has the task now */
+  int acked = rc == EVX_OK && is_str(elem(rep, 0));
+  ob_giveback(st, rec, acked);
+}
+
+/* The ENQUEUE script for one outbox row (rec->id: its rowid). */
+static int ob_send(rstate *st, evx__task_rec *t) {
+  const char *sha = evx__redis_script_sha(st->main, S_ENQUEUE);
+  if (!sha || !evx__redis_ready(st->main)) return EVX_EIO;
+  char tid[64], kk[512], m[16], b[16], ts[24], now[24];
+  snprintf(tid, sizeof tid, "o%s-%s", st->ob_tag, t->id);
+  if (t->key)
+    snprintf(kk, sizeof kk, "%s%s", st->k_kprefix, t->key);
+  else
+    snprintf(kk, sizeof kk, "%s%s", st->k_fprefix, tid);
+  snprintf(m, sizeof m, "%u", t->max_attempts);
+  snprintf(b, sizeof b, "%u", (unsigned)t->backoff_ms);
+  snprintf(ts, sizeof ts, "%lld", (long long)t->enqueued_ms);
+  snprintf(now, sizeof now, "%lld", (long long)wall_ms());
+  const char *argv[32];
+  size_t lens[32];
+  int n = 0;
+#define ARG(s, l) (argv[n] = (s), lens[n] = (l), n++)
+#define ARGS(s) ARG(s, strlen(s))
+  ARGS("EVALSHA");
+  ARGS(sha);
+  ARGS("4");
+  ARGS(st->k_stream);
+  ARGS(st->k_delayed);
+  ARGS(kk);
+  ARGS(st->k_seq);
+  ARGS("0"); /* due: the outbox hands out due rows only */
+  ARGS(now);
+  ARGS(st->k_dprefix);
+  ARGS(t->key ? KEY_TTL_S : FWD_TTL_S);
+  ARGS("n");
+  ARGS(t->name);
+  ARGS("p");
+  ARG((const char *)t->payload, t->len);
+  if (t->key) {
+    ARGS("k");
+    ARGS(t->key);
+  }
+  ARGS("m");
+  ARGS(m);
+  ARGS("b");
+  ARGS(b);
+  ARGS("t");
+  ARGS(ts);
+  ARGS("i");
+  ARGS(tid);
+#undef ARG
+#undef ARGS
+  return evx__redis_cmd(st->main, fwd_reply, t, n, argv, lens);
+}
+
+static void ob_leased(void *arg, evx__task_rec **recs, size_t n, int status) {
+  rstate *st = arg;
+  if (st->freeing || n == 0) {
+    for (size_t i = 0; i < n; i++) evx__task_rec_free(recs[i]); /* leases expire */
+    st->ob_busy = 0;
+    if (status != EVX_OK && !st->freeing)
+      fprintf(stderr, "evexec tasks %s: outbox read failed: %s\n", st->o->queue,
+              evx_strerror(status));
+    if (st->closing)
+      ob_try_shut(st);
+    else if (st->ob_more && status == EVX_OK)
+      ob_kick(st);
+    else
+      ob_arm(st);
+    return;
+  }
+  st->ob_left = st->ob_got = n;
+  for (size_t i = 0; i < n; i++) {
+    evx__task_rec *r = recs[i];
+    r->owner = st;
+    if (ob_send(st, r) != EVX_OK) ob_giveback(st, r, 0);
+  }
+}
+
+static void ob_settled(void *arg, evx__task_rec *r, int status) {
+  rstate *st = arg;
+  if (status != EVX_OK && status != EVX_EGONE && !st->freeing)
+    fprintf(stderr, "evexec tasks %s: outbox row %s: %s (forwarded again later)\n", st->o->queue,
+            r->id, evx_strerror(status));
+  evx__task_rec_free(r);
+  ob_row_done(st);
+}
+
+static void ob_counted(void *arg, int status, uint64_t rows) {
+  rstate *st = arg;
+  st->ob_counting = 0;
+  if (status == EVX_OK && !st->freeing) evx__tasks_outbox_depth(st->q, rows);
+}
+
+static void ob_added(void *arg) { ob_kick(arg); }
+
+static void ob_closed(void *arg) {
+  rstate *st = arg;
+  st->ob_closed = 1;
+  maybe_closed(st);
+}
+
+static void ob_kick(rstate *st) {
+  if (!st->ob || st->closing || st->freeing) return;
+  if (st->ob_busy) {
+    st->ob_more = 1;
+    return;
+  }
+  /* Redis away: on_main_state kicks when it is back */
+  if (!evx__redis_ready(st->main) || !evx__redis_script_sha(st->main, S_ENQUEUE)) return;
+  if (st->ob_timer) {
+    evx_timer_cancel(st->ob_timer);
+    st->ob_timer = NULL;
+  }
+  st->ob_busy = 1;
+  st->ob_more = st->ob_failed = 0;
+  if (SQ->lease(st->ob, OB_BATCH, st->o->visibility_ms) != EVX_OK) {
+    st->ob_busy = 0;
+    ob_arm(st);
+  }
+}
+
 /* ---- enqueue ---------------------------------------------------------------- */
 
 static void enqueue_reply(evx__redis *r, redisReply *rep, void *arg) {
@@ -263,6 +491,7 @@ static void enqueue_reply(evx__redis *r, redisReply *rep, void *arg) {
 static int r_enqueue(void *state, evx__task_enq *e) {
   rstate *st = state;
   if (st->closing) return EVX_ECLOSED;
+  if (st->ob) return SQ->enqueue(st->ob, e); /* completes with the outbox's commit */
   if (!evx__redis_ready(st->main)) return EVX_EIO;
   const evx__task_rec *t = &e->rec;
   char m[16], b[16], ts[24], due[24], now[24], kk[512];
@@ -566,6 +795,9 @@ static void count_reply(evx__redis *r, redisReply *rep, void *arg) {
 
 static int r_counts(void *state) {
   rstate *st = state;
+  /* the outbox is counted whether Redis is up or not (its depth bounds enqueues) */
+  if (st->ob && !st->ob_counting && !st->closing && SQ->counts(st->ob) == EVX_OK)
+    st->ob_counting = 1;
   if (!evx__redis_ready(st->main)) return EVX_EIO;
   count_op *op = evx_calloc(1, sizeof *op);
   if (!op) return EVX_ENOMEM;
@@ -670,6 +902,14 @@ static int dead_send(dead_op *op) {
  * (a task enqueued with a delay), or digits; anything else is EVX_EINVAL. */
 static int id_ok(const char *id) {
   const char *p = id;
+  if (*p == 'o') { /* an outbox task: o<16 hex>-<rowid> */
+    p++;
+    int hex = 0;
+    while ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')) p++, hex++;
+    if (hex != 16 || *p++ != '-' || *p < '0' || *p > '9') return 0;
+    while (*p >= '0' && *p <= '9') p++;
+    return *p == '\0' && p - id < 48;
+  }
   if (*p == 'd') p++;
   if (*p < '0' || *p > '9') return 0;
   while (*p >= '0' && *p <= '9') p++;
@@ -804,7 +1044,9 @@ static void closed_cb(void *arg) {
 
 /* After shutdown: report closed once nothing is owed and our own commands are back. */
 static void maybe_closed(rstate *st) {
+  ob_try_shut(st);
   if (st->closing < 2 || st->closed || st->owed || st->internal) return;
+  if (st->ob && !st->ob_closed) return;
   st->closed = 1;
   st->closed_timer = evx_call_later(st->loop, 0, closed_cb, st);
   if (!st->closed_timer) evx__tasks_backend_closed(st->q); /* no memory for the timer */
@@ -825,7 +1067,11 @@ static void shutdown_cb(void *arg) {
     const char *argv[] = {"EVALSHA", sha, "1", st->k_stream, GROUP, st->consumer};
     internal_cmd(st, 6, argv, NULL);
   }
-  st->closing = 2; /* maybe_closed may report now */
+  if (st->ob_timer) {
+    evx_timer_cancel(st->ob_timer);
+    st->ob_timer = NULL;
+  }
+  st->closing = 2; /* maybe_closed may report now (and the outbox shut down) */
   maybe_closed(st);
 }
 
@@ -835,6 +1081,10 @@ static void r_shutdown(void *state) {
   st->closing = 1;
   st->shutdown_timer = evx_call_later(st->loop, 0, shutdown_cb, st);
   if (!st->shutdown_timer) st->closing = 2; /* no memory: close once nothing is owed */
+  if (!st->shutdown_timer && st->ob_timer) {
+    evx_timer_cancel(st->ob_timer);
+    st->ob_timer = NULL;
+  }
   maybe_closed(st);
 }
 
@@ -848,24 +1098,31 @@ static void r_free(void *state) {
   st->block = NULL;
   evx__redis_free(b);
   evx__redis_flush(st->main, 2000);
-  evx__redis *m = st->main; /* what is still owed completes with EVX_ECLOSED */
-  st->main = NULL;
+  if (st->ob_timer) evx_timer_cancel(st->ob_timer);
+  st->ob_timer = NULL;
+  evx__redis *m = st->main; /* what is still owed completes with EVX_ECLOSED; forwards in
+                               flight are given back to the outbox */
   evx__redis_free(m);
+  st->main = NULL;
+  /* the outbox delivers what it still owes (enqueues to the layer, the rest
+   * to our sink, which only frees), then frees */
+  if (st->ob) SQ->free(st->ob);
+  st->ob = NULL;
   st->freed = 1;
   if (st->closed_timer) evx_timer_cancel(st->closed_timer);
   if (st->shutdown_timer) evx_timer_cancel(st->shutdown_timer);
   evx_free(st);
 }
 
+static int r_enqueue_sql(void *state, struct sqlite3 *conn, evx__task_enq *e, char **id_out,
+                         int *dedup) {
+  rstate *st = state; /* st->ob is constant after open: read on the caller's thread */
+  if (!st->ob) return EVX_EINVAL;
+  return SQ->enqueue_sql(st->ob, conn, e, id_out, dedup);
+}
+
 static int r_open(evx_tasks *q, const char *url, const evx_tasks_opts *opts, void **state,
                   char **errmsg) {
-  /* There is no local outbox in front of Redis (docs/TASKS.md, "Redis
-   * down"): opts->db is ignored - never written, never read - and said so
-   * once here, so that nobody counts on enqueues surviving Redis being down.
-   * (Not refused: examples/notes passes its database whatever the URL.) */
-  if (opts->db)
-    fprintf(stderr, "evexec tasks redis: opts.db is ignored by the Redis backend (no local "
-                    "outbox): enqueues fail with EVX_EIO while Redis is down\n");
   evx__redis_addr a;
   int rc = evx__redis_parse_url(url, &a, errmsg);
   if (rc != EVX_OK) return rc;
@@ -882,6 +1139,17 @@ static int r_open(evx_tasks *q, const char *url, const evx_tasks_opts *opts, voi
   snprintf(st->k_seq, sizeof st->k_seq, "evx:{%s}:seq", qn);
   snprintf(st->k_dprefix, sizeof st->k_dprefix, "evx:{%s}:d:", qn);
   snprintf(st->k_kprefix, sizeof st->k_kprefix, "evx:{%s}:k:", qn);
+  snprintf(st->k_fprefix, sizeof st->k_fprefix, "evx:{%s}:f:", qn);
+  if (opts->db) {
+    st->ob_sink = (evx__tasks_outbox_sink){ob_leased, ob_settled, ob_counted, ob_added, ob_closed,
+                                           st};
+    rc = evx__tasks_outbox_open(q, opts->db, &st->ob_sink, &st->ob, st->ob_tag,
+                                sizeof st->ob_tag, errmsg);
+    if (rc != EVX_OK) {
+      evx_free(st);
+      return rc;
+    }
+  }
   char host[128] = "host";
   gethostname(host, sizeof host - 1);
   snprintf(st->consumer, sizeof st->consumer, "%s-%ld-%04x", host, (long)getpid(),
@@ -891,6 +1159,7 @@ static int r_open(evx_tasks *q, const char *url, const evx_tasks_opts *opts, voi
                         .arg = st};
   st->main = evx__redis_new(st->loop, &a, &mo, errmsg);
   if (!st->main) {
+    if (st->ob) SQ->free(st->ob);
     evx_free(st);
     return errmsg && *errmsg ? EVX_EIO : EVX_ENOMEM;
   }
@@ -900,6 +1169,7 @@ static int r_open(evx_tasks *q, const char *url, const evx_tasks_opts *opts, voi
     st->block = evx__redis_new(st->loop, &a, &bo, errmsg);
     if (!st->block) {
       evx__redis_free(st->main);
+      if (st->ob) SQ->free(st->ob);
       evx_free(st);
       return errmsg && *errmsg ? EVX_EIO : EVX_ENOMEM;
     }
@@ -917,7 +1187,7 @@ const evx__tasks_backend evx__tasks_backend_redis = {
     .name = "redis",
     .open = r_open,
     .enqueue = r_enqueue,
-    .enqueue_sql = NULL,
+    .enqueue_sql = r_enqueue_sql,
     .lease = r_lease,
     .settle = r_settle,
     .release = r_release,

@@ -113,6 +113,8 @@ typedef struct sq_core {
   char *queue;
   int sync;           /* PRAGMA synchronous value to apply: 2 FULL, 1 NORMAL */
   int borrowed;       /* the connection is the application's: restore its synchronous */
+  int outbox;         /* the local outbox of a Redis queue (evx__tasks_outbox_open) */
+  char id_prefix[40]; /* outbox: prefix of the task ids it hands out ("o<tag>-") */
 } sq_core;
 
 struct sq_job {
@@ -136,6 +138,9 @@ typedef struct sq_state {
   evx_timer *closed_timer;
   int shut;
   int closed_said; /* evx__tasks_backend_closed was called */
+  /* outbox: lease/settle/count/nudge completions and closed go here instead
+   * of to the layer (enqueue completions still settle the layer's futures) */
+  const evx__tasks_outbox_sink *sink;
 } sq_state;
 
 static void job_link(sq_core *c, sq_job *j) {
@@ -232,6 +237,13 @@ static char *id_text(int64_t id) {
   return evx_strdup(buf);
 }
 
+/* The id an enqueue answers: the rowid, behind the outbox's prefix. */
+static char *enq_id_text(const sq_core *c, int64_t id) {
+  char buf[80];
+  snprintf(buf, sizeof buf, "%s%lld", c->id_prefix, (long long)id);
+  return evx_strdup(buf);
+}
+
 /* Strictly a positive decimal rowid. */
 static int parse_id(const char *s, int64_t *out) {
   if (!s || !*s) return -1;
@@ -313,7 +325,7 @@ static void run_enq(sqlite3 *conn, sq_core *c, sq_op *op) {
     op_sqlfail(op, conn, rc);
     return;
   }
-  op->id = id_text(id);
+  op->id = enq_id_text(c, id);
   if (!op->id) op_fail(op, EVX_ENOMEM, NULL);
 }
 
@@ -364,16 +376,16 @@ static const char *row_problem(sqlite3_stmt *st) {
   return NULL;
 }
 
-static void run_lease(sqlite3 *conn, sq_core *c, sq_op *op, int64_t now, int64_t token) {
-  /* Poison pills first: an expired lease on the last attempt is not delivered
-   * again (a handler that kills its process would do it forever). */
+/* Poison pills: an expired lease on the last attempt is not delivered again
+ * (a handler that kills its process would do it forever). 0, or op failed. */
+static int bury_poison(sqlite3 *conn, sq_core *c, sq_op *op, int64_t now) {
   sqlite3_stmt *st = prep(
       conn, "SELECT id, lease, attempts, max_attempts, last_error FROM evx_tasks WHERE id IN"
             " (SELECT id FROM evx_tasks WHERE queue = ?1 AND due_ms <= ?2 ORDER BY due_ms, id"
             " LIMIT ?3) AND lease <> 0 AND attempts >= max_attempts");
   if (!st) {
     op_sqlfail(op, conn, sqlite3_extended_errcode(conn));
-    return;
+    return -1;
   }
   sqlite3_bind_text(st, 1, c->queue, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, now);
@@ -411,13 +423,34 @@ static void run_lease(sqlite3 *conn, sq_core *c, sq_op *op, int64_t now, int64_t
   evx_free(pz);
   if (rc != SQLITE_DONE) {
     op_sqlfail(op, conn, rc);
-    return;
+    return -1;
   }
-  st = prep(conn,
-            "UPDATE evx_tasks SET attempts = attempts + 1, lease = ?4, due_ms = ?5 WHERE id IN"
-            " (SELECT id FROM evx_tasks WHERE queue = ?1 AND due_ms <= ?2 ORDER BY due_ms, id"
-            " LIMIT ?3) RETURNING id, name, payload, key, attempts, max_attempts, backoff_ms,"
-            " enqueued_ms, last_error");
+  return 0;
+}
+
+/* By rowid (the outbox's records, whose ids are rowids). */
+static int rec_cmp(const void *a, const void *b) {
+  long long x = strtoll((*(evx__task_rec *const *)a)->id, NULL, 10);
+  long long y = strtoll((*(evx__task_rec *const *)b)->id, NULL, 10);
+  return (x > y) - (x < y);
+}
+
+static void run_lease(sqlite3 *conn, sq_core *c, sq_op *op, int64_t now, int64_t token) {
+  /* The outbox has no poison pills: its leases are forwarding attempts (the
+   * task has not run), never dead-lettered. */
+  if (!c->outbox && bury_poison(conn, c, op, now) != 0) return;
+  /* The outbox forwards in enqueue order (rowid): a row given back after a
+   * failed forward goes out before the rows enqueued after it. */
+  int rc;
+  sqlite3_stmt *st = prep(conn, c->outbox
+                ? "UPDATE evx_tasks SET attempts = attempts + 1, lease = ?4, due_ms = ?5 WHERE id IN"
+                  " (SELECT id FROM evx_tasks WHERE queue = ?1 AND due_ms <= ?2 ORDER BY id"
+                  " LIMIT ?3) RETURNING id, name, payload, key, attempts, max_attempts, backoff_ms,"
+                  " enqueued_ms, last_error"
+                : "UPDATE evx_tasks SET attempts = attempts + 1, lease = ?4, due_ms = ?5 WHERE id IN"
+                  " (SELECT id FROM evx_tasks WHERE queue = ?1 AND due_ms <= ?2 ORDER BY due_ms, id"
+                  " LIMIT ?3) RETURNING id, name, payload, key, attempts, max_attempts, backoff_ms,"
+                  " enqueued_ms, last_error");
   if (!st) {
     op_sqlfail(op, conn, sqlite3_extended_errcode(conn));
     return;
@@ -472,6 +505,7 @@ static void run_lease(sqlite3 *conn, sq_core *c, sq_op *op, int64_t now, int64_t
     goto out;
   }
   sqlite3_reset(st);
+  if (c->outbox) qsort(op->recs, op->n, sizeof *op->recs, rec_cmp); /* RETURNING has no order */
   for (size_t i = 0; i < nbad; i++) {
     char err[200];
     snprintf(err, sizeof err, "corrupt row: %s", why[i]);
@@ -866,11 +900,17 @@ static void free_list(void *p) { evx_task_list_free(p); }
 /* Completions, in order (loop thread). */
 static void deliver(sq_state *s, sq_op *ops) {
   evx_tasks *q = s->q;
+  const evx__tasks_outbox_sink *sink = s->sink;
   while (ops) {
     sq_op *op = ops;
     ops = op->next;
     switch (op->kind) {
-      case OP_ENQ: evx__tasks_enqueued(q, op->e, op->status, op->id, op->dedup); break;
+      case OP_ENQ: {
+        int added = op->status == EVX_OK && !op->dedup;
+        evx__tasks_enqueued(q, op->e, op->status, op->id, op->dedup);
+        if (sink && added) sink->added(sink->arg);
+        break;
+      }
       case OP_LEASE: {
         evx__task_rec **recs = op->recs;
         size_t n = op->status == EVX_OK ? op->n : 0;
@@ -879,16 +919,32 @@ static void deliver(sq_state *s, sq_op *ops) {
         }
         op->recs = NULL;
         op->n = 0;
-        evx__tasks_leased(q, recs, n, op->status);
+        if (sink)
+          sink->leased(sink->arg, recs, n, op->status);
+        else
+          evx__tasks_leased(q, recs, n, op->status);
         evx_free(recs);
         break;
       }
       case OP_SETTLE:
-      case OP_RELEASE: evx__tasks_settled(q, op->r, op->status); break;
-      case OP_COUNT:
-        evx__tasks_counted(q, op->status, op->c[0], op->c[1], op->c[2], op->c[3]);
+      case OP_RELEASE:
+        if (sink)
+          sink->settled(sink->arg, op->r, op->status);
+        else
+          evx__tasks_settled(q, op->r, op->status);
         break;
-      case OP_NUDGE: evx__tasks_ready(q); break;
+      case OP_COUNT:
+        if (sink)
+          sink->counted(sink->arg, op->status, op->c[0] + op->c[1] + op->c[2]);
+        else
+          evx__tasks_counted(q, op->status, op->c[0], op->c[1], op->c[2], op->c[3]);
+        break;
+      case OP_NUDGE:
+        if (sink)
+          sink->added(sink->arg);
+        else
+          evx__tasks_ready(q);
+        break;
       case OP_DEAD_LIST:
         if (op->status == EVX_OK && op->list) {
           if (evx_future_resolve(op->f, op->list, free_list) == EVX_OK) op->list = NULL;
@@ -993,7 +1049,7 @@ static int sq_enqueue_sql(void *state, struct sqlite3 *conn, evx__task_enq *e, c
     return is_busy(rc) ? EVX_EBUSY : EVX_EIO;
   }
   if (exec(conn, "RELEASE evx_tasks_enqueue") != SQLITE_OK) return EVX_EIO;
-  *id_out = id_text(id);
+  *id_out = enq_id_text(s->core, id);
   if (!*id_out) return EVX_ENOMEM;
   /* Tell the loop once this transaction can have committed: a writer job
    * runs after the caller's. */
@@ -1029,7 +1085,10 @@ static void closed_cb(void *arg) {
   sq_state *s = arg;
   s->closed_timer = NULL;
   s->closed_said = 1;
-  evx__tasks_backend_closed(s->q);
+  if (s->sink)
+    s->sink->closed(s->sink->arg);
+  else
+    evx__tasks_backend_closed(s->q);
 }
 
 static void check_closed(sq_state *s) {
@@ -1041,7 +1100,10 @@ static void check_closed(sq_state *s) {
   s->closed_timer = evx_call_later(s->loop, 0, closed_cb, s);
   if (!s->closed_timer) { /* no memory for a timer: say it now */
     s->closed_said = 1;
-    evx__tasks_backend_closed(s->q);
+    if (s->sink)
+      s->sink->closed(s->sink->arg);
+    else
+      evx__tasks_backend_closed(s->q);
   }
 }
 
@@ -1115,22 +1177,16 @@ static int run_schema(const char *path, char **errmsg) {
   return rc == SQLITE_OK ? EVX_OK : EVX_EIO;
 }
 
-static int sq_open(evx_tasks *q, const char *url, const evx_tasks_opts *opts, void **state,
-                   char **errmsg) {
-  const char *path = url + strlen("sqlite:");
-  if (!*path) {
-    if (errmsg && !*errmsg) *errmsg = evx_strdup("sqlite: URL without a path");
-    return EVX_EINVAL;
-  }
+/* A state with its core, not yet on a database; NULL: no memory. */
+static sq_state *state_new(evx_tasks *q, const char *queue, const evx_tasks_opts *opts) {
   sq_state *s = evx_calloc(1, sizeof *s);
   sq_core *c = evx_calloc(1, sizeof *c);
   if (!s || !c) goto oom;
   s->q = q;
   s->loop = evx__tasks_loop(q);
   s->core = c;
-  s->path = evx_strdup(path);
-  c->queue = evx_strdup(opts->queue);
-  if (!s->path || !c->queue) goto oom;
+  c->queue = evx_strdup(queue);
+  if (!c->queue) goto oom;
   if (pthread_mutex_init(&c->mu, NULL) != 0) goto oom;
   if (pthread_cond_init(&c->cv, NULL) != 0) {
     pthread_mutex_destroy(&c->mu);
@@ -1138,6 +1194,34 @@ static int sq_open(evx_tasks *q, const char *url, const evx_tasks_opts *opts, vo
   }
   atomic_init(&c->refs, 1);
   c->sync = opts->synchronous == EVX_TASKS_SYNC_NORMAL ? 1 : 2;
+  return s;
+oom:
+  if (c) evx_free(c->queue);
+  evx_free(c);
+  evx_free(s);
+  return NULL;
+}
+
+static void state_drop(sq_state *s) {
+  core_unref(s->core);
+  evx_free(s->path);
+  free(s->abs_path);
+  evx_free(s);
+}
+
+static int sq_open(evx_tasks *q, const char *url, const evx_tasks_opts *opts, void **state,
+                   char **errmsg) {
+  const char *path = url + strlen("sqlite:");
+  if (!*path) {
+    if (errmsg && !*errmsg) *errmsg = evx_strdup("sqlite: URL without a path");
+    return EVX_EINVAL;
+  }
+  sq_state *s = state_new(q, opts->queue, opts);
+  if (!s || !(s->path = evx_strdup(path))) {
+    if (s) state_drop(s);
+    return EVX_ENOMEM;
+  }
+  sq_core *c = s->core;
   int err;
   if (opts->db) {
     c->borrowed = 1;
@@ -1153,22 +1237,144 @@ static int sq_open(evx_tasks *q, const char *url, const evx_tasks_opts *opts, vo
     if (err == EVX_EINVAL) err = EVX_EIO;
   }
   if (err) {
-    core_unref(c);
-    evx_free(s->path);
-    evx_free(s);
+    state_drop(s);
     return err;
   }
   s->abs_path = realpath(path, NULL);
   *state = s;
   return EVX_OK;
-oom:
-  if (c) {
-    evx_free(c->queue);
-    evx_free(c);
+}
+
+/* ---- the local outbox of a Redis queue ---------------------------------------------- */
+
+/* The tables and the database's outbox tag, made on the application's writer
+ * while evx__tasks_outbox_open waits (it may block: start-up). Shared by the
+ * opener and the job's done callback (refs). */
+typedef struct ob_setup {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  atomic_int refs;
+  int ran, rc;
+  char tag[24];
+  char *file; /* sqlite3_db_filename, strdup'ed (libc: it becomes s->abs_path) */
+  char err[300];
+} ob_setup;
+
+static void ob_setup_unref(ob_setup *u) {
+  if (atomic_fetch_sub(&u->refs, 1) != 1) return;
+  pthread_mutex_destroy(&u->mu);
+  pthread_cond_destroy(&u->cv);
+  free(u->file);
+  evx_free(u);
+}
+
+static const char OUTBOX_SCHEMA[] =
+    "CREATE TABLE IF NOT EXISTS evx_tasks_outbox_tag (tag TEXT NOT NULL);";
+
+static int ob_setup_fn(sqlite3 *conn, void *arg) {
+  ob_setup *u = arg;
+  char fresh[24];
+  uint64_t x = (uint64_t)evx_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)u;
+  x ^= (uint64_t)new_token() << 1;
+  snprintf(fresh, sizeof fresh, "%016llx", (unsigned long long)(x * 0x9E3779B97F4A7C15ULL));
+  int rc = exec(conn, "BEGIN IMMEDIATE");
+  if (rc == SQLITE_OK) rc = exec(conn, SCHEMA);
+  if (rc == SQLITE_OK) rc = exec(conn, OUTBOX_SCHEMA);
+  sqlite3_stmt *st = NULL;
+  if (rc == SQLITE_OK) {
+    st = prep(conn, "INSERT INTO evx_tasks_outbox_tag (tag) SELECT ?1"
+                    " WHERE NOT EXISTS (SELECT 1 FROM evx_tasks_outbox_tag)");
+    if (!st) rc = sqlite3_errcode(conn);
   }
-  if (s) evx_free(s->path);
-  evx_free(s);
-  return EVX_ENOMEM;
+  if (st) {
+    sqlite3_bind_text(st, 1, fresh, -1, SQLITE_STATIC);
+    rc = step_done(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(conn);
+    sqlite3_finalize(st);
+    st = NULL;
+  }
+  if (rc == SQLITE_OK) {
+    st = prep(conn, "SELECT tag FROM evx_tasks_outbox_tag LIMIT 1");
+    rc = st && sqlite3_step(st) == SQLITE_ROW ? SQLITE_OK : sqlite3_errcode(conn);
+    if (rc == SQLITE_OK)
+      snprintf(u->tag, sizeof u->tag, "%.16s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+  }
+  if (rc == SQLITE_OK) rc = exec(conn, "COMMIT");
+  if (rc != SQLITE_OK) {
+    snprintf(u->err, sizeof u->err, "cannot create the task outbox: %s", sqlite3_errmsg(conn));
+    if (!sqlite3_get_autocommit(conn)) exec(conn, "ROLLBACK");
+  }
+  const char *file = sqlite3_db_filename(conn, "main");
+  pthread_mutex_lock(&u->mu);
+  u->rc = rc == SQLITE_OK ? EVX_OK : EVX_EIO;
+  u->file = file ? strdup(file) : NULL;
+  u->ran = 1;
+  pthread_cond_broadcast(&u->cv);
+  pthread_mutex_unlock(&u->mu);
+  return EVX_OK;
+}
+
+static void ob_setup_done(void *arg, int status) {
+  (void)status;
+  ob_setup_unref(arg);
+}
+
+int evx__tasks_outbox_open(evx_tasks *q, struct evx_sqlite *db, const evx__tasks_outbox_sink *sink,
+                           void **state, char *tag, size_t tag_size, char **errmsg) {
+  const evx_tasks_opts *opts = evx__tasks_opts(q);
+  char queue[200];
+  snprintf(queue, sizeof queue, "outbox/%s", opts->queue); /* never a queue name: no '/' */
+  ob_setup *u = evx_calloc(1, sizeof *u);
+  if (!u) return EVX_ENOMEM;
+  if (pthread_mutex_init(&u->mu, NULL) != 0) {
+    evx_free(u);
+    return EVX_ENOMEM;
+  }
+  if (pthread_cond_init(&u->cv, NULL) != 0) {
+    pthread_mutex_destroy(&u->mu);
+    evx_free(u);
+    return EVX_ENOMEM;
+  }
+  atomic_init(&u->refs, 2);
+  if (evx_sqlite_call(db, EVX_SQL_WRITE, ob_setup_fn, ob_setup_done, u) != EVX_OK) {
+    atomic_store(&u->refs, 1);
+    ob_setup_unref(u);
+    if (errmsg && !*errmsg) *errmsg = evx_strdup("cannot reach the outbox database's writer");
+    return EVX_EIO;
+  }
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += FREE_WAIT_MS / 1000;
+  pthread_mutex_lock(&u->mu);
+  while (!u->ran && pthread_cond_timedwait(&u->cv, &u->mu, &until) != ETIMEDOUT) {
+  }
+  int ran = u->ran, rc = u->rc;
+  char *file = ran ? u->file : NULL;
+  if (ran) u->file = NULL;
+  pthread_mutex_unlock(&u->mu);
+  if (!ran || rc != EVX_OK || !file) {
+    if (errmsg && !*errmsg)
+      *errmsg = evx_strdup(!ran ? "the outbox database's writer did not answer within 10 s"
+                           : u->err[0] ? u->err : "no memory");
+    free(file);
+    ob_setup_unref(u);
+    return ran && rc == EVX_OK ? EVX_ENOMEM : EVX_EIO;
+  }
+  snprintf(tag, tag_size, "%s", u->tag);
+  ob_setup_unref(u);
+  sq_state *s = state_new(q, queue, opts);
+  if (!s) {
+    free(file);
+    return EVX_ENOMEM;
+  }
+  s->db = db;
+  s->abs_path = file;
+  s->sink = sink;
+  s->core->borrowed = 1;
+  s->core->outbox = 1;
+  snprintf(s->core->id_prefix, sizeof s->core->id_prefix, "o%s-", tag);
+  *state = s;
+  return EVX_OK;
 }
 
 const evx__tasks_backend evx__tasks_backend_sqlite = {

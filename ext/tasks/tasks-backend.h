@@ -167,6 +167,36 @@ int64_t evx__tasks_wall_ms(void);
 /* 1 when s is a valid task name (1..128 bytes of [A-Za-z0-9_.:-]). */
 int evx__tasks_name_ok(const char *s, size_t len);
 
+/* The outbox in front of a Redis queue (opts->db): an instance of the
+ * SQLite backend's machinery - its op list, group commit on the database's
+ * writer, enqueue_sql - on the application's database, with the queue name
+ * "outbox/QUEUE" (never a queue's own: names have no '/'). Driven through
+ * evx__tasks_backend_sqlite's ops on the returned state. Enqueue completions
+ * settle the layer's futures as on the SQLite backend; every other
+ * completion goes to the sink instead of the layer (loop thread, in a later
+ * callback, in store order):
+ *  - lease() hands out due rows in rowid order (no poison handling: a lease
+ *    is a forwarding attempt) with rec->id the plain rowid;
+ *  - counted's rows = every row of the outbox (ready + delayed + leased);
+ *  - added: a row was stored (an enqueue completed, or enqueue_sql's nudge);
+ *  - closed: after shutdown, nothing is in flight.
+ * The ids enqueues answer are "o<tag>-<rowid>", where *tag (16 hex digits,
+ * random, kept in the database) tells databases apart. Blocking (start-up):
+ * creates the tables on the database's writer and waits for it. */
+typedef struct evx__tasks_outbox_sink {
+  void (*leased)(void *arg, evx__task_rec **recs, size_t n, int status);
+  void (*settled)(void *arg, evx__task_rec *r, int status);
+  void (*counted)(void *arg, int status, uint64_t rows);
+  void (*added)(void *arg);
+  void (*closed)(void *arg);
+  void *arg;
+} evx__tasks_outbox_sink;
+int evx__tasks_outbox_open(evx_tasks *q, struct evx_sqlite *db, const evx__tasks_outbox_sink *sink,
+                           void **state, char *tag, size_t tag_size, char **errmsg);
+/* The outbox holds n rows (loop thread): shown in the stats, and counted
+ * against max_pending until they are forwarded. */
+void evx__tasks_outbox_depth(evx_tasks *q, uint64_t n);
+
 extern const evx__tasks_backend evx__tasks_backend_sqlite;
 #ifdef EVX_TASKS_HAVE_REDIS
 extern const evx__tasks_backend evx__tasks_backend_redis; /* "redis" and "unix" URLs */

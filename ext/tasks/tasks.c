@@ -93,6 +93,7 @@ struct evx_tasks {
   size_t enq_inflight;     /* enqueue ops not completed */
   size_t held;             /* delivered tasks in the executor */
   size_t settling;         /* settle/release ops in flight */
+  uint64_t outbox_n;       /* rows in the Redis backend's local outbox, last count */
   atomic_llong pending;
   uint64_t avg_run_ns;     /* EWMA of handler run time; 0 before the first */
   uint64_t rng;
@@ -273,6 +274,7 @@ static void tasks_on_metrics(evx__loop_member *m, struct evx_metrics *out) {
       {"evx_tasks_delayed", "Tasks waiting for their due time: delay or retry backoff.", offsetof(evx_tasks_stats, delayed), 0},
       {"evx_tasks_leased", "Tasks under a live lease (running somewhere).", offsetof(evx_tasks_stats, leased), 0},
       {"evx_tasks_dead", "Tasks in the dead-letter store.", offsetof(evx_tasks_stats, dead), 0},
+      {"evx_tasks_outbox", "Tasks in the local outbox, not yet forwarded to Redis.", offsetof(evx_tasks_stats, outbox), 0},
       {"evx_tasks_running", "Handlers of this process running now.", offsetof(evx_tasks_stats, running), 0},
       {"evx_tasks_enqueued_total", "Enqueues that became durable.", offsetof(evx_tasks_stats, enqueued), 1},
       {"evx_tasks_rejected_total", "Enqueues refused (queue full, bad input, backend failure).", offsetof(evx_tasks_stats, rejected), 1},
@@ -758,9 +760,18 @@ void evx__tasks_counted(evx_tasks *q, int status, uint64_t ready, uint64_t delay
   q->st.delayed = delayed;
   q->st.leased = leased;
   q->st.dead = dead;
-  atomic_store(&q->pending, (long long)(ready + delayed + leased + q->enq_inflight));
+  atomic_store(&q->pending, (long long)(ready + delayed + leased + q->outbox_n + q->enq_inflight));
   if (ready && q->held < q->o.workers) pump(q);
   maybe_finish(q);
+}
+
+void evx__tasks_outbox_depth(evx_tasks *q, uint64_t n) {
+  q->outbox_n = n;
+  q->st.outbox = n;
+  /* While Redis cannot be counted (down), the rows kept locally still count
+   * against max_pending. */
+  long long floor = (long long)(n + q->enq_inflight);
+  if (atomic_load(&q->pending) < floor) atomic_store(&q->pending, floor);
 }
 
 /* ---- the handler's view ---------------------------------------------------------- */

@@ -264,6 +264,9 @@ typedef struct evx_tasks_stats {
   uint64_t run_ns_total; /**< handler run time, summed */
   uint64_t run_ns_max;
   uint64_t run_hist[24]; /**< handler run times: bucket i counts runs < 2^i microseconds (last: the rest) */
+  /** Redis backend with opts.db: tasks in the local outbox, not yet
+   *  forwarded to Redis (this database, last count); 0 otherwise. */
+  uint64_t outbox;
 } evx_tasks_stats;
 
 /** Fill *out. Loop thread. @return EVX_OK or EVX_EINVAL. */
