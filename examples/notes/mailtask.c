@@ -13,10 +13,10 @@
  * Message-ID is the task's idempotency key, "<note-ID@evx-notes>", so the copy
  * is recognisable downstream as the same mail.
  *
- * With a Redis task store (--tasks redis://...) the mail cannot join the
- * SQLite transaction: it is enqueued right after the commit
- * (notes_enqueue_mail_after), so a crash between the two loses that mail,
- * and a refused enqueue (Redis down) is logged and counted, never silent.
+ * With a Redis task store (--tasks redis://...) the same holds: the queue
+ * has the notes database as its local outbox (opts.db), so the mail row
+ * commits with the note and is forwarded to Redis afterwards - also while
+ * Redis is down, once it is back (docs/TASKS.md, "The outbox").
  * --role web enqueues only; --role worker runs only the mail handlers.
  *
  * Threads: notes_insert_note runs on the SQLite writer thread,
@@ -228,7 +228,7 @@ int notes_tasks_open(notes_app *app, char **errmsg) {
             url, app->cfg.db_path);
     return EVX_EINVAL;
   }
-  app->tasks_in_tx = is_sqlite;
+  app->tasks_in_tx = 1; /* SQLite: the same database; Redis: its outbox (.db below) */
   evx_tasks_opts o = {.queue = "notes-mail",
                       .role = app->cfg.role,
                       .workers = (unsigned)app->cfg.mail_threads,

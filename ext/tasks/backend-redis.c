@@ -1102,8 +1102,8 @@ static void r_free(void *state) {
   st->ob_timer = NULL;
   evx__redis *m = st->main; /* what is still owed completes with EVX_ECLOSED; forwards in
                                flight are given back to the outbox */
-  evx__redis_free(m);
   st->main = NULL;
+  evx__redis_free(m);
   /* the outbox delivers what it still owes (enqueues to the layer, the rest
    * to our sink, which only frees), then frees */
   if (st->ob) SQ->free(st->ob);
