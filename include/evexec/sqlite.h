@@ -287,10 +287,10 @@ EVX_API int evx_sqlite_call(evx_sqlite *db, evx_sql_mode mode, evx_sql_conn_fn f
 /**
  * evx_sqlite_call as a future with one status. Loop thread only.
  * The future resolves (with a NULL result) when fn(conn, arg) returned
- * EVX_OK, and fails with fn's negative return value otherwise (so
- * `evx_await(f)` in a coroutine is the whole outcome), with EVX_EIO when the
- * worker's connection could not be opened, or EVX_ECANCELED when it was
- * cancelled before fn ran. Cancelling the future cancels fn when it has not
+ * EVX_OK, and fails with fn's negative return value otherwise (EVX_EIO for
+ * a positive one), so `evx_await(f)` in a coroutine is the whole outcome;
+ * it fails with EVX_EIO when the worker's connection could not be opened,
+ * and EVX_ECANCELED when it was cancelled before fn ran. Cancelling the future cancels fn when it has not
  * started and interrupts the statements fn runs (they fail with
  * SQLITE_INTERRUPT; fn should roll back and return) - the same as
  * evx_sqlite_query_future.
