@@ -284,6 +284,47 @@ static evx__task_rec *entry_rec(rstate *st, const redisReply *id, uint64_t dl, c
   return r;
 }
 
+/* ---- the arguments of an enqueue (plain, or forwarded from the outbox) ------- */
+
+typedef struct task_args {
+  const char *argv[32];
+  size_t lens[32];
+  int n;
+  char m[16], b[16], ts[24], now[24], kk[512], tid[64]; /* the strings argv points to */
+} task_args;
+
+static void add_arg(task_args *a, const char *s, size_t len) {
+  a->argv[a->n] = s;
+  a->lens[a->n] = len;
+  a->n++;
+}
+
+/* EVALSHA ENQUEUE with its keys and leading arguments (a->now is set here). */
+static void enqueue_script_args(task_args *a, const rstate *st, const char *sha, const char *kk,
+                                const char *due, const char *ttl) {
+  snprintf(a->now, sizeof a->now, "%lld", (long long)wall_ms());
+  const char *head[] = {"EVALSHA", sha, "4", st->k_stream, st->k_delayed, kk, st->k_seq, due,
+                        a->now, st->k_dprefix, ttl};
+  for (size_t i = 0; i < sizeof head / sizeof head[0]; i++) add_arg(a, head[i], strlen(head[i]));
+}
+
+/* The entry fields of task t: n, p, k (when keyed), m, b, t. */
+static void task_field_args(task_args *a, const evx__task_rec *t) {
+  snprintf(a->m, sizeof a->m, "%u", t->max_attempts);
+  snprintf(a->b, sizeof a->b, "%u", (unsigned)t->backoff_ms);
+  snprintf(a->ts, sizeof a->ts, "%lld", (long long)t->enqueued_ms);
+  add_arg(a, "n", 1);
+  add_arg(a, t->name, strlen(t->name));
+  add_arg(a, "p", 1);
+  add_arg(a, (const char *)t->payload, t->len);
+  if (t->key) {
+    add_arg(a, "k", 1);
+    add_arg(a, t->key, strlen(t->key));
+  }
+  const char *rest[] = {"m", a->m, "b", a->b, "t", a->ts};
+  for (size_t i = 0; i < 6; i++) add_arg(a, rest[i], strlen(rest[i]));
+}
+
 /* ---- the outbox forwarder ---------------------------------------------------- */
 
 #define SQ (&evx__tasks_backend_sqlite)
@@ -353,51 +394,19 @@ static void fwd_reply(evx__redis *r, redisReply *rep, void *arg) {
 static int ob_send(rstate *st, evx__task_rec *t) {
   const char *sha = evx__redis_script_sha(st->main, S_ENQUEUE);
   if (!sha || !evx__redis_ready(st->main)) return EVX_EIO;
-  char tid[64], kk[512], m[16], b[16], ts[24], now[24];
-  snprintf(tid, sizeof tid, "o%s-%s", st->ob_tag, t->id);
+  task_args a;
+  a.n = 0;
+  snprintf(a.tid, sizeof a.tid, "o%s-%s", st->ob_tag, t->id);
   if (t->key)
-    snprintf(kk, sizeof kk, "%s%s", st->k_kprefix, t->key);
+    snprintf(a.kk, sizeof a.kk, "%s%s", st->k_kprefix, t->key);
   else
-    snprintf(kk, sizeof kk, "%s%s", st->k_fprefix, tid);
-  snprintf(m, sizeof m, "%u", t->max_attempts);
-  snprintf(b, sizeof b, "%u", (unsigned)t->backoff_ms);
-  snprintf(ts, sizeof ts, "%lld", (long long)t->enqueued_ms);
-  snprintf(now, sizeof now, "%lld", (long long)wall_ms());
-  const char *argv[32];
-  size_t lens[32];
-  int n = 0;
-#define ARG(s, l) (argv[n] = (s), lens[n] = (l), n++)
-#define ARGS(s) ARG(s, strlen(s))
-  ARGS("EVALSHA");
-  ARGS(sha);
-  ARGS("4");
-  ARGS(st->k_stream);
-  ARGS(st->k_delayed);
-  ARGS(kk);
-  ARGS(st->k_seq);
-  ARGS("0"); /* due: the outbox hands out due rows only */
-  ARGS(now);
-  ARGS(st->k_dprefix);
-  ARGS(t->key ? KEY_TTL_S : FWD_TTL_S);
-  ARGS("n");
-  ARGS(t->name);
-  ARGS("p");
-  ARG((const char *)t->payload, t->len);
-  if (t->key) {
-    ARGS("k");
-    ARGS(t->key);
-  }
-  ARGS("m");
-  ARGS(m);
-  ARGS("b");
-  ARGS(b);
-  ARGS("t");
-  ARGS(ts);
-  ARGS("i");
-  ARGS(tid);
-#undef ARG
-#undef ARGS
-  return evx__redis_cmd(st->main, fwd_reply, t, n, argv, lens);
+    snprintf(a.kk, sizeof a.kk, "%s%s", st->k_fprefix, a.tid);
+  /* due "0": the outbox hands out due rows only */
+  enqueue_script_args(&a, st, sha, a.kk, "0", t->key ? KEY_TTL_S : FWD_TTL_S);
+  task_field_args(&a, t);
+  add_arg(&a, "i", 1);
+  add_arg(&a, a.tid, strlen(a.tid));
+  return evx__redis_cmd(st->main, fwd_reply, t, a.n, a.argv, a.lens);
 }
 
 static void ob_leased(void *arg, evx__task_rec **recs, size_t n, int status) {
@@ -494,57 +503,22 @@ static int r_enqueue(void *state, evx__task_enq *e) {
   if (st->ob) return SQ->enqueue(st->ob, e); /* completes with the outbox's commit */
   if (!evx__redis_ready(st->main)) return EVX_EIO;
   const evx__task_rec *t = &e->rec;
-  char m[16], b[16], ts[24], due[24], now[24], kk[512];
-  snprintf(m, sizeof m, "%u", t->max_attempts);
-  snprintf(b, sizeof b, "%u", (unsigned)t->backoff_ms);
-  snprintf(ts, sizeof ts, "%lld", (long long)t->enqueued_ms);
-  int64_t now_ms = wall_ms();
+  task_args a;
+  a.n = 0;
+  char due[24];
   snprintf(due, sizeof due, "%lld", (long long)e->due_ms);
-  snprintf(now, sizeof now, "%lld", (long long)now_ms);
-  const char *argv[24];
-  size_t lens[24];
-  int n = 0;
-  int script = t->key || e->due_ms > now_ms;
-#define ARG(s, l) (argv[n] = (s), lens[n] = (l), n++)
-#define ARGS(s) ARG(s, strlen(s))
-  if (script) {
+  if (t->key || e->due_ms > wall_ms()) {
     const char *sha = evx__redis_script_sha(st->main, S_ENQUEUE);
     if (!sha) return EVX_EIO;
-    if (t->key) snprintf(kk, sizeof kk, "%s%s", st->k_kprefix, t->key);
-    ARGS("EVALSHA");
-    ARGS(sha);
-    ARGS("4");
-    ARGS(st->k_stream);
-    ARGS(st->k_delayed);
-    ARGS(t->key ? kk : "");
-    ARGS(st->k_seq);
-    ARGS(due);
-    ARGS(now);
-    ARGS(st->k_dprefix);
-    ARGS(KEY_TTL_S);
+    if (t->key) snprintf(a.kk, sizeof a.kk, "%s%s", st->k_kprefix, t->key);
+    enqueue_script_args(&a, st, sha, t->key ? a.kk : "", due, KEY_TTL_S);
   } else {
-    ARGS("XADD");
-    ARGS(st->k_stream);
-    ARGS("*");
+    const char *head[] = {"XADD", st->k_stream, "*"};
+    for (size_t i = 0; i < 3; i++) add_arg(&a, head[i], strlen(head[i]));
   }
-  ARGS("n");
-  ARGS(t->name);
-  ARGS("p");
-  ARG((const char *)t->payload, t->len);
-  if (t->key) {
-    ARGS("k");
-    ARGS(t->key);
-  }
-  ARGS("m");
-  ARGS(m);
-  ARGS("b");
-  ARGS(b);
-  ARGS("t");
-  ARGS(ts);
-#undef ARG
-#undef ARGS
+  task_field_args(&a, t);
   e->backend = st;
-  int rc = evx__redis_cmd(st->main, enqueue_reply, e, n, argv, lens);
+  int rc = evx__redis_cmd(st->main, enqueue_reply, e, a.n, a.argv, a.lens);
   if (rc != EVX_OK) {
     e->backend = NULL;
     return rc;

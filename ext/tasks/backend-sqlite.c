@@ -505,7 +505,8 @@ static void run_lease(sqlite3 *conn, sq_core *c, sq_op *op, int64_t now, int64_t
     goto out;
   }
   sqlite3_reset(st);
-  if (c->outbox) qsort(op->recs, op->n, sizeof *op->recs, rec_cmp); /* RETURNING has no order */
+  /* RETURNING has no order (and a failed op delivers no records) */
+  if (c->outbox && op->status == EVX_OK) qsort(op->recs, op->n, sizeof *op->recs, rec_cmp);
   for (size_t i = 0; i < nbad; i++) {
     char err[200];
     snprintf(err, sizeof err, "corrupt row: %s", why[i]);
