@@ -179,6 +179,13 @@ START_TEST(outbox_redis_down) {
   evx_free(t.id);
   wait_depth(q, N + 1);
   ck_assert_int_eq(atomic_load(&ts.runs), 0);
+  /* a program built before the field existed gets the layout it knows */
+  evx_tasks_stats old, mark;
+  memset(&old, 0xab, sizeof old);
+  memset(&mark, 0xab, sizeof mark);
+  ck_assert_int_eq((evx_tasks_stats_get)(q, &old), EVX_OK);
+  ck_assert_uint_eq(old.outbox, mark.outbox); /* not written */
+  ck_assert_uint_eq(old.enqueued, N + 1);
   char *text = NULL;
   ck_assert_int_eq(evx_loop_metrics_text(LOOP, &text, NULL), EVX_OK);
   ck_assert_ptr_nonnull(strstr(text, "evx_tasks_outbox{queue=\"default\"} 21"));

@@ -846,14 +846,20 @@ evx_future *evx_tasks_dead_purge(evx_tasks *q, const char *id) {
 
 /* ---- metrics ---------------------------------------------------------------------------- */
 
-int evx_tasks_stats_get(evx_tasks *q, evx_tasks_stats *out) {
-  if (!on_loop(q) || !out) return EVX_EINVAL;
-  *out = q->st;
-  out->enqueued = atomic_load(&q->n_enqueued);
-  out->rejected = atomic_load(&q->n_rejected);
-  out->deduplicated = atomic_load(&q->n_dedup);
-  out->running = atomic_load(&q->n_running);
+int evx_tasks_stats_get_sized(evx_tasks *q, evx_tasks_stats *out, size_t out_size) {
+  if (!on_loop(q) || !out || out_size < offsetof(evx_tasks_stats, outbox)) return EVX_EINVAL;
+  evx_tasks_stats s = q->st;
+  s.enqueued = atomic_load(&q->n_enqueued);
+  s.rejected = atomic_load(&q->n_rejected);
+  s.deduplicated = atomic_load(&q->n_dedup);
+  s.running = atomic_load(&q->n_running);
+  memcpy(out, &s, out_size < sizeof s ? out_size : sizeof s);
   return EVX_OK;
+}
+
+/* The first layout of evx_tasks_stats (what the plain evx_tasks_stats_get fills). */
+int(evx_tasks_stats_get)(evx_tasks *q, evx_tasks_stats *out) {
+  return evx_tasks_stats_get_sized(q, out, offsetof(evx_tasks_stats, outbox));
 }
 
 const char *evx_tasks_queue_name(const evx_tasks *q) { return q ? q->queue : NULL; }

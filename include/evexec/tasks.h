@@ -6,9 +6,9 @@
  * A task is a name plus payload bytes. The loop thread enqueues it; the
  * returned future resolves once the task is durable (committed to SQLite,
  * acknowledged by Redis, or committed to a Redis queue's outbox). A handler
- * registered under that name later runs it on a worker thread of the queue's own executor - in this process, or in
- * another process (another machine, with the Redis backend) that opened the
- * same queue.
+ * registered under that name later runs it on a worker thread of the
+ * queue's own executor - in this process, or in another process (another
+ * machine, with the Redis backend) that opened the same queue.
  *
  * Backends, chosen by URL at evx_tasks_open:
  *  - "sqlite:PATH"   the embedded default: a table in the SQLite database at
@@ -123,8 +123,9 @@ typedef struct evx_tasks_opts {
  *         wrong thread); EVX_EIO (the backend could not be opened: *errmsg);
  *         EVX_ENOMEM. A Redis server that is down at open is not an error:
  *         the queue reconnects with backoff (enqueue answers EVX_EIO
- *         meanwhile, or goes to the outbox with opts->db). An option this version of evexec_tasks does not know,
- *         set non-zero, is EVX_EINVAL too.
+ *         meanwhile, or goes to the outbox with opts->db). An option this
+ *         version of evexec_tasks does not know, set non-zero, is EVX_EINVAL
+ *         too.
  * A macro over evx_tasks_open_sized (see "Options structs and the ABI" in
  * common.h); source calling evx_tasks_open(loop, url, opts, out, errmsg) is
  * unchanged.
@@ -274,8 +275,16 @@ typedef struct evx_tasks_stats {
   uint64_t outbox;
 } evx_tasks_stats;
 
-/** Fill *out. Loop thread. @return EVX_OK or EVX_EINVAL. */
-EVX_API int evx_tasks_stats_get(evx_tasks *q, evx_tasks_stats *out);
+/** Fill *out. Loop thread. @return EVX_OK or EVX_EINVAL.
+ *  A macro over evx_tasks_stats_get_sized, which fills the first `out_size`
+ *  bytes only: fields are only ever appended to evx_tasks_stats, so a
+ *  program built against older headers gets the layout it knows. */
+#define evx_tasks_stats_get(q, out) \
+  evx_tasks_stats_get_sized((q), (out), sizeof(evx_tasks_stats))
+EVX_API int evx_tasks_stats_get_sized(evx_tasks *q, evx_tasks_stats *out, size_t out_size);
+/** The function behind the macro, for its address: fills the first layout
+ *  (up to run_hist). */
+EVX_API int(evx_tasks_stats_get)(evx_tasks *q, evx_tasks_stats *out);
 /** The queue name (borrowed). */
 EVX_API const char *evx_tasks_queue_name(const evx_tasks *q);
 /** The handler executor (borrowed; for metrics). NULL for role PRODUCER. */
