@@ -111,19 +111,23 @@ typedef struct evx_tasks_opts {
 /**
  * Open a queue on `url` for `loop`. Blocking (it may touch a file or connect):
  * call it at start-up, on the loop thread.
- * @param opts options or NULL for the defaults; copied.
- * @param out receives the queue, owned by the caller (evx_tasks_free).
- * @param errmsg if not NULL, receives NULL or a message saying why it failed,
- *        to free with evx_free().
+ * A macro over evx_tasks_open_sized (see "Options structs and the ABI" in
+ * common.h); source calling evx_tasks_open(loop, url, opts, out, errmsg) is
+ * unchanged.
+ * @param loop the loop the queue belongs to (borrowed; must outlive it).
+ * @param url the backend (see above: "sqlite:PATH", "redis://...",
+ *        "unix:..."); read during the call only.
+ * @param ... the three arguments after url, `opts, out, errmsg`:
+ *        - `opts`: options or NULL for the defaults; copied;
+ *        - `out`: receives the queue, owned by the caller (evx_tasks_free);
+ *        - `errmsg`: if not NULL, receives NULL or a message saying why it
+ *          failed, to free with evx_free().
  * @return EVX_OK; EVX_EINVAL (NULL loop/url/out, unknown scheme, bad option,
  *         wrong thread); EVX_EIO (the backend could not be opened: *errmsg);
  *         EVX_ENOMEM. A Redis server that is down at open is not an error:
  *         the queue reconnects with backoff (enqueue answers EVX_EIO
  *         meanwhile). An option this version of evexec_tasks does not know,
  *         set non-zero, is EVX_EINVAL too.
- * A macro over evx_tasks_open_sized (see "Options structs and the ABI" in
- * common.h); source calling evx_tasks_open(loop, url, opts, out, errmsg) is
- * unchanged.
  */
 #define evx_tasks_open(loop, url, ...) \
   evx_tasks_open_sized((loop), (url), __VA_ARGS__, sizeof(evx_tasks_opts))
@@ -162,7 +166,11 @@ typedef struct evx_task_opts {
 
 /**
  * Enqueue a task. Loop thread only.
+ * @param q the queue.
+ * @param name the task's name (copied): 1..128 bytes of [A-Za-z0-9_.:-]; in
+ *        role ALL a handler must be registered for it.
  * @param payload copied before this returns; 1..opts.max_payload bytes.
+ * @param len the payload's length in bytes.
  * @param opts per-task options, or NULL.
  * @return a future (one reference for the caller) that resolves, once the
  *         task is durable, with its id: a NUL-terminated string owned by the
@@ -184,6 +192,14 @@ EVX_API evx_future *evx_tasks_enqueue(evx_tasks *q, const char *name, const void
  * function with that call's connection, where db is the queue's opts->db; the
  * task commits or rolls back with the application's rows. Runs on that
  * worker thread. A Redis queue has no opts->db and answers EVX_EINVAL.
+ * @param q the queue.
+ * @param conn the connection evx_sqlite_call gave fn (the queue's opts->db
+ *        writer), inside the application's transaction.
+ * @param name the task's name (copied): 1..128 bytes of [A-Za-z0-9_.:-]; in
+ *        role ALL a handler must be registered for it.
+ * @param payload copied before this returns; 1..opts.max_payload bytes.
+ * @param len the payload's length in bytes.
+ * @param opts per-task options, or NULL.
  * @param id_out if not NULL, receives the task id (free with evx_free), or
  *        the first task's id when the idempotency key was already used.
  * @return EVX_OK; EVX_EINVAL (as evx_tasks_enqueue, or conn is not the
