@@ -12,16 +12,32 @@
 # then the ratios, then the memory of 10k held long-poll requests (/wait) on a
 # fresh server of each kind (bench/longpoll.py):
 #   longpoll impl=evexec conns=10000 held=.. answered=.. rss_base_kb=.. rss_held_kb=.. bytes_per_conn=..
-# and the same for hello's coroutine handlers (impl=evexec-coro, /co/work and
-# /co/wait, when hello has --coro):
-#   ratio http coro_vs_callback route=/work?ms=0 impl=evexec rps=..
+# and the same for hello's coroutine handlers (impl=evexec-coro, /co/wait, when
+# hello has --coro).
+#
+# Coroutine vs callback handler (/co/work?ms=0 vs /work?ms=0, hello --coro):
+# both routes run on the SAME server process (same workers, same job, both
+# real handlers as a user writes them), in CORO_ROUNDS rounds. A round is four
+# CORO_RUN-second wrk runs in the order callback, coroutine, coroutine,
+# callback (ABBA: a load that rises or falls steadily during the round hits
+# both routes alike) and gives one ratio, the coroutine runs' mean rps over
+# the callback runs' mean. The result is the median of the rounds' ratios (a
+# round spoiled by a burst of other work moves the median little; min and
+# max show the spread):
+#   coro_round i=1 cb_rps=A,D co_rps=B,C ratio=..
+#   http impl=evexec route=/co/work?ms=0 ... rps=..   (the median over the rounds)
+#   ratio http coro_vs_callback route=/work?ms=0 impl=evexec rps=<median> min=.. max=..
+#     rounds=.. run_s=.. cb_rps=.. co_rps=..   (cb_rps, co_rps: the medians of the rounds)
+# One long run per route (the old method) swung 0.60-1.02x on this 2-vCPU VM
+# while other jobs ran: a load change during one of the two runs moved the
+# ratio by as much as the change itself.
 #
 # Environment: THREADS (workers, default 2), SPIN_US (evx_hello --spin-us:
 # an idle worker polls this long before it sleeps; default 0), DURATION (seconds per run, 5),
 # CONNS (wrk connections, 64), CONNS_WORK10 (wrk connections for /work?ms=10,
 # default 4 x THREADS: enough to keep every worker busy, few enough that the
 # warm-up's queue drains in 40 ms instead of eating into the measured run),
-# WRK_THREADS (1), PORT (18080), TORNADO_PORT
+# WRK_THREADS (1), CORO_ROUNDS (9), CORO_RUN (seconds per run, 1), PORT (18080), TORNADO_PORT
 # (18081), LONGPOLL_CONNS (10000; 0 skips), PYTHON (/usr/bin/python3: Debian's
 # Tornado is installed for it). Servers log to $TMPDIR; only 127.0.0.1 is used.
 set -euf  # -f: routes like /work?ms=0 must never glob
@@ -33,6 +49,8 @@ DURATION=${DURATION:-5}
 CONNS=${CONNS:-64}
 CONNS_WORK10=${CONNS_WORK10:-$((THREADS * 4))}
 WRK_THREADS=${WRK_THREADS:-1}
+CORO_ROUNDS=${CORO_ROUNDS:-9}
+CORO_RUN=${CORO_RUN:-1}
 PORT=${PORT:-18080}
 TORNADO_PORT=${TORNADO_PORT:-18081}
 PLAIN_PORT=${PLAIN_PORT:-18082}
@@ -135,6 +153,53 @@ measure() {
 
 div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
 
+# wrk_rps URL SECONDS: one wrk run, print its rps (exit on failure).
+wrk_rps() {
+  o=$(wrk -t "$WRK_THREADS" -c "$CONNS" -d "${2}s" -s "$HERE/wrk-report.lua" "$1" | grep '^wrk ' || true)
+  r=$(echo "$o" | sed -n 's/.* rps=\([0-9.]*\).*/\1/p')
+  if [ -z "$r" ]; then
+    echo "http: wrk failed on $1" >&2
+    exit 1
+  fi
+  echo "$r"
+}
+
+# median: the median of the numbers on stdin (the mean of the middle two for
+# an even count).
+median() {
+  sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2];
+    else printf "%.4f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# coro_rounds PORT: the coroutine vs callback measurement described in the
+# header. Sets coro_ratio, coro_min, coro_max, coro_cb_rps, coro_co_rps.
+coro_rounds() {
+  cb_url="http://$HOST:$1/work?ms=0" co_url="http://$HOST:$1/co/work?ms=0"
+  wrk -t "$WRK_THREADS" -c "$CONNS" -d 1s "$cb_url" >/dev/null 2>&1 || true # warm both paths
+  wrk -t "$WRK_THREADS" -c "$CONNS" -d 1s "$co_url" >/dev/null 2>&1 || true
+  sleep 0.5
+  ratios="" cbs="" cos=""
+  i=1
+  while [ "$i" -le "$CORO_ROUNDS" ]; do
+    cb1=$(wrk_rps "$cb_url" "$CORO_RUN")
+    co1=$(wrk_rps "$co_url" "$CORO_RUN")
+    co2=$(wrk_rps "$co_url" "$CORO_RUN")
+    cb2=$(wrk_rps "$cb_url" "$CORO_RUN")
+    cb=$(awk -v a="$cb1" -v b="$cb2" 'BEGIN { printf "%.0f", (a + b) / 2 }')
+    co=$(awk -v a="$co1" -v b="$co2" 'BEGIN { printf "%.0f", (a + b) / 2 }')
+    r=$(awk -v a="$co" -v b="$cb" 'BEGIN { if (b > 0) printf "%.4f", a / b; else print "nan" }')
+    echo "coro_round i=$i cb_rps=$cb1,$cb2 co_rps=$co1,$co2 ratio=$r"
+    ratios="$ratios $r" cbs="$cbs $cb" cos="$cos $co"
+    i=$((i + 1))
+  done
+  coro_ratio=$(echo "$ratios" | tr ' ' '\n' | grep . | median)
+  coro_min=$(echo "$ratios" | tr ' ' '\n' | grep . | sort -g | head -n 1)
+  coro_max=$(echo "$ratios" | tr ' ' '\n' | grep . | sort -g | tail -n 1)
+  coro_cb_rps=$(echo "$cbs" | tr ' ' '\n' | grep . | median)
+  coro_co_rps=$(echo "$cos" | tr ' ' '\n' | grep . | median)
+  echo "http impl=evexec route=/co/work?ms=0 threads=$THREADS conns=$CONNS rounds=$CORO_ROUNDS run_s=$CORO_RUN rps=$coro_co_rps"
+}
+
 echo "# http: $HELLO --threads $THREADS $SPIN $QUIET vs tornado_server.py --threads $THREADS; wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
 start evexec "$PORT" "$HELLO" --port "$PORT" --host "$HOST" --threads "$THREADS" $SPIN $QUIET $CORO
 EVX_PID=$SERVER_PID
@@ -158,11 +223,8 @@ for case in hello:/hello work0:/work?ms=0 work10:/work?ms=10; do
   measure evexec "$PORT" "$route" "$key" "$c"
   if [ "$key" = hello ] && [ -n "$PLAIN" ]; then measure evhttp "$PLAIN_PORT" "$route" "$key" "$c"; fi
   if [ $HAVE_TORNADO = 1 ]; then measure tornado "$TORNADO_PORT" "$route" "$key" "$c"; fi
-  if [ "$key" = work0 ] && [ -n "$CORO" ]; then
-    measure evexec "$PORT" "/co/work?ms=0" cowork0 "$c"
-    measure evexec "$PORT" "/work?ms=0" work0b "$c" # callback again: the ratio uses the mean of both
-  fi
 done
+if [ -n "$CORO" ]; then coro_rounds "$PORT"; fi
 stop "$EVX_PID"
 if [ -n "$PLAIN" ]; then stop "$PLAIN_PID"; fi
 if [ $HAVE_TORNADO = 1 ]; then stop "$TOR_PID"; fi
@@ -171,8 +233,9 @@ ceiling=$((THREADS * 100))
 echo "ratio http work0_vs_hello impl=evexec rps=$(div "$rps_evexec_work0" "$rps_evexec_hello")"
 echo "ratio http work10_vs_ceiling impl=evexec rps=$(div "$rps_evexec_work10" "$ceiling") ceiling_rps=$ceiling"
 if [ -n "$CORO" ]; then
-  cb=$(awk -v a="$rps_evexec_work0" -v b="$rps_evexec_work0b" 'BEGIN { print (a + b) / 2 }')
-  echo "ratio http coro_vs_callback route=/work?ms=0 impl=evexec rps=$(div "$rps_evexec_cowork0" "$cb")"
+  echo "ratio http coro_vs_callback route=/work?ms=0 impl=evexec rps=$(div "$coro_ratio" 1)" \
+    "min=$(div "$coro_min" 1) max=$(div "$coro_max" 1) rounds=$CORO_ROUNDS run_s=$CORO_RUN" \
+    "cb_rps=$coro_cb_rps co_rps=$coro_co_rps"
 fi
 if [ -n "$PLAIN" ]; then
   echo "ratio http hello_vs_plain_evhttp impl=evexec rps=$(div "$rps_evexec_hello" "$rps_evhttp_hello")"
