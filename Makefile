@@ -19,10 +19,17 @@ DOCS_DEPS = doxygen man-db
 # Reliability runs (make test-valgrind, make fuzz-smoke).
 VALGRIND_DEPS = valgrind
 FUZZ_DEPS  = clang libclang-rt-14-dev
+# make test-aarch64: the cross compiler and qemu-user. The arm64 libraries
+# (libevent, check, the loader and libc) are not installed: they are unpacked
+# into build-aarch64/sysroot (scripts/aarch64-sysroot.sh).
+AARCH64_DEPS = gcc-aarch64-linux-gnu qemu-user
+# The suites that run on aarch64: everything over the coroutine switch, on the
+# assembly backend and on ucontext.
+AARCH64_TESTS = ^((coro|coro_switch|sync|http_coro)(_ucontext)?|futures)$$
 FUZZ_SECONDS ?= 60
 
 
-.PHONY: all deps build docs test demo test-asan test-tsan test-valgrind fuzz-smoke install install-check bench clean
+.PHONY: all deps build docs test demo test-asan test-tsan test-valgrind test-aarch64 fuzz-smoke install install-check bench clean
 
 all: build
 
@@ -49,6 +56,15 @@ test-tsan:
 test-valgrind:
 	@sh scripts/deps.sh $(VALGRIND_DEPS)
 	$(MAKE) test BUILD=build-valgrind CMAKE_FLAGS="-DEVX_VALGRIND=ON -DEVX_BUILD_BENCH=OFF -DEVX_BUILD_EXAMPLES=OFF"
+
+# The library cross-built for aarch64 (cmake/aarch64-linux-gnu.cmake, -Werror
+# like every build) and the coroutine suites run under qemu-user: the aarch64
+# context switch (core/coro-switch-aarch64.S) tested on every CI run.
+test-aarch64:
+	@sh scripts/deps.sh $(AARCH64_DEPS)
+	sh scripts/aarch64-sysroot.sh build-aarch64/sysroot
+	$(MAKE) build BUILD=build-aarch64 CMAKE_FLAGS="-DCMAKE_TOOLCHAIN_FILE=$(CURDIR)/cmake/aarch64-linux-gnu.cmake -DEVX_AARCH64_SYSROOT=$(CURDIR)/build-aarch64/sysroot -DEVX_BUILD_BENCH=OFF -DEVX_BUILD_EXAMPLES=OFF -DEVX_BUILD_SQLITE=OFF -DEVX_BUILD_MAIL=OFF -DEVX_BUILD_REDIS=OFF"
+	cd build-aarch64 && ctest --output-on-failure --no-tests=error -j $(JOBS) -R '$(AARCH64_TESTS)'
 
 # Every libFuzzer target in fuzz/ for FUZZ_SECONDS in total, built with clang
 # and ASan+UBSan in build-fuzz; any crash, leak or sanitizer report fails.
@@ -90,4 +106,4 @@ bench: deps
 	sh bench/run.sh build-bench
 
 clean:
-	rm -rf build build-asan build-tsan build-valgrind build-fuzz build-bench
+	rm -rf build build-asan build-tsan build-valgrind build-fuzz build-bench build-aarch64

@@ -65,10 +65,15 @@ void evx__ctx_make(evx__ctx *ctx, void *lo, size_t size, evx__ctx_entry_fn entry
 #elif defined(__aarch64__)
 const char *evx__ctx_backend(void) { return "aarch64"; }
 
+/* The frame evx__ctx_switch pops (layout in coro-switch-aarch64.S): zero
+ * registers, x19 = arg, x20 = entry, x30 = evx__ctx_start, x29 = 0 (the frame
+ * chain ends), FPCR = 0 (round to nearest, no flush-to-zero: a new context
+ * starts with the default FP control, as on x86-64). sp lands on the 16-byte
+ * aligned top. */
 void evx__ctx_make(evx__ctx *ctx, void *lo, size_t size, evx__ctx_entry_fn entry, void *arg) {
   uintptr_t top = ((uintptr_t)lo + size) & ~(uintptr_t)15;
-  uint64_t *sp = (uint64_t *)(top - 160);
-  for (int i = 0; i < 20; i++) sp[i] = 0;
+  uint64_t *sp = (uint64_t *)(top - 176);
+  for (int i = 0; i < 22; i++) sp[i] = 0;
   sp[0] = (uintptr_t)arg;              /* x19 */
   sp[1] = (uintptr_t)entry;            /* x20 */
   sp[11] = (uintptr_t)evx__ctx_start;  /* x30: where the switch returns to */

@@ -4,7 +4,11 @@
  * (coro-switch-x86_64.S, coro-switch-aarch64.S: save the callee-saved
  * registers on the current stack, store sp, load the other sp, restore), or
  * ucontext (coro-switch.c) on other targets and when EVX_CORO_UCONTEXT is set
- * (CMake -DEVX_CORO_UCONTEXT=ON), so CI tests both. */
+ * (CMake -DEVX_CORO_UCONTEXT=ON), so CI tests both. Each context keeps its own
+ * callee-saved registers and FP control (x86-64 MXCSR and x87 control word,
+ * aarch64 FPCR, ucontext's FP environment). tests/test_coro_switch.c checks
+ * them on every backend; make test-aarch64 runs it (and the coroutine suites)
+ * on aarch64 under qemu-user. */
 #ifndef EVX_CORO_SWITCH_H
 #define EVX_CORO_SWITCH_H
 

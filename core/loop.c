@@ -500,6 +500,10 @@ evx_timer *evx_call_later(evx_loop *loop, uint64_t ms, evx_cb fn, void *arg) {
     evx_free(t);
     return evx__ctor_fail(EVX_ENOMEM);
   }
+  /* libevent measures the timeout from its cached time, taken when the loop
+   * woke up: from inside a callback that ran for a while (or a coroutine), the
+   * timer would fire early. Refresh it, so fn never runs before `ms` elapsed. */
+  event_base_update_cache_time(loop->base);
   if (event_assign(&t->ev, loop->base, -1, 0, evx__on_timer, t) != 0 ||
       event_add(&t->ev, &tv) != 0) {
     evx__handle_drop(t->id);

@@ -241,7 +241,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
    * than the independent reading finds complete and valid before the first
    * bad one (no smuggled request), and rejects only what it finds bad - with
    * the same status - or a message the input cuts off. */
-  evx_oracle orc = evx_oracle_run(data, size);
+  evx_oracle orc = evx_oracle_run(data, size, o.max_body_size);
   evx_http_stats st;
   evx_http_stats_get(http, &st);
   if (st.requests > (uint64_t)orc.complete) {

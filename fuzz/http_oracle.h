@@ -14,7 +14,7 @@
 
 typedef struct evx_oracle {
   int complete; /* valid, complete messages before the first bad one or the end */
-  int bad;      /* 0, or the status the first bad message must get (400, 501, 505) */
+  int bad;      /* 0, or the status the first bad message must get (400, 413, 501, 505) */
   int incomplete; /* the input ends inside a message (the server may reject it early) */
 } evx_oracle;
 
@@ -63,7 +63,10 @@ static int evx_oracle_field(const uint8_t *s, size_t n, char *name, size_t ncap,
   return 1;
 }
 
-static evx_oracle evx_oracle_run(const uint8_t *d, size_t size) {
+/* max_body: the server's max_body_size ((size_t)-1: unlimited). A body above
+ * it is 413 - for Content-Length at the end of the head, for chunked at the
+ * chunk-size line that takes the sum of the sizes above it. */
+static evx_oracle evx_oracle_run(const uint8_t *d, size_t size, size_t max_body) {
   evx_oracle o = {0, 0, 0};
   const uint8_t *p = d, *end = d + size, *s;
   size_t n;
@@ -129,6 +132,7 @@ static evx_oracle evx_oracle_run(const uint8_t *d, size_t size) {
       if (ncl || nte > 1 || minor == 0) BAD(400);
       if (te_bad) BAD(501);
       if (nobody) BAD(400);
+      uint64_t total = 0; /* the chunk sizes so far */
       for (;;) { /* chunks */
         if ((r = evx_oracle_line(&p, end, &s, &n)) <= 0) {
           if (r < 0) BAD(400);
@@ -150,6 +154,8 @@ static evx_oracle evx_oracle_run(const uint8_t *d, size_t size) {
             if ((s[k] < 0x20 && s[k] != '\t') || s[k] == 0x7f) BAD(400);
         }
         if (len == 0) break;
+        if (max_body != (size_t)-1 && total + len > max_body) BAD(413); /* len < 16^15: no overflow */
+        total += len;
         if ((uint64_t)(end - p) < len) INCOMPLETE();
         p += len;
         if (p >= end) INCOMPLETE();
@@ -175,6 +181,7 @@ static evx_oracle evx_oracle_run(const uint8_t *d, size_t size) {
       }
     } else if (cl) {
       if (nobody) BAD(400);
+      if (max_body != (size_t)-1 && cl > max_body) BAD(413);
       if ((uint64_t)(end - p) < cl) INCOMPLETE();
       p += cl;
     }

@@ -21,8 +21,15 @@
  * - A violation poisons the connection: the bad message's bytes are removed
  *   from the input buffer (evhttp never completes it) and every later byte
  *   is dropped. Once the requests before it are answered and written, the
- *   error (400, 408, 501 or 505) is written straight to the socket and the
- *   connection freed - what nginx does.
+ *   error (400, 408, 413, 501 or 505) is written straight to the socket, it
+ *   is logged and counted with the body bytes that left, and the connection
+ *   freed - what nginx does.
+ * - max_body_size: a Content-Length above it is 413 at the end of the head;
+ *   a chunked body is 413 at the chunk-size line that takes the sum of the
+ *   chunk sizes above it (before that chunk's data is read). evhttp has the
+ *   same limit and checks at the same places, but only after the scanner
+ *   has removed the bad message, so its own 413 (HTML, not logged) is left
+ *   only for a connection the tracker could not be allocated for.
  * - Chunk extensions ("5;a=b") are valid and must be ignored; evhttp rejects
  *   them, so the scanner removes them from the buffer before evhttp reads the
  *   line.
@@ -91,6 +98,8 @@ struct evx__conn {
   uint64_t msg_start;
   uint64_t ext_start; /* chunk-size line: where the extension begins */
   uint64_t left;      /* body or chunk bytes still to skip */
+  uint64_t body;      /* chunked: the data bytes the chunk-size lines so far announced
+                       * (<= max_body_size when limited; see evx__line_end) */
   int st, line;
   int http_minor, ver_len, ver_bad;
   int cur_field, name_len, val_len, val_over;
@@ -314,15 +323,15 @@ static void evx__conn_try_fail(evx__conn *c) {
     return;
   }
   char resp[256];
-  size_t body_bytes = 0;
   const char *reason = evx__http_reason(c->bad);
   evutil_socket_t fd = bufferevent_getfd(c->bev);
   int n = snprintf(resp, sizeof resp,
                    "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
                    "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
                    c->bad, reason, strlen(reason) + 1, reason);
-  /* an empty socket buffer always takes the whole reply: count its body */
-  if (evx__conn_send_raw(fd, resp, (size_t)n) == (ssize_t)n) body_bytes = strlen(reason) + 1;
+  /* an empty socket buffer takes the whole reply; count the body bytes that left */
+  size_t body_bytes = evx__raw_body_sent(evx__conn_send_raw(fd, resp, (size_t)n), (size_t)n,
+                                         strlen(reason) + 1);
   h->st.status[4 + (c->bad >= 500)]++;
   /* logged and counted like every other reply evexec sends (the path is not
    * kept by the scanner: "-") */
@@ -487,6 +496,7 @@ static int evx__head_end(evx__conn *c) {
     if (c->method_nobody) return 400;
     c->st = S_CHUNK_SIZE;
     c->left = 0;
+    c->body = 0;
     c->nhex = 0;
     c->line = L_CHUNK;
   } else if (c->cl) {
@@ -539,6 +549,16 @@ static int evx__line_end(evx__conn *c) {
       c->st = S_HDR_START;
       c->line = L_HDR;
     } else {
+      /* Too large: answered at the chunk-size line that takes the body over
+       * the limit, before its data - evhttp checks the same sum at the same
+       * line, but the scanner sees the line first and removes it, so
+       * evhttp's own (unlogged, HTML) 413 never fires on a tracked
+       * connection. No overflow: body <= max and left < 16^15. */
+      size_t max = c->http->opts.max_body_size;
+      if (max != EVX_HTTP_UNLIMITED) {
+        if (c->left > (uint64_t)max - c->body) return 413;
+        c->body += c->left;
+      }
       c->st = S_CHUNK_DATA;
     }
     return 0;

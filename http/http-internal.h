@@ -231,6 +231,13 @@ void evx__conn_close_all(evx_http *h);
 /* http-conn.c: write a small reply straight to a connection's socket and
  * prepare it for closing (its output buffer must be empty). */
 ssize_t evx__conn_send_raw(evutil_socket_t fd, const char *resp, size_t n); /* bytes sent, or -1 */
+/* Of a raw reply of n bytes ending in a body of body_len, the body bytes a
+ * send that returned w put on the wire: what the access log and bytes_out
+ * count for it, as for every other reply (0 when w < 0). */
+static inline size_t evx__raw_body_sent(ssize_t w, size_t n, size_t body_len) {
+  size_t head = n - body_len;
+  return w > 0 && (size_t)w > head ? (size_t)w - head : 0;
+}
 
 /* http/http-conn.c */
 struct bufferevent *evx__conn_bevcb(struct event_base *base, void *arg);

@@ -294,11 +294,8 @@ static void evx__on_timer(evutil_socket_t fd, short what, void *arg) {
     ssize_t w = send(sfd, resp, sizeof resp - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     /* the access log and bytes_out count the body bytes that left, as for
      * every other reply (a full socket buffer: the client is not reading) */
-    size_t head = sizeof resp - 1 - (sizeof "request timeout\n" - 1);
-    if (w > 0 && (size_t)w > head) {
-      r->bytes = (size_t)w - head;
-      r->http->st.bytes_out += r->bytes;
-    }
+    r->bytes = evx__raw_body_sent(w, sizeof resp - 1, sizeof "request timeout\n" - 1);
+    r->http->st.bytes_out += r->bytes;
   }
   evx__request_zombify(r, EVX_ETIMEDOUT, 1);
 }

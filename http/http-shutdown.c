@@ -62,8 +62,13 @@ static void evx__shut_grace_over(evx_http *h) {
   while (!evx__list_empty(&h->held)) {
     evx_request *r = EVX__CONTAINER_OF(h->held.next, evx_request, held_link);
     struct bufferevent *bev = r->evcon ? evhttp_connection_get_bufferevent(r->evcon) : NULL;
-    if (bev && !r->streaming && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-      evx__conn_send_raw(bufferevent_getfd(bev), resp, sizeof resp - 1);
+    if (bev && !r->streaming && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+      ssize_t w = evx__conn_send_raw(bufferevent_getfd(bev), resp, sizeof resp - 1);
+      /* the zombify below logs the 503 with the body bytes that left (a held
+       * request has sent nothing yet), and bytes_out counts them */
+      r->bytes = evx__raw_body_sent(w, sizeof resp - 1, sizeof "shutting down\n" - 1);
+      h->st.bytes_out += r->bytes;
+    }
     evx__request_zombify(r, EVX_ECLOSED, 1);
   }
 }

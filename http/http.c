@@ -205,6 +205,9 @@ static void evx__http_apply_opts(evx_http *h) {
     evhttp_set_max_headers_size(h->evh, -1);
   else
     evhttp_set_max_headers_size(h->evh, (ev_ssize_t)(o->max_header_size * 2));
+  /* The same limit as the framing scanner's 413 (http-conn.c), which sees
+   * each Content-Length and chunk-size line before evhttp and removes the
+   * message: evhttp's own HTML 413 is left for untracked connections. */
   if (o->max_body_size == EVX_HTTP_UNLIMITED || o->max_body_size > ((size_t)-1 >> 1))
     evhttp_set_max_body_size(h->evh, -1);
   else

@@ -35,6 +35,8 @@
  * Threads: everything here is loop-thread only. The context switch is a few
  * instructions on x86-64 and aarch64 (ucontext elsewhere, or when built with
  * -DEVX_CORO_UCONTEXT=ON); ASan, TSan and valgrind are told about every switch.
+ * The floating-point control state (the rounding mode) belongs to each
+ * coroutine: one that calls fesetround does not change the loop's.
  */
 #ifndef EVEXEC_CORO_H
 #define EVEXEC_CORO_H

@@ -91,8 +91,10 @@ typedef struct evx_http_opts {
    *  ones get 431. Header blocks larger than twice this are cut off by evhttp
    *  while still reading and get 400 with the connection closed. */
   size_t max_header_size;
-  /** Largest request body in bytes; default 1 MiB. Bigger ones get 413 from
-   *  evhttp (not logged: they never reach evexec). */
+  /** Largest request body in bytes; default 1 MiB. Bigger ones get 413 and
+   *  the connection closed, before the body is read: at the end of the head
+   *  for a Content-Length, at the chunk-size line that takes a chunked body
+   *  over it. Logged (path "-") and counted in bad_requests. */
   size_t max_body_size;
   /** A request not finished this long after dispatch is answered 504 and its
    *  connection closed; the later finish returns EVX_ETIMEDOUT. Default
@@ -309,7 +311,7 @@ typedef struct evx_http_stats {
   uint64_t bytes_out;     /**< body bytes sent */
   uint64_t status[6];     /**< by class: [1] 1xx ... [5] 5xx; [0] no status (client left) */
   uint64_t connections;   /**< connections open now */
-  uint64_t bad_requests;  /**< connections closed for bad framing (400, 501, 505; see RELIABILITY.md) */
+  uint64_t bad_requests;  /**< connections closed for bad framing (400, 501, 505) or a body over max_body_size (413); see RELIABILITY.md */
   uint64_t header_timeouts; /**< 408: the head did not arrive within header_timeout_ms */
   uint64_t body_timeouts; /**< 408: the body did not arrive within body_timeout_ms */
   uint64_t shed;          /**< connections closed by max_connections */
