@@ -19,15 +19,20 @@
 # both routes run on the SAME server process (same workers, same job, both
 # real handlers as a user writes them), in CORO_ROUNDS rounds. A round is four
 # CORO_RUN-second wrk runs in the order callback, coroutine, coroutine,
-# callback (ABBA: a load that rises or falls steadily during the round hits
-# both routes alike) and gives one ratio, the coroutine runs' mean rps over
-# the callback runs' mean. The result is the median of the rounds' ratios (a
-# round spoiled by a burst of other work moves the median little; min and
-# max show the spread):
+# callback (ABBA: a load that rises or falls steadily during a round hits
+# both routes alike). The result is the median rps of the coroutine runs over
+# the median rps of the callback runs: as many runs of each, interleaved, so
+# both see the same machine, and a run spoiled by a burst of other work (on
+# this shared 2-vCPU VM a run can lose half its rps) moves a median little.
+# Also printed: paired, the median of the rounds' own ratios (coroutine runs'
+# mean over callback runs' mean; one spoiled run spoils its round), best, the
+# best coroutine run over the best callback run, and the 1-minute load average
+# before and after (above ~2, wrk, the loop and the two workers share the 2
+# vCPUs with others and no figure is worth much):
 #   coro_round i=1 cb_rps=A,D co_rps=B,C ratio=..
 #   http impl=evexec route=/co/work?ms=0 ... rps=..   (the median over the rounds)
-#   ratio http coro_vs_callback route=/work?ms=0 impl=evexec rps=<median> min=.. max=..
-#     rounds=.. run_s=.. cb_rps=.. co_rps=..   (cb_rps, co_rps: the medians of the rounds)
+#   ratio http coro_vs_callback route=/work?ms=0 impl=evexec rps=<co_rps/cb_rps> paired=..
+#     best=.. rounds=.. run_s=.. cb_rps=<median> co_rps=<median> load1=<before>-<after>
 # One long run per route (the old method) swung 0.60-1.02x on this 2-vCPU VM
 # while other jobs ran: a load change during one of the two runs moved the
 # ratio by as much as the change itself.
@@ -37,7 +42,8 @@
 # CONNS (wrk connections, 64), CONNS_WORK10 (wrk connections for /work?ms=10,
 # default 4 x THREADS: enough to keep every worker busy, few enough that the
 # warm-up's queue drains in 40 ms instead of eating into the measured run),
-# WRK_THREADS (1), CORO_ROUNDS (9), CORO_RUN (seconds per run, 1), PORT (18080), TORNADO_PORT
+# WRK_THREADS (1), CORO_ROUNDS (9), CORO_RUN (seconds per run, 1), CORO_ONLY (1: only the
+# coroutine vs callback rounds, about 40 s; no other server, route or long poll), PORT (18080), TORNADO_PORT
 # (18081), LONGPOLL_CONNS (10000; 0 skips), PYTHON (/usr/bin/python3: Debian's
 # Tornado is installed for it). Servers log to $TMPDIR; only 127.0.0.1 is used.
 set -euf  # -f: routes like /work?ms=0 must never glob
@@ -51,6 +57,7 @@ CONNS_WORK10=${CONNS_WORK10:-$((THREADS * 4))}
 WRK_THREADS=${WRK_THREADS:-1}
 CORO_ROUNDS=${CORO_ROUNDS:-9}
 CORO_RUN=${CORO_RUN:-1}
+CORO_ONLY=${CORO_ONLY:-0}
 PORT=${PORT:-18080}
 TORNADO_PORT=${TORNADO_PORT:-18081}
 PLAIN_PORT=${PLAIN_PORT:-18082}
@@ -85,6 +92,13 @@ PLAIN=""
 if [ -x "$BUILD/bench/evhttp-plain" ]; then PLAIN=$BUILD/bench/evhttp-plain; fi
 HAVE_TORNADO=0
 if "$PYTHON" -c 'import tornado' >/dev/null 2>&1; then HAVE_TORNADO=1; fi
+if [ "$CORO_ONLY" = 1 ]; then
+  if [ -z "$CORO" ]; then
+    echo "http skipped reason=CORO_ONLY-but-$HELLO-has-no---coro"
+    exit 0
+  fi
+  PLAIN="" HAVE_TORNADO=0 LONGPOLL_CONNS=0
+fi
 
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/evx-http.XXXXXX")
 PIDS=""
@@ -172,13 +186,14 @@ median() {
 }
 
 # coro_rounds PORT: the coroutine vs callback measurement described in the
-# header. Sets coro_ratio, coro_min, coro_max, coro_cb_rps, coro_co_rps.
+# header. Sets coro_ratio, coro_paired, coro_best, coro_cb_rps, coro_co_rps, coro_load.
 coro_rounds() {
   cb_url="http://$HOST:$1/work?ms=0" co_url="http://$HOST:$1/co/work?ms=0"
   wrk -t "$WRK_THREADS" -c "$CONNS" -d 1s "$cb_url" >/dev/null 2>&1 || true # warm both paths
   wrk -t "$WRK_THREADS" -c "$CONNS" -d 1s "$co_url" >/dev/null 2>&1 || true
   sleep 0.5
   ratios="" cbs="" cos=""
+  load0=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo '?')
   i=1
   while [ "$i" -le "$CORO_ROUNDS" ]; do
     cb1=$(wrk_rps "$cb_url" "$CORO_RUN")
@@ -189,14 +204,17 @@ coro_rounds() {
     co=$(awk -v a="$co1" -v b="$co2" 'BEGIN { printf "%.0f", (a + b) / 2 }')
     r=$(awk -v a="$co" -v b="$cb" 'BEGIN { if (b > 0) printf "%.4f", a / b; else print "nan" }')
     echo "coro_round i=$i cb_rps=$cb1,$cb2 co_rps=$co1,$co2 ratio=$r"
-    ratios="$ratios $r" cbs="$cbs $cb" cos="$cos $co"
+    ratios="$ratios $r" cbs="$cbs $cb1 $cb2" cos="$cos $co1 $co2"
     i=$((i + 1))
   done
-  coro_ratio=$(echo "$ratios" | tr ' ' '\n' | grep . | median)
-  coro_min=$(echo "$ratios" | tr ' ' '\n' | grep . | sort -g | head -n 1)
-  coro_max=$(echo "$ratios" | tr ' ' '\n' | grep . | sort -g | tail -n 1)
-  coro_cb_rps=$(echo "$cbs" | tr ' ' '\n' | grep . | median)
-  coro_co_rps=$(echo "$cos" | tr ' ' '\n' | grep . | median)
+  coro_paired=$(echo "$ratios" | tr ' ' '\n' | grep . | median)
+  coro_cb_rps=$(echo "$cbs" | tr ' ' '\n' | grep . | median | awk '{ printf "%.0f", $1 }')
+  coro_co_rps=$(echo "$cos" | tr ' ' '\n' | grep . | median | awk '{ printf "%.0f", $1 }')
+  coro_ratio=$(awk -v a="$coro_co_rps" -v b="$coro_cb_rps" 'BEGIN { if (b > 0) printf "%.4f", a / b; else print "nan" }')
+  best_cb=$(echo "$cbs" | tr ' ' '\n' | grep . | sort -g | tail -n 1)
+  best_co=$(echo "$cos" | tr ' ' '\n' | grep . | sort -g | tail -n 1)
+  coro_best=$(awk -v a="$best_co" -v b="$best_cb" 'BEGIN { if (b > 0) printf "%.4f", a / b; else print "nan" }')
+  coro_load="$load0-$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo '?')"
   echo "http impl=evexec route=/co/work?ms=0 threads=$THREADS conns=$CONNS rounds=$CORO_ROUNDS run_s=$CORO_RUN rps=$coro_co_rps"
 }
 
@@ -217,7 +235,9 @@ if [ -n "$PLAIN" ]; then
 fi
 
 # Alternate the servers route by route, so all see the same machine state.
-for case in hello:/hello work0:/work?ms=0 work10:/work?ms=10; do
+CASES="hello:/hello work0:/work?ms=0 work10:/work?ms=10"
+if [ "$CORO_ONLY" = 1 ]; then CASES=""; fi
+for case in $CASES; do
   key=${case%%:*} route=${case#*:} c=$CONNS
   if [ "$key" = work10 ]; then c=$CONNS_WORK10; fi
   measure evexec "$PORT" "$route" "$key" "$c"
@@ -230,12 +250,14 @@ if [ -n "$PLAIN" ]; then stop "$PLAIN_PID"; fi
 if [ $HAVE_TORNADO = 1 ]; then stop "$TOR_PID"; fi
 
 ceiling=$((THREADS * 100))
-echo "ratio http work0_vs_hello impl=evexec rps=$(div "$rps_evexec_work0" "$rps_evexec_hello")"
-echo "ratio http work10_vs_ceiling impl=evexec rps=$(div "$rps_evexec_work10" "$ceiling") ceiling_rps=$ceiling"
+if [ "$CORO_ONLY" != 1 ]; then
+  echo "ratio http work0_vs_hello impl=evexec rps=$(div "$rps_evexec_work0" "$rps_evexec_hello")"
+  echo "ratio http work10_vs_ceiling impl=evexec rps=$(div "$rps_evexec_work10" "$ceiling") ceiling_rps=$ceiling"
+fi
 if [ -n "$CORO" ]; then
   echo "ratio http coro_vs_callback route=/work?ms=0 impl=evexec rps=$(div "$coro_ratio" 1)" \
-    "min=$(div "$coro_min" 1) max=$(div "$coro_max" 1) rounds=$CORO_ROUNDS run_s=$CORO_RUN" \
-    "cb_rps=$coro_cb_rps co_rps=$coro_co_rps"
+    "paired=$(div "$coro_paired" 1) best=$(div "$coro_best" 1) rounds=$CORO_ROUNDS run_s=$CORO_RUN" \
+    "cb_rps=$coro_cb_rps co_rps=$coro_co_rps load1=$coro_load"
 fi
 if [ -n "$PLAIN" ]; then
   echo "ratio http hello_vs_plain_evhttp impl=evexec rps=$(div "$rps_evexec_hello" "$rps_evhttp_hello")"
