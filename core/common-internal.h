@@ -58,9 +58,19 @@ static inline evx__list *evx__list_pop_head(evx__list *h) {
   return n;
 }
 
+/* initial-exec TLS: read on hot paths; the default model costs a
+ * __tls_get_addr call per access in the shared library. */
+#if defined(__GNUC__)
+#define EVX__TLS_FAST __attribute__((tls_model("initial-exec")))
+#else
+#define EVX__TLS_FAST
+#endif
+
 /* This thread's identity for lock-free "is this the loop thread" checks: the
- * address of a thread-local, distinct for every live thread. */
-const void *evx__thread_me(void);
+ * address of a thread-local, distinct for every live thread (common.c;
+ * hidden, so only the library's own code reads it inline). */
+extern _Thread_local char evx__thread_token EVX__TLS_FAST;
+static inline const void *evx__thread_me(void) { return &evx__thread_token; }
 
 /* A loop exists that was allocated with the current allocator (one hold per
  * live loop): evx_set_allocator refuses to switch while any is held. */

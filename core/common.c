@@ -93,15 +93,8 @@ char *evx_strdup(const char *s) {
   return d;
 }
 
-/* initial-exec: read by every loop-thread check; the default model costs a
- * __tls_get_addr call per access in the shared library. */
-#if defined(__GNUC__)
-static _Thread_local char evx__thread_token __attribute__((tls_model("initial-exec")));
-#else
-static _Thread_local char evx__thread_token;
-#endif
-
-const void *evx__thread_me(void) { return &evx__thread_token; }
+/* The thread identity behind evx__thread_me (common-internal.h). */
+_Thread_local char evx__thread_token EVX__TLS_FAST;
 
 static _Thread_local int evx__last_err;
 

@@ -134,13 +134,7 @@ typedef struct evx__coro_home {
   int in_close;     /* evx__coro_loop_close is iterating: it frees cl itself */
 } evx__coro_home;
 
-/* initial-exec: read on every await; the default model costs a
- * __tls_get_addr call per access in the shared library. */
-#if defined(__GNUC__)
-#define EVX__TLS_FAST __attribute__((tls_model("initial-exec")))
-#else
-#define EVX__TLS_FAST
-#endif
+/* EVX__TLS_FAST (common-internal.h): read on every await. */
 static _Thread_local evx__coro *evx__cur EVX__TLS_FAST;
 static _Thread_local evx__ctx evx__main_ctx EVX__TLS_FAST;
 #ifdef EVX__ASAN

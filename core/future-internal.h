@@ -14,4 +14,8 @@ void evx__future_set_cancel_hook(evx_future *f, evx__cancel_hook fn, void *ctx);
 /* Undo evx_future_on_done(f, cb, arg) if that callback has not started yet. */
 void evx__future_remove_cb(evx_future *f, evx_future_cb cb, void *arg);
 
+/* evx_loop_free, at its very end: free the loop's cached futures; a future
+ * released later is freed at once (its memory never touches the loop). */
+void evx__fcache_close(evx_loop *loop);
+
 #endif

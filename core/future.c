@@ -15,6 +15,15 @@
  *   again. So each callback runs exactly once.
  * - A result that arrives for a future that is already done (cancelled) is
  *   freed by whoever brought it; nobody else sees it.
+ * - Memory: a freed future goes to its loop's free list (evx__fcache, at most
+ *   EVX__FCACHE_MAX of them) and the next evx_future_new on that loop takes
+ *   it back, so a steady stream of futures (a coroutine handoff: one per
+ *   queue get and per wait) does not call the allocator. The list is a
+ *   separate object held by the loop and by every live future made from it:
+ *   evx_loop_free closes it (frees the cached futures), and a future released
+ *   after that is freed at once, the last one out freeing the list. Cached
+ *   futures are poisoned for ASan and marked inaccessible for valgrind, so a
+ *   use after the last release is still reported.
  */
 #include "future-internal.h"
 
@@ -22,12 +31,43 @@
 
 #include "loop-internal.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define EVX__ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EVX__ASAN 1
+#endif
+#endif
+#ifdef EVX__ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define EVX__VALGRIND 1
+#endif
+#endif
+
+#define EVX__FCACHE_MAX 64
+
 typedef struct evx__fcb {
   evx_future_cb cb;
   void *arg;
 } evx__fcb;
 
+/* A loop's free list of futures. Loop thread only (like the futures). refs:
+ * one for the loop until evx__fcache_close, plus one per live future made
+ * while it was open; a cached future holds none. */
+typedef struct evx__fcache {
+  size_t refs;
+  int closed;      /* the loop is gone: freed futures go straight to evx_free */
+  evx_future *top; /* cached futures, linked through next_free */
+  size_t n;
+} evx__fcache;
+
 struct evx_future {
+  evx_future *next_free; /* first: in cache->top's list while cached (the rest is poisoned) */
+  evx__fcache *cache;
   evx_loop *loop;
   unsigned refs;
   int status;
@@ -45,20 +85,81 @@ struct evx_future {
 
 static void evx__future_run_cbs(void *arg);
 
+/* The part of a cached future that is off limits until it is reused. */
+#define EVX__FCACHE_POISON_AT sizeof(evx_future *)
+
+static void evx__fcache_mark_free(evx_future *f) {
+  (void)f;
+#ifdef EVX__ASAN
+  ASAN_POISON_MEMORY_REGION((char *)f + EVX__FCACHE_POISON_AT, sizeof *f - EVX__FCACHE_POISON_AT);
+#endif
+#ifdef EVX__VALGRIND
+  VALGRIND_MAKE_MEM_NOACCESS((char *)f + EVX__FCACHE_POISON_AT, sizeof *f - EVX__FCACHE_POISON_AT);
+#endif
+}
+
+static void evx__fcache_mark_used(evx_future *f) {
+  (void)f;
+#ifdef EVX__ASAN
+  ASAN_UNPOISON_MEMORY_REGION(f, sizeof *f);
+#endif
+#ifdef EVX__VALGRIND
+  VALGRIND_MAKE_MEM_UNDEFINED(f, sizeof *f);
+#endif
+}
+
+void evx__fcache_close(evx_loop *loop) {
+  evx__loop_hot *h = evx__loop_hot_of(loop);
+  evx__fcache *c = h->fcache;
+  if (!c) return;
+  h->fcache = NULL;
+  c->closed = 1;
+  while (c->top) {
+    evx_future *f = c->top;
+    c->top = f->next_free;
+    evx__fcache_mark_used(f);
+    evx_free(f);
+  }
+  c->n = 0;
+  if (--c->refs == 0) evx_free(c);
+}
+
 evx_future *evx_future_new(evx_loop *loop) {
   if (!loop || !evx__loop_thread_ok(loop)) return evx__ctor_fail(EVX_EINVAL);
-  /* malloc, not calloc: glibc's calloc bypasses its per-thread cache, and a
-   * coroutine handoff makes two futures per item. */
-  evx_future *f = evx_malloc(sizeof *f);
-  if (!f) return evx__ctor_fail(EVX_ENOMEM);
-  *f = (evx_future){0};
+  evx__loop_hot *h = evx__loop_hot_of(loop);
+  evx__fcache *c = h->fcache;
+  if (!c) {
+    if (!(c = evx_calloc(1, sizeof *c))) return evx__ctor_fail(EVX_ENOMEM);
+    c->refs = 1; /* the loop's, dropped by evx__fcache_close */
+    h->fcache = c;
+  }
+  evx_future *f = c->top;
+  if (f) {
+    c->top = f->next_free;
+    c->n--;
+    evx__fcache_mark_used(f);
+  } else if (!(f = evx_malloc(sizeof *f))) {
+    /* malloc, not calloc: glibc's calloc bypasses its per-thread cache. */
+    return evx__ctor_fail(EVX_ENOMEM);
+  }
+  /* Field by field: inline_cbs needs no zeroing, and a whole-struct zero
+   * is a `rep stos` that costs more than the rest of the call. */
+  f->next_free = NULL;
+  f->cache = c;
+  c->refs++;
   f->loop = loop;
   f->refs = 1;
   f->status = EVX_PENDING;
+  f->result = NULL;
+  f->result_free = NULL;
+  f->source = NULL;
   f->cbs = f->inline_cbs;
+  f->ncbs = f->next_cb = 0;
   f->cap = sizeof f->inline_cbs / sizeof f->inline_cbs[0];
-  f->defer.fn = evx__future_run_cbs;
-  f->defer.arg = f;
+  f->defer = (evx__cbnode){.fn = evx__future_run_cbs, .arg = f};
+  f->defer_queued = 0;
+  f->cancel_hook = NULL;
+  f->cancel_ctx = NULL;
   return f;
 }
 
@@ -72,7 +173,17 @@ void evx_future_release(evx_future *f) {
   if (f->result && f->result_free) f->result_free(f->result);
   if (f->source) evx_future_release(f->source);
   if (f->cbs != f->inline_cbs) evx_free(f->cbs);
+  evx__fcache *c = f->cache;
+  if (!c->closed && c->n < EVX__FCACHE_MAX) {
+    c->refs--; /* never the last: the loop holds one while it is open */
+    f->next_free = c->top;
+    c->top = f;
+    c->n++;
+    evx__fcache_mark_free(f);
+    return;
+  }
   evx_free(f);
+  if (--c->refs == 0) evx_free(c);
 }
 
 static void evx__future_run_cbs(void *arg) {

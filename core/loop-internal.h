@@ -6,8 +6,48 @@
 
 #include <evexec/loop.h>
 
+#include <stdatomic.h>
+
 #include "common-internal.h"
 #include "evx-private.h"
+
+/* loop->hot.running. STARTING claims the loop for one evx_loop_run; readers
+ * treat it like IDLE until the owner is recorded and RUNNING is stored. */
+enum evx__run_state { EVX__LOOP_IDLE, EVX__LOOP_RUNNING, EVX__LOOP_STARTING };
+
+struct evx__fcache;
+
+/* The first member of struct evx_loop (loop.c): what core/'s hot paths read
+ * inline instead of calling into loop.c - the thread check (once per future
+ * call) and the future cache. */
+typedef struct evx__loop_hot {
+  /* The loop thread, as its evx__thread_me(): set by evx_loop_new,
+   * evx_loop_run and evx_loop_free. Atomic, so any thread may compare itself
+   * against it at any time without a lock. */
+  _Atomic(const void *) owner;
+  atomic_int running; /* an evx__run_state */
+  /* The base was adopted: the caller may run it with event_base_dispatch(),
+   * which evexec cannot see, so the thread check holds whether or not
+   * evx_loop_run is running. Constant. */
+  int adopted;
+  /* future.c's free list of futures (NULL until the first future); loop
+   * thread only; closed by evx_loop_free (evx__fcache_close). */
+  struct evx__fcache *fcache;
+} evx__loop_hot;
+
+static inline evx__loop_hot *evx__loop_hot_of(evx_loop *loop) { return (evx__loop_hot *)(void *)loop; }
+
+/* evx__loop_thread_ok (evx-private.h), inline for the code of the library
+ * itself: the loop thread always passes; another thread passes only while an
+ * owned base is not running (set-up and teardown around evx_loop_run). An
+ * adopted base may be inside event_base_dispatch() on its thread at any
+ * moment, which `running` cannot tell, so for it the check never relaxes. */
+static inline int evx__loop_thread_ok_inline(evx_loop *loop) {
+  evx__loop_hot *h = evx__loop_hot_of(loop);
+  if (atomic_load(&h->owner) == evx__thread_me()) return 1;
+  return !h->adopted && atomic_load(&h->running) != EVX__LOOP_RUNNING;
+}
+#define evx__loop_thread_ok(loop) evx__loop_thread_ok_inline(loop)
 
 /* A queued callback. Nodes are either allocated by the loop for
  * evx_add_callback (owned == 0 ... recycled by the loop), or embedded in

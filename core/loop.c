@@ -23,6 +23,7 @@
  */
 #include "loop-internal.h"
 
+#include "future-internal.h"
 #include "handle-internal.h"
 
 #include <errno.h>
@@ -62,11 +63,8 @@ typedef struct evx__signal {
   void *arg;
 } evx__signal;
 
-/* loop->running. STARTING claims the loop for one evx_loop_run; readers
- * treat it like IDLE until the owner is recorded and RUNNING is stored. */
-enum evx__run_state { EVX__LOOP_IDLE, EVX__LOOP_RUNNING, EVX__LOOP_STARTING };
-
 struct evx_loop {
+  evx__loop_hot hot; /* first: loop-internal.h reads it through the loop pointer */
   struct event_base *base;
   int owns_base;
   int wake_fd;
@@ -82,16 +80,6 @@ struct evx_loop {
   int closing;  /* evx_loop_free is past running callbacks: refuse new ones */
 
   atomic_int stop_requested;
-  atomic_int running; /* an evx__run_state */
-  /* The loop thread, as the address of that thread's evx__thread_token (a
-   * thread-local, so each live thread has its own): set by evx_loop_new,
-   * evx_loop_run and evx_loop_free. An atomic pointer, so any thread may
-   * compare itself against it at any time without a lock. */
-  _Atomic(const void *) owner;
-  /* The base was adopted: the caller may run it with event_base_dispatch(),
-   * which evexec cannot see, so the thread checks hold whether or not
-   * evx_loop_run is running (see evx__loop_thread_ok). Constant. */
-  int adopted;
 
   /* Loop thread only. */
   evx__cbnode *batch; /* remaining nodes of the batch being run */
@@ -200,7 +188,7 @@ evx_loop *evx_loop_new(struct event_base *base) {
   }
   if (base) {
     loop->base = base;
-    loop->adopted = 1;
+    loop->hot.adopted = 1;
   } else {
     /* PRECISE_TIMER: libevent's default monotonic clock is the coarse one
      * (one tick is 1-10 ms), which lets timers fire up to a tick early. */
@@ -223,8 +211,8 @@ evx_loop *evx_loop_new(struct event_base *base) {
     goto fail;
   }
   atomic_init(&loop->stop_requested, 0);
-  atomic_init(&loop->running, EVX__LOOP_IDLE);
-  atomic_init(&loop->owner, evx__thread_me());
+  atomic_init(&loop->hot.running, EVX__LOOP_IDLE);
+  atomic_init(&loop->hot.owner, evx__thread_me());
   evx__list_init(&loop->timers);
   evx__list_init(&loop->signals);
   evx__list_init(&loop->members);
@@ -248,9 +236,9 @@ int evx_loop_run(evx_loop *loop) {
   if (!loop) return EVX_EINVAL;
   /* IDLE -> STARTING claims the loop, so two threads cannot both run it. */
   int idle = EVX__LOOP_IDLE;
-  if (!atomic_compare_exchange_strong(&loop->running, &idle, EVX__LOOP_STARTING)) return EVX_EINVAL;
-  atomic_store(&loop->owner, evx__thread_me());
-  atomic_store(&loop->running, EVX__LOOP_RUNNING);
+  if (!atomic_compare_exchange_strong(&loop->hot.running, &idle, EVX__LOOP_STARTING)) return EVX_EINVAL;
+  atomic_store(&loop->hot.owner, evx__thread_me());
+  atomic_store(&loop->hot.running, EVX__LOOP_RUNNING);
   evx_loop *outer = evx__running_loop;
   evx__running_loop = loop;
   int rc = event_base_loop(loop->base, 0);
@@ -261,7 +249,7 @@ int evx_loop_run(evx_loop *loop) {
     evx__loop_member *m = EVX__CONTAINER_OF(l, evx__loop_member, link);
     if (m->on_run_exit) m->on_run_exit(m);
   }
-  atomic_store(&loop->running, EVX__LOOP_IDLE);
+  atomic_store(&loop->hot.running, EVX__LOOP_IDLE);
   return rc < 0 ? EVX_EIO : EVX_OK;
 }
 
@@ -269,7 +257,7 @@ int evx__loop_running_here(evx_loop *loop) { return evx__running_loop == loop; }
 
 int evx_loop_stop(evx_loop *loop) {
   if (!loop) return EVX_EINVAL;
-  if (atomic_load(&loop->running) == EVX__LOOP_RUNNING && atomic_load(&loop->owner) == evx__thread_me()) {
+  if (atomic_load(&loop->hot.running) == EVX__LOOP_RUNNING && atomic_load(&loop->hot.owner) == evx__thread_me()) {
     event_base_loopbreak(loop->base);
     return EVX_OK;
   }
@@ -280,17 +268,11 @@ int evx_loop_stop(evx_loop *loop) {
 
 int evx_loop_in_thread(evx_loop *loop) {
   if (!loop) return 0;
-  return atomic_load(&loop->owner) == evx__thread_me();
+  return atomic_load(&loop->hot.owner) == evx__thread_me();
 }
 
-/* The loop thread always passes. Another thread passes only while an owned
- * base is not running (set-up and teardown around evx_loop_run): an adopted
- * base may be inside event_base_dispatch() on its thread at any moment, which
- * `running` cannot tell, so for it the check never relaxes. */
-int evx__loop_thread_ok(evx_loop *loop) {
-  if (atomic_load(&loop->owner) == evx__thread_me()) return 1;
-  return !loop->adopted && atomic_load(&loop->running) != EVX__LOOP_RUNNING;
-}
+/* The exported form of the inline check (loop-internal.h), for ext/. */
+int(evx__loop_thread_ok)(evx_loop *loop) { return evx__loop_thread_ok_inline(loop); }
 
 struct event_base *evx_loop_base(evx_loop *loop) { return loop ? loop->base : NULL; }
 
@@ -413,14 +395,14 @@ void evx__loop_member_remove(evx__loop_member *m) {
 
 void evx_loop_free(evx_loop *loop) {
   if (!loop) return;
-  if (atomic_load(&loop->running) != EVX__LOOP_IDLE) {
+  if (atomic_load(&loop->hot.running) != EVX__LOOP_IDLE) {
     fprintf(stderr, "evexec: evx_loop_free called while the loop runs; ignored\n");
     return;
   }
   loop->freeing = 1;
   /* The freeing thread is the loop thread from here on: the teardown below
    * makes loop-thread calls (members' free functions, callbacks). */
-  atomic_store(&loop->owner, evx__thread_me());
+  atomic_store(&loop->hot.owner, evx__thread_me());
   /* The ownership rule (evx-private.h): close every member, newest first.
    * Unlinked before on_free, which may close other members too. */
   while (!evx__list_empty(&loop->members)) {
@@ -469,6 +451,7 @@ void evx_loop_free(evx_loop *loop) {
     next = n->next;
     evx_free(n);
   }
+  evx__fcache_close(loop); /* after the last callback: they may release futures */
   event_del(&loop->wake_ev);
   event_del(&loop->defer_ev);
   close(loop->wake_fd);

@@ -888,6 +888,54 @@ START_TEST(test_invalid_args) {
 }
 END_TEST
 
+/* ---- memory: the loop's future cache ---------------------------------------- */
+
+/* In steady state a future costs no allocation: freed ones are reused. */
+START_TEST(test_cache_no_alloc_in_steady_state) {
+  evx_loop *loop = new_loop();
+  evx_future *w1 = evx_future_new(loop), *w2 = evx_future_new(loop); /* warm: two cached */
+  evx_future_release(w1);
+  evx_future_release(w2);
+  long allocs = atomic_load(&evx_test_alloc.allocs);
+  for (int i = 0; i < 1000; i++) {
+    evx_future *a = evx_future_new(loop), *b = evx_future_new(loop);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    /* a reused future starts clean */
+    ck_assert_int_eq(evx_future_status(a), EVX_PENDING);
+    ck_assert_ptr_null(evx_future_result(a));
+    ck_assert_int_eq(evx_future_resolve(a, new_int(i), count_free), EVX_OK);
+    ck_assert_int_eq(evx_future_fail(b, EVX_EIO), EVX_OK);
+    evx_future_release(b);
+    evx_future_release(a);
+  }
+  ck_assert_int_eq(g_freed, 1000); /* every result still freed at the last release */
+  long allocs_after = atomic_load(&evx_test_alloc.allocs);
+  ck_assert_int_eq(allocs_after, allocs);
+  evx_test_free_loop(loop);
+}
+END_TEST
+
+/* Futures may outlive their loop: releasing them after evx_loop_free touches
+ * neither the loop nor its cache, and frees everything (valgrind, ASan). */
+START_TEST(test_cache_release_after_loop_free) {
+  evx_loop *loop = new_loop();
+  evx_future *live = evx_future_new(loop), *done = evx_future_new(loop);
+  ck_assert_ptr_nonnull(live);
+  ck_assert_ptr_nonnull(done);
+  evx_future_release(evx_future_new(loop)); /* one cached when the loop goes */
+  ck_assert_int_eq(evx_future_resolve(done, new_int(7), count_free), EVX_OK);
+  evx_loop_free(loop);
+  ck_assert_int_eq(evx_future_status(done), EVX_OK);
+  ck_assert_int_eq(*(int *)evx_future_result(done), 7);
+  evx_future_release(done);
+  ck_assert_int_eq(g_freed, 1);
+  ck_assert_int_gt(evx_test_alloc_live(), 0); /* `live` and the cache it holds */
+  evx_future_release(live);
+  ck_assert_int_eq(evx_test_alloc_live(), 0);
+}
+END_TEST
+
 static Suite *futures_suite(void) {
   Suite *s = suite_create("futures");
   TCase *tc = evx_test_tcase(s, "state", 10);
@@ -924,6 +972,9 @@ static Suite *futures_suite(void) {
   tc = evx_test_tcase(s, "misuse", 10);
   tcase_add_test(tc, test_wrong_thread);
   tcase_add_test(tc, test_invalid_args);
+  tc = evx_test_tcase(s, "memory", 10);
+  tcase_add_test(tc, test_cache_no_alloc_in_steady_state);
+  tcase_add_test(tc, test_cache_release_after_loop_free);
   return s;
 }
 
