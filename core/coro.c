@@ -532,22 +532,22 @@ int evx_await(evx_future *f) {
   evx__coro *co = evx__cur;
   if (!co || !f) return EVX_EINVAL;
   if (co->err) return co->err;
-  int st = evx_future_status(f);
-  if (st != EVX_PENDING) return st;
-  evx_future_ref(f);
+  if (evx__future_done(f)) return f->status;
+  evx__future_ref(f);
   if (evx_future_on_done(f, evx__await_cb, co) != EVX_OK) {
-    evx_future_release(f);
+    evx__future_unref(f);
     return EVX_ENOMEM;
   }
-  while (!co->err && !evx_future_is_done(f)) evx__coro_yield(co);
-  evx__future_remove_cb(f, evx__await_cb, co); /* when woken by an interrupt */
+  while (!co->err && !evx__future_done(f)) evx__coro_yield(co);
+  /* Woken by an interrupt: our callback may not have run. */
+  if (f->next_cb < f->ncbs) evx__future_remove_cb(f, evx__await_cb, co);
   if (co->err) {
     (void)evx_future_cancel(f); /* EVX_EINVAL when it is done: fine */
-    evx_future_release(f);
+    evx__future_unref(f);
     return co->err;
   }
-  st = evx_future_status(f);
-  evx_future_release(f);
+  int st = f->status;
+  evx__future_unref(f);
   return st;
 }
 

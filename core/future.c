@@ -29,8 +29,6 @@
 
 #include <string.h>
 
-#include "loop-internal.h"
-
 #if defined(__SANITIZE_ADDRESS__)
 #define EVX__ASAN 1
 #elif defined(__has_feature)
@@ -49,39 +47,6 @@
 #endif
 
 #define EVX__FCACHE_MAX 64
-
-typedef struct evx__fcb {
-  evx_future_cb cb;
-  void *arg;
-} evx__fcb;
-
-/* A loop's free list of futures. Loop thread only (like the futures). refs:
- * one for the loop until evx__fcache_close, plus one per live future made
- * while it was open; a cached future holds none. */
-typedef struct evx__fcache {
-  size_t refs;
-  int closed;      /* the loop is gone: freed futures go straight to evx_free */
-  evx_future *top; /* cached futures, linked through next_free */
-  size_t n;
-} evx__fcache;
-
-struct evx_future {
-  evx_future *next_free; /* first: in cache->top's list while cached (the rest is poisoned) */
-  evx__fcache *cache;
-  evx_loop *loop;
-  unsigned refs;
-  int status;
-  void *result;
-  evx_free_fn result_free;
-  evx_future *source; /* with_timeout: the mirrored future that owns the result */
-  evx__fcb *cbs;
-  size_t ncbs, cap, next_cb; /* cbs[next_cb..ncbs) have not run yet */
-  evx__fcb inline_cbs[2];
-  evx__cbnode defer;
-  int defer_queued;
-  evx__cancel_hook cancel_hook;
-  void *cancel_ctx;
-};
 
 static void evx__future_run_cbs(void *arg);
 
@@ -169,7 +134,10 @@ evx_future *evx_future_ref(evx_future *f) {
 }
 
 void evx_future_release(evx_future *f) {
-  if (!f || --f->refs > 0) return;
+  if (f) evx__future_unref(f);
+}
+
+void evx__future_destroy(evx_future *f) {
   if (f->result && f->result_free) f->result_free(f->result);
   if (f->source) evx_future_release(f->source);
   if (f->cbs != f->inline_cbs) evx_free(f->cbs);
@@ -235,11 +203,6 @@ int evx_future_cancel(evx_future *f) {
     evx_future_release(f);
   }
   return EVX_OK;
-}
-
-void evx__future_set_cancel_hook(evx_future *f, evx__cancel_hook fn, void *ctx) {
-  f->cancel_hook = fn;
-  f->cancel_ctx = ctx;
 }
 
 int evx_future_is_done(const evx_future *f) { return f && f->status != EVX_PENDING; }

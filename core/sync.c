@@ -60,7 +60,7 @@ static void evx__sw_cancelled(evx_future *f, void *ctx) {
   (void)f;
   evx__sw *w = ctx;
   evx__list_remove(&w->link);
-  evx_future_release(w->f);
+  evx__future_unref(w->f);
   evx__sw_recycle(w);
 }
 
@@ -77,7 +77,7 @@ static evx_future *evx__sw_add(evx__sync *h, evx__list *list, void *item) {
     return NULL;
   }
   w->home = h;
-  w->f = evx_future_ref(f);
+  w->f = evx__future_ref(f);
   w->item = item;
   evx__list_insert_tail(list, &w->link);
   evx__future_set_cancel_hook(f, evx__sw_cancelled, w);
@@ -90,7 +90,7 @@ static void evx__sw_end(evx__list *list, int status, void *result) {
   evx__future_set_cancel_hook(w->f, NULL, NULL);
   if (status == EVX_OK) (void)evx_future_resolve(w->f, result, NULL);
   else (void)evx_future_fail(w->f, status);
-  evx_future_release(w->f);
+  evx__future_unref(w->f);
   evx__sw_recycle(w);
 }
 
@@ -114,7 +114,7 @@ static evx_future *evx__resolved(evx__sync *h) {
     if (!h->done) return NULL;
     (void)evx_future_resolve(h->done, NULL, NULL);
   }
-  return evx_future_ref(h->done);
+  return evx__future_ref(h->done);
 }
 
 /* ---- event -------------------------------------------------------------- */

@@ -2,7 +2,9 @@
  * tests/tasks_suite.h against a real redis-server started per test, plus
  * what only Redis does - the server going away and coming back, entries
  * written by hand, and worker processes on one queue (one killed mid-task). */
+#include <evexec/sqlite.h>
 #include <evexec/tasks.h>
+#include <sqlite3.h>
 #include <sys/wait.h>
 
 #include "evx_test.h"
@@ -63,6 +65,77 @@ START_TEST(redis_down_enqueue_fails_fast) {
   ck_assert_int_eq(atomic_load(&ts.seen[3]), 1);
   ck_assert_int_eq(atomic_load(&ts.seen[2]), 0); /* refused: never stored */
   ts_shutdown_free(q, 1000);
+  ts_end();
+}
+END_TEST
+
+/* What evx_tasks_enqueue_sql saw, on the application database's writer. */
+typedef struct sql_try {
+  evx_tasks *q;
+  int enq_rc;
+  char *id;
+  long long objects; /* tables, indexes, ... in the application database */
+  int done;
+  int status;
+} sql_try;
+
+static int sql_try_fn(sqlite3 *conn, void *arg) {
+  sql_try *t = arg;
+  t->enq_rc = evx_tasks_enqueue_sql(t->q, conn, "t", "n=9", 3, NULL, &t->id);
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(conn, "SELECT count(*) FROM sqlite_master", -1, &st, NULL) != SQLITE_OK)
+    return EVX_EIO;
+  t->objects = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+  sqlite3_finalize(st);
+  return EVX_OK;
+}
+
+static void sql_try_done(void *arg, int status) {
+  sql_try *t = arg;
+  t->status = status;
+  t->done = 1;
+}
+
+/* opts.db on a Redis queue is not an outbox: the database is never touched
+ * (no table is created in it), evx_tasks_enqueue_sql answers EVX_EINVAL, and
+ * with Redis down an enqueue fails at once with EVX_EIO - nothing is kept
+ * locally to be forwarded later. */
+START_TEST(redis_opts_db_is_not_an_outbox) {
+  ts_begin(TS_DONE);
+  char path[320];
+  snprintf(path, sizeof path, "%s/app.db", ts_srv.dir);
+  evx_sqlite_opts so = {.readers = 1};
+  evx_sqlite *db = NULL;
+  ck_assert_int_eq(evx_sqlite_open(ts_loop, path, &so, &db, NULL), EVX_OK);
+  evx_tasks_opts o = ts_opts();
+  o.db = db;
+  evx_tasks *q = ts_open_started(&o);
+  evx_free(ts_enqueue_wait(q, "t", 1, NULL)); /* Redis up: a plain Redis queue */
+  ts_run_until(&ts.dones, 1, 10000);
+  ts_wait_counts(q, 0, 0, 0, 0); /* and acknowledged */
+
+  sql_try t = {.q = q, .enq_rc = -1, .objects = -1};
+  ck_assert_int_eq(evx_sqlite_call(db, EVX_SQL_WRITE, sql_try_fn, sql_try_done, &t), EVX_OK);
+  evx_test_run_until_count(ts_loop, &t.done, 1, 10000);
+  ck_assert_int_eq(t.status, EVX_OK);
+  ck_assert_int_eq(t.enq_rc, EVX_EINVAL);
+  ck_assert_ptr_null(t.id);
+  ck_assert_int_eq(t.objects, 0);
+
+  evx_redis_stop(&ts_srv);
+  ts_run_for(100); /* the queue notices */
+  evx_future *f = ts_enqueue(q, "t", 2, NULL);
+  ck_assert_ptr_nonnull(f);
+  ck_assert(evx_future_is_done(f));
+  ck_assert_int_eq(evx_future_status(f), EVX_EIO);
+  evx_future_release(f);
+
+  ck_assert_int_eq(evx_redis_restart(&ts_srv), 0);
+  ts_run_for(300);
+  ck_assert_int_eq(atomic_load(&ts.seen[2]), 0); /* refused: not kept, not forwarded */
+  ck_assert_int_eq(xlen(STREAM), 0);
+  ts_shutdown_free(q, 1000);
+  evx_sqlite_close(db);
   ts_end();
 }
 END_TEST
@@ -321,6 +394,7 @@ static Suite *suite(void) {
   ts_suite_add(s);
   TCase *tc = evx_test_tcase(s, "redis", 60);
   tcase_add_test(tc, redis_down_enqueue_fails_fast);
+  tcase_add_test(tc, redis_opts_db_is_not_an_outbox);
   tcase_add_test(tc, redis_restart_loses_no_acked_task);
   tcase_add_test(tc, redis_malformed_entries);
   tcase_add_test(tc, redis_worker_processes);

@@ -859,7 +859,13 @@ static void r_free(void *state) {
 
 static int r_open(evx_tasks *q, const char *url, const evx_tasks_opts *opts, void **state,
                   char **errmsg) {
-  (void)opts;
+  /* There is no local outbox in front of Redis (docs/TASKS.md, "Redis
+   * down"): opts->db is ignored - never written, never read - and said so
+   * once here, so that nobody counts on enqueues surviving Redis being down.
+   * (Not refused: examples/notes passes its database whatever the URL.) */
+  if (opts->db)
+    fprintf(stderr, "evexec tasks redis: opts.db is ignored by the Redis backend (no local "
+                    "outbox): enqueues fail with EVX_EIO while Redis is down\n");
   evx__redis_addr a;
   int rc = evx__redis_parse_url(url, &a, errmsg);
   if (rc != EVX_OK) return rc;

@@ -108,8 +108,7 @@ typedef struct evx__tasks_backend {
    * one pipeline). */
   int (*enqueue)(void *state, evx__task_enq *e);
   /* Synchronous, on the caller's worker thread inside its transaction on
-   * `conn` (SQLite backend with opts->db, or the Redis backend's local
-   * outbox). *id_out receives the id (evx_strdup), *dedup 1 when the key
+   * `conn` (SQLite backend with opts->db). *id_out receives the id (evx_strdup), *dedup 1 when the key
    * was already used. EVX_EINVAL when conn is not the queue's database.
    * Thread-safe against the loop thread's ops. NULL if unsupported (then
    * evx_tasks_enqueue_sql answers EVX_EINVAL). The backend calls

@@ -19,7 +19,9 @@
  *                    adds a task inside the application's own transaction.
  *  - "redis://HOST:PORT/DB", "unix:/path/redis.sock?db=N"
  *                    Redis Streams with a consumer group: workers on other
- *                    machines run the handlers. See docs/TASKS.md.
+ *                    machines run the handlers. No local outbox: opts->db
+ *                    is ignored, and enqueue fails with EVX_EIO while Redis
+ *                    is down. See docs/TASKS.md.
  *
  * Delivery is at-least-once: a delivered task is leased for
  * opts->visibility_ms; a lease not completed in time (the process was killed,
@@ -98,9 +100,11 @@ typedef struct evx_tasks_opts {
   int synchronous;         /**< EVX_TASKS_SYNC_FULL (default) or EVX_TASKS_SYNC_NORMAL */
   /** SQLite backend: keep the tasks in this already open database (the
    *  application's), written on its writer thread; the URL's PATH must name
-   *  the same file. Redis backend: when set, a local outbox - enqueues (and
-   *  evx_tasks_enqueue_sql) go to this database first and are forwarded to
-   *  Redis, so they survive Redis being down. Borrowed: must outlive the queue. */
+   *  the same file. Borrowed: must outlive the queue. Redis backend:
+   *  ignored (evx_tasks_open logs one line to stderr saying so; the database
+   *  is never touched). There is no local outbox in front of Redis: an
+   *  enqueue while Redis is down fails with EVX_EIO, and
+   *  evx_tasks_enqueue_sql answers EVX_EINVAL (docs/TASKS.md, "Redis down"). */
   struct evx_sqlite *db;
 } evx_tasks_opts;
 
@@ -114,9 +118,9 @@ typedef struct evx_tasks_opts {
  * @return EVX_OK; EVX_EINVAL (NULL loop/url/out, unknown scheme, bad option,
  *         wrong thread); EVX_EIO (the backend could not be opened: *errmsg);
  *         EVX_ENOMEM. A Redis server that is down at open is not an error:
- *         the queue reconnects with backoff (enqueue answers EVX_EIO meanwhile,
- *         unless an outbox keeps the task). An option this version of
- *         evexec_tasks does not know, set non-zero, is EVX_EINVAL too.
+ *         the queue reconnects with backoff (enqueue answers EVX_EIO
+ *         meanwhile). An option this version of evexec_tasks does not know,
+ *         set non-zero, is EVX_EINVAL too.
  * A macro over evx_tasks_open_sized (see "Options structs and the ABI" in
  * common.h); source calling evx_tasks_open(loop, url, opts, out, errmsg) is
  * unchanged.
@@ -166,7 +170,7 @@ typedef struct evx_task_opts {
  *         with EVX_EINVAL (empty or oversized payload, bad name, a name no
  *         handler is registered for in role ALL), EVX_EBUSY (max_pending
  *         reached - answer 503), EVX_ECLOSED (shut down), EVX_EIO (the
- *         backend failed or Redis is unreachable with no outbox) or
+ *         backend failed, or Redis is unreachable) or
  *         EVX_ENOMEM; such failures are already settled when this returns.
  *         NULL only for a NULL queue, wrong thread or no memory for the future.
  *         A failed enqueue stored nothing.
@@ -175,15 +179,16 @@ EVX_API evx_future *evx_tasks_enqueue(evx_tasks *q, const char *name, const void
                                       size_t len, const evx_task_opts *opts);
 
 /**
- * Enqueue inside the application's own SQLite transaction: call it from an
- * evx_sqlite_call(db, EVX_SQL_WRITE, ...) function with that call's
- * connection, where db is the queue's opts->db; the task commits or rolls
- * back with the application's rows. Runs on that worker thread.
+ * Enqueue inside the application's own SQLite transaction (SQLite backend
+ * with opts->db only): call it from an evx_sqlite_call(db, EVX_SQL_WRITE, ...)
+ * function with that call's connection, where db is the queue's opts->db; the
+ * task commits or rolls back with the application's rows. Runs on that
+ * worker thread. A Redis queue has no opts->db and answers EVX_EINVAL.
  * @param id_out if not NULL, receives the task id (free with evx_free), or
  *        the first task's id when the idempotency key was already used.
  * @return EVX_OK; EVX_EINVAL (as evx_tasks_enqueue, or conn is not the
- *         queue's database); EVX_EBUSY (max_pending); EVX_EIO (SQLite error;
- *         the caller should roll back); EVX_ENOMEM.
+ *         queue's database, a Redis queue); EVX_EBUSY (max_pending);
+ *         EVX_EIO (SQLite error; the caller should roll back); EVX_ENOMEM.
  */
 EVX_API int evx_tasks_enqueue_sql(evx_tasks *q, struct sqlite3 *conn, const char *name,
                                   const void *payload, size_t len, const evx_task_opts *opts,
