@@ -25,14 +25,6 @@ evx_loop *evx__coro_loop(const evx__coro *co);
  * resumes it; callers loop on their own condition (wakes may be spurious). */
 void evx__coro_yield(evx__coro *co);
 
-/* Run fn(arg) on the stack of whoever resumed the running coroutine co (the
- * loop's own stack, or the coroutine that called evx_go), then continue in
- * co: for stack-hungry code (formatting, libevent's reply path) that would
- * touch cold lines of co's stack. fn must not suspend (it runs outside any
- * coroutine, so evx_await answers EVX_EINVAL); wakes of co from inside fn
- * are no-ops (co is running), interrupts stick as usual. */
-void evx__coro_call_outside(evx__coro *co, void (*fn)(void *), void *arg);
-
 /* Resume a suspended co: at once when `direct` and called from a loop
  * callback outside any coroutine (a future's callback, a timer, a job's
  * done), else later in this loop iteration. No-op unless co is suspended. */

@@ -97,8 +97,6 @@ struct evx__coro {
   int state;
   int err;         /* sticky interruption reason, 0 while none */
   int wake_queued; /* wake_node is on the loop's deferred list */
-  void (*hop_fn)(void *); /* evx__coro_call_outside: run by the resumer, then NULL */
-  void *hop_arg;
   evx__cbnode wake_node;
   evx__list link;         /* in cl->live until fn returned */
   struct evx__coro *next; /* in cl->pool */
@@ -316,35 +314,7 @@ static void evx__coro_resume(evx__coro *co) {
   __sanitizer_finish_switch_fiber(*fake, NULL, NULL);
 #endif
   evx__cur = prev;
-  /* co asked for a call on this stack (evx__coro_call_outside): make it, then
-   * switch back. co counts as running meanwhile, so a wake from inside the
-   * call is a no-op (it awaits nothing) and an interrupt just sets err. */
-  while (co->hop_fn) {
-    void (*fn)(void *) = co->hop_fn;
-    co->hop_fn = NULL;
-    co->state = EVX__CO_RUNNING;
-    fn(co->hop_arg);
-    evx__cur = co;
-#ifdef EVX__ASAN
-    __sanitizer_start_switch_fiber(fake, co->stack_lo, co->stack_size);
-#endif
-#ifdef EVX__TSAN
-    __tsan_switch_to_fiber(co->tsan_fiber, 0);
-#endif
-    evx__ctx_switch(from, &co->ctx);
-#ifdef EVX__ASAN
-    __sanitizer_finish_switch_fiber(*fake, NULL, NULL);
-#endif
-    evx__cur = prev;
-  }
   if (co->state == EVX__CO_DONE) evx__coro_reap(co);
-}
-
-void evx__coro_call_outside(evx__coro *co, void (*fn)(void *), void *arg) {
-  co->hop_fn = fn;
-  co->hop_arg = arg;
-  evx__coro_yield(co); /* evx__coro_resume runs fn and switches back */
-  co->state = EVX__CO_RUNNING;
 }
 
 /* Park the running coroutine until something resumes it. */
@@ -504,7 +474,6 @@ static int evx__coro_spawn(evx_loop *loop, size_t size, evx_coro_fn fn, void *ar
   co->f = evx_future_ref(f); /* NULL stays NULL */
   co->err = 0;
   co->wake_queued = 0;
-  co->hop_fn = NULL;
   co->next = NULL;
   co->wake_node = (evx__cbnode){.fn = evx__coro_wake_node, .arg = co, .owned = 1};
   if (f) evx__future_set_cancel_hook(f, evx__coro_cancel_hook, co);

@@ -19,18 +19,13 @@ typedef struct evx__coro_start {
   void *arg;
 } evx__coro_start;
 
-static void evx__coro_done_outside(void *r) { evx__request_coro_done(r); }
-
 static void *evx__coro_handler(void *p) {
   evx__coro_start st = *(evx__coro_start *)p; /* p lives only until the first await */
   evx_request *r = st.req;
-  evx__coro *co = evx__coro_current();
-  r->coro = co;
+  r->coro = evx__coro_current();
   r->coro_alive = 1;
   st.fn(r, st.arg);
-  /* The auto-finish sends the reply: on the resumer's (hot) stack, like
-   * evx_request_finish from a coroutine (http-request.c). */
-  evx__coro_call_outside(co, evx__coro_done_outside, r);
+  evx__request_coro_done(r);
   return NULL;
 }
 

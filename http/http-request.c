@@ -458,9 +458,8 @@ static int evx__send(evx_request *r, int status, const char *ctype, const void *
 
 static int evx__write(evx_request *r, const void *data, size_t len, int bounded);
 
-/* evx_request_finish after the hardened check (EVX__REQ_CHECK). */
-static int evx__finish(evx_request *r, int status, const char *ctype, const void *body,
-                       size_t len) {
+int evx_request_finish(evx_request *r, int status, const char *ctype, const void *body, size_t len) {
+  EVX__REQ_CHECK(r);
   if (!r || !evx__thread_ok(r) || r->finished) return EVX_EINVAL;
   if (r->state) return evx__finish_zombie(r);
   if (r->streaming) {
@@ -482,78 +481,32 @@ static int evx__finish(evx_request *r, int status, const char *ctype, const void
   return rc != EVX_OK ? rc : src;
 }
 
-/* evx_request_finishf after the hardened check. */
-static int evx__vfinishf(evx_request *r, int status, const char *ctype, const char *fmt,
-                         va_list *ap) {
-  if (!r) return EVX_EINVAL;
-  if (!fmt) return evx__finish(r, status, ctype, NULL, 1); /* bad arguments: 500 */
-  char small[512];
-  va_list again;
-  va_copy(again, *ap);
-  int n = vsnprintf(small, sizeof small, fmt, *ap);
-  if (n < 0 || (size_t)n < sizeof small) {
-    va_end(again);
-    return n < 0 ? evx__finish(r, status, ctype, NULL, 1) : evx__finish(r, status, ctype, small, (size_t)n);
-  }
-  char *big = evx_malloc((size_t)n + 1);
-  if (!big) {
-    va_end(again);
-    int rc = evx__finish(r, 500, NULL, NULL, 0);
-    return rc == EVX_OK ? EVX_ENOMEM : rc;
-  }
-  vsnprintf(big, (size_t)n + 1, fmt, again);
-  va_end(again);
-  int rc = evx__finish(r, status, ctype, big, (size_t)n);
-  evx_free(big);
-  return rc;
-}
-
-/* Finishing from a coroutine runs on the stack of whoever resumed it (the
- * loop's, usually: evx__coro_call_outside). Formatting the reply and
- * libevent's header code (printf-based) touch a few KB of stack: on the
- * loop's stack those lines are hot; on a coroutine's, which other requests'
- * coroutines pushed out of the cache since it last ran, each request paid
- * some fifty cache misses for them. */
-typedef struct evx__finish_call {
-  evx_request *r;
-  int status;
-  const char *ctype;
-  const void *body;
-  size_t len;
-  const char *fmt; /* finishf: body/len unused */
-  va_list *ap;
-  int rc;
-} evx__finish_call;
-
-static void evx__finish_outside(void *p) {
-  evx__finish_call *c = p;
-  c->rc = c->fmt ? evx__vfinishf(c->r, c->status, c->ctype, c->fmt, c->ap)
-                 : evx__finish(c->r, c->status, c->ctype, c->body, c->len);
-}
-
-int evx_request_finish(evx_request *r, int status, const char *ctype, const void *body, size_t len) {
-  EVX__REQ_CHECK(r);
-  evx__coro *co = evx__coro_current();
-  if (!co) return evx__finish(r, status, ctype, body, len);
-  evx__finish_call c = {.r = r, .status = status, .ctype = ctype, .body = body, .len = len};
-  evx__coro_call_outside(co, evx__finish_outside, &c);
-  return c.rc;
-}
-
 int evx_request_finish_str(evx_request *r, int status, const char *ctype, const char *body) {
   return evx_request_finish(r, status, ctype, body, body ? strlen(body) : 0);
 }
 
 int evx_request_finishf(evx_request *r, int status, const char *ctype, const char *fmt, ...) {
   EVX__REQ_CHECK(r);
+  if (!r) return EVX_EINVAL;
+  if (!fmt) return evx_request_finish(r, status, ctype, NULL, 1); /* bad arguments: 500 */
+  char small[512];
   va_list ap;
   va_start(ap, fmt);
-  evx__coro *co = evx__coro_current();
-  evx__finish_call c = {.r = r, .status = status, .ctype = ctype, .fmt = fmt, .ap = &ap};
-  if (co && fmt) evx__coro_call_outside(co, evx__finish_outside, &c);
-  else c.rc = evx__vfinishf(r, status, ctype, fmt, &ap);
+  int n = vsnprintf(small, sizeof small, fmt, ap);
   va_end(ap);
-  return c.rc;
+  if (n < 0) return evx_request_finish(r, status, ctype, NULL, 1);
+  if ((size_t)n < sizeof small) return evx_request_finish(r, status, ctype, small, (size_t)n);
+  char *big = evx_malloc((size_t)n + 1);
+  if (!big) {
+    int rc = evx_request_finish(r, 500, NULL, NULL, 0);
+    return rc == EVX_OK ? EVX_ENOMEM : rc;
+  }
+  va_start(ap, fmt);
+  vsnprintf(big, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  int rc = evx_request_finish(r, status, ctype, big, (size_t)n);
+  evx_free(big);
+  return rc;
 }
 
 int evx_request_reply_busy(evx_request *r, unsigned retry_after_s) {

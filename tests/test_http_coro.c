@@ -6,10 +6,6 @@
  * nothing is left behind. */
 #include "test_http_util.h"
 
-#include <stdint.h>
-
-#include "coro-internal.h"
-
 static tc_fixture F;
 static evx_executor *EX;
 static evx_gate gate;
@@ -239,65 +235,11 @@ START_TEST(test_client_leaves_at_each_await) {
 }
 END_TEST
 
-/* ---- evx__coro_call_outside (what finish and the auto-finish use) ------ */
-
-typedef struct outside {
-  evx__coro *co;
-  int calls, in_coro_inside, in_coro_after, rc_after;
-  uintptr_t inner, outer; /* a local of fn, a local of the coroutine */
-} outside;
-
-static void outside_fn(void *p) {
-  outside *o = p;
-  char here;
-  o->calls++;
-  o->in_coro_inside = evx_in_coro();
-  o->inner = (uintptr_t)&here;
-  evx__coro_wake(o->co, 1);                  /* co counts as running: a no-op */
-  evx__coro_interrupt(o->co, EVX_ECANCELED); /* sticks: its next await answers it */
-}
-
-static void *outside_body(void *p) {
-  outside *o = p;
-  char here;
-  o->outer = (uintptr_t)&here;
-  o->co = evx__coro_current();
-  evx__coro_call_outside(o->co, outside_fn, o);
-  o->in_coro_after = evx_in_coro();
-  o->rc_after = evx_sleep(0); /* at once: interrupted inside fn */
-  return NULL;
-}
-
-static uintptr_t dist(uintptr_t a, uintptr_t b) { return a > b ? a - b : b - a; }
-
-START_TEST(test_call_outside) {
-  evx_loop *loop = evx_loop_new(NULL);
-  ck_assert_ptr_nonnull(loop);
-  outside o = {0};
-  char here;
-  evx_future *f = evx_go(loop, outside_body, &o, NULL);
-  ck_assert_ptr_nonnull(f);
-  /* fn ran once, outside the coroutine, on this (the resumer's) stack - near
-   * this frame, not on the coroutine's mmap'd stack - and the coroutine then
-   * went on to its end without the loop running. */
-  ck_assert(evx_future_is_done(f));
-  ck_assert_int_eq(o.calls, 1);
-  ck_assert_int_eq(o.in_coro_inside, 0);
-  ck_assert_int_eq(o.in_coro_after, 1);
-  ck_assert_int_eq(o.rc_after, EVX_ECANCELED);
-  ck_assert_uint_lt(dist(o.inner, (uintptr_t)&here), 64 * 1024);
-  ck_assert_uint_gt(dist(o.outer, (uintptr_t)&here), 64 * 1024);
-  evx_future_release(f);
-  evx_test_free_loop(loop);
-}
-END_TEST
-
 Suite *http_coro_suite(void);
 Suite *http_coro_suite(void) {
   Suite *s = suite_create("http_coro");
   TCase *tc = evx_test_tcase(s, "http_coro", 30);
   tcase_add_test(tc, test_auto_finish);
-  tcase_add_test(tc, test_call_outside);
   tcase_add_loop_test(tc, test_client_leaves_at_each_await, AT_SLEEP, AT_N);
   return s;
 }

@@ -499,10 +499,6 @@ EVX_API int evx_request_write_str(evx_request *req, const char *s);
  *    A request timeout gives EVX_ETIMEDOUT and a freed server EVX_ECLOSED the
  *    same way.
  *  - A coroutine that cannot be started (no memory for its stack) gets 500.
- *  - Finishing from a coroutine (evx_request_finish*, the auto-finish)
- *    formats and queues the reply on the stack that resumed the coroutine -
- *    the loop's, whose lines are in the cache - and then continues in the
- *    coroutine; the access-log callback so runs outside the coroutine.
  * Coroutine stacks have the default size (EVX_CORO_STACK_DEFAULT).
  */
 EVX_API int evx_http_route_coro(evx_http *http, const char *method, const char *path, int flags,
