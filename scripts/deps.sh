@@ -3,8 +3,9 @@
 # Used by `make test` / `make demo` so a fresh machine needs nothing by hand.
 set -eu
 missing=""
+# "install ok installed", or "hold ok installed" for a package held at its version.
 for p in "$@"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q " ok installed$"; then
     missing="$missing $p"
   fi
 done

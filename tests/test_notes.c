@@ -436,6 +436,54 @@ START_TEST(test_overload_503_and_parallel_reads) {
 }
 END_TEST
 
+/* POST is a coroutine, but its write is never abandoned: two clients whose
+ * notes wait for the writer (one runs, blocked on an outside lock; one is
+ * queued) leave; their handlers' waits end, and both notes are stored once
+ * the lock goes. Were the write awaited like a read, the client leaving
+ * would dequeue the queued one. */
+START_TEST(test_post_client_leaves_note_kept) {
+  const char *extra[] = {"--no-mail", NULL};
+  nt_start(&S, extra);
+  sqlite3 *lock;
+  ck_assert_int_eq(sqlite3_open(S.db, &lock), SQLITE_OK);
+  ck_assert_int_eq(sqlite3_exec(lock, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+  static nt_resp ra, rb;
+  CURLM *m = curl_multi_init();
+  CURL *a = nt_easy(&S, "POST", "/notes", "{\"title\":\"left a\"}", &ra);
+  CURL *b = nt_easy(&S, "POST", "/notes", "{\"title\":\"left b\"}", &rb);
+  curl_multi_add_handle(m, a);
+  curl_multi_add_handle(m, b);
+  int running = 0;
+  uint64_t end = nt_now_ms() + 5000;
+  while ((nt_metric(&S, "evx_executor_running{executor=\"sqlite-write\"}") != 1 ||
+          nt_metric(&S, "evx_executor_queued{executor=\"sqlite-write\"}") != 1) &&
+         nt_now_ms() < end) {
+    curl_multi_perform(m, &running);
+    curl_multi_poll(m, NULL, 0, 5, NULL);
+  }
+  ck_assert_int_eq(nt_metric(&S, "evx_executor_running{executor=\"sqlite-write\"}"), 1);
+  ck_assert_int_eq(nt_metric(&S, "evx_executor_queued{executor=\"sqlite-write\"}"), 1);
+  curl_multi_remove_handle(m, a); /* the clients leave: their connections close */
+  curl_multi_remove_handle(m, b);
+  curl_easy_cleanup(a);
+  curl_easy_cleanup(b);
+  curl_multi_cleanup(m);
+  char gone[64];
+  snprintf(gone, sizeof gone, "evx_http_gone_total{port=\"%d\"}", S.port);
+  ck_assert_int_eq(nt_wait_metric(&S, gone, 2, 5000), 2);
+  ck_assert_int_eq(nt_metric(&S, "evx_executor_cancelled_total{executor=\"sqlite-write\"}"), 0);
+
+  ck_assert_int_eq(sqlite3_exec(lock, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(lock);
+  ck_assert_int_eq(nt_wait_metric(&S, "evx_executor_completed_total{executor=\"sqlite-write\"}",
+                                  2, 5000),
+                   2);
+  ck_assert_int_eq(nt_http(&S, "GET", "/notes", NULL, &R), 200);
+  ck_assert_int_eq(nt_count(R.body, "\"left "), 2);
+  stop_clean();
+}
+END_TEST
+
 START_TEST(test_metrics_and_flags) {
   nt_start(&S, NULL);
   ck_assert_int_eq(nt_http(&S, "POST", "/notes", "{\"title\":\"m\"}", &R), 201);
@@ -516,6 +564,7 @@ Suite *suite(void) {
   tcase_add_test(tc, test_mail_survives_sigkill);
   tcase_add_test(tc, test_sigterm_keeps_mail);
   tcase_add_test(tc, test_overload_503_and_parallel_reads);
+  tcase_add_test(tc, test_post_client_leaves_note_kept);
   tcase_add_test(tc, test_metrics_and_flags);
   suite_add_tcase(s, tc);
   return s;

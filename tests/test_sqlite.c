@@ -807,6 +807,220 @@ START_TEST(test_busy_timeout) {
 }
 END_TEST
 
+/* ---- one status: evx_sqlite_await, evx_sql_future_status, call_future ----- */
+
+#include <evexec/coro.h>
+
+static int future_done(void *arg) { return evx_future_is_done(arg); }
+
+/* Run fn as a coroutine of the test loop until it returned. */
+static void run_coro(evx_coro_fn fn, void *arg) {
+  evx_future *f = evx_go(loop, fn, arg, NULL);
+  ck_assert_ptr_nonnull(f);
+  evx_test_run_until(loop, future_done, f, 10000);
+  ck_assert_int_eq(evx_future_status(f), EVX_OK);
+  evx_future_release(f);
+}
+
+typedef struct await_ctx {
+  evx_sqlite *db, *quick; /* quick: busy_timeout 50 ms, one reader, queue of 4 */
+} await_ctx;
+
+/* One status per outcome, and the result (with SQLite's message) reachable
+ * whenever the query ran: success, a constraint, an SQL error, a locked
+ * database (EVX_ELOCKED) and a full queue (EVX_EBUSY, the query never ran)
+ * each come back as the single return value. */
+static void *await_body(void *arg) {
+  await_ctx *c = arg;
+  evx_sql_result *r = (evx_sql_result *)1;
+  evx_sql_value u = evx_sql_text("once");
+  ck_assert_int_eq(evx_sqlite_await(c->db, EVX_SQL_WRITE, "INSERT INTO t (u) VALUES (?)", &u, 1, &r),
+                   EVX_OK);
+  ck_assert_int_eq(r->status, EVX_OK);
+  ck_assert_int_eq(r->changes, 1);
+  evx_sql_result_free(r);
+
+  /* A UNIQUE violation is THE status, and its message is still there. */
+  ck_assert_int_eq(evx_sqlite_await(c->db, EVX_SQL_WRITE, "INSERT INTO t (u) VALUES (?)", &u, 1, &r),
+                   EVX_ECONSTRAINT);
+  ck_assert_ptr_nonnull(r);
+  ck_assert_int_eq(r->sqlite_code & 0xff, SQLITE_CONSTRAINT);
+  ck_assert_msg(strstr(r->errmsg, "UNIQUE") != NULL, "%s", r->errmsg);
+  evx_sql_result_free(r);
+
+  /* Without out: the result is freed, the status stays. */
+  ck_assert_int_eq(evx_sqlite_await(c->db, EVX_SQL_READ, "SELECT * FROM nope", NULL, 0, NULL),
+                   EVX_EIO);
+  ck_assert_int_eq(evx_sqlite_await(c->db, EVX_SQL_READ, "SELECT ?", NULL, 0, &r), EVX_EINVAL);
+  ck_assert_ptr_nonnull(r); /* it ran: SQLite's parameter count check */
+  evx_sql_result_free(r);
+  ck_assert_int_eq(evx_sqlite_await(NULL, EVX_SQL_READ, "SELECT 1", NULL, 0, &r), EVX_EINVAL);
+  ck_assert_ptr_null(r);
+
+  /* The database locked past busy_timeout: EVX_ELOCKED, SQLite's BUSY inside. */
+  ck_assert_int_eq(sqlite3_open(path, &outside), SQLITE_OK);
+  ck_assert_int_eq(sqlite3_exec(outside, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+  ck_assert_int_eq(evx_sqlite_await(c->quick, EVX_SQL_WRITE, "INSERT INTO t (i) VALUES (1)", NULL,
+                                    0, &r),
+                   EVX_ELOCKED);
+  ck_assert_int_eq(r->sqlite_code & 0xff, SQLITE_BUSY);
+  evx_sql_result_free(r);
+  ck_assert_int_eq(sqlite3_exec(outside, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(outside);
+
+  /* The queue full: EVX_EBUSY at once, nothing ran, no result. */
+  ck_assert_int_eq(evx_sqlite_call(c->quick, EVX_SQL_READ, park_reader, parked_done_cb, NULL),
+                   EVX_OK);
+  evx_gate_wait_entered(&rgate, 1);
+  for (int i = 0; i < 4; i++)
+    ck_assert_int_eq(evx_sqlite_query(c->quick, EVX_SQL_READ, "SELECT 1", NULL, 0, count_cb, NULL),
+                     EVX_OK);
+  r = (evx_sql_result *)1;
+  ck_assert_int_eq(evx_sqlite_await(c->quick, EVX_SQL_READ, "SELECT 1", NULL, 0, &r), EVX_EBUSY);
+  ck_assert_ptr_null(r);
+  evx_gate_open(&rgate, 1);
+  ck_assert_int_eq(evx_sqlite_await(c->db, EVX_SQL_READ, "SELECT count(*) FROM t WHERE u = 'once'",
+                                    NULL, 0, &r),
+                   EVX_OK);
+  ck_assert_int_eq(evx_sql_get_int(r, 0, 0), 1);
+  evx_sql_result_free(r);
+  return NULL;
+}
+
+START_TEST(test_await_one_status) {
+  await_ctx c = {.db = open_db(2, 0)};
+  evx_sqlite_opts o = {.readers = 1, .max_queue = 4, .busy_timeout_ms = 50, .schema = schema};
+  ck_assert_int_eq(evx_sqlite_open(loop, path, &o, &c.quick, NULL), EVX_OK);
+  evx_gate_init(&rgate);
+  parked_done = cancelled_cbs = ok_cbs = 0;
+  evx_sql_result *r = (evx_sql_result *)1;
+  /* Outside a coroutine: EVX_EINVAL at once, nothing queued. */
+  ck_assert_int_eq(evx_sqlite_await(c.db, EVX_SQL_READ, "SELECT 1", NULL, 0, &r), EVX_EINVAL);
+  ck_assert_ptr_null(r);
+  run_coro(await_body, &c);
+  ck_assert_int_eq(parked_done, 1);
+  ck_assert_int_eq(ok_cbs, 4);
+  evx_sqlite_close(c.quick);
+  evx_sqlite_close(c.db);
+  evx_gate_destroy(&rgate);
+}
+END_TEST
+
+/* The same statuses through the future form's evx_sql_future_status. */
+START_TEST(test_future_one_status) {
+  evx_sqlite *db = open_db(1, 0), *small = open_db(1, 1);
+  evx_gate_init(&rgate);
+  parked_done = cancelled_cbs = ok_cbs = 0;
+  ck_assert_int_eq(evx_sql_future_status(NULL), EVX_EINVAL);
+  evx_sql_value u = evx_sql_text("x");
+  evx_future *f[2];
+  for (int i = 0; i < 2; i++)
+    f[i] = evx_sqlite_query_future(db, EVX_SQL_WRITE, "INSERT INTO t (u) VALUES (?)", &u, 1);
+  ck_assert_int_eq(evx_sql_future_status(f[1]), EVX_PENDING);
+  evx_future *all = evx_future_all(loop, f, 2);
+  evx_test_run_until(loop, future_done, all, 10000);
+  evx_future_release(all);
+  ck_assert_int_eq(evx_sql_future_status(f[0]), EVX_OK);
+  ck_assert_int_eq(evx_sql_future_status(f[1]), EVX_ECONSTRAINT);
+  ck_assert_ptr_nonnull(strstr(((evx_sql_result *)evx_future_result(f[1]))->errmsg, "UNIQUE"));
+  evx_sql_result_free(evx_future_take(f[1]));
+  ck_assert_int_eq(evx_sql_future_status(f[1]), EVX_EINVAL); /* taken */
+  evx_future_release(f[0]);
+  evx_future_release(f[1]);
+
+  ck_assert_int_eq(evx_sqlite_call(small, EVX_SQL_READ, park_reader, parked_done_cb, NULL), EVX_OK);
+  evx_gate_wait_entered(&rgate, 1);
+  ck_assert_int_eq(evx_sqlite_query(small, EVX_SQL_READ, "SELECT 1", NULL, 0, count_cb, NULL),
+                   EVX_OK);
+  evx_future *busy = evx_sqlite_query_future(small, EVX_SQL_READ, "SELECT 1", NULL, 0);
+  ck_assert_int_eq(evx_sql_future_status(busy), EVX_EBUSY);
+  evx_future_release(busy);
+  evx_gate_open(&rgate, 1);
+  evx_sqlite_close(small);
+  evx_sqlite_close(db);
+  ck_assert_int_eq(ok_cbs, 1);
+  evx_gate_destroy(&rgate);
+}
+END_TEST
+
+/* evx_sqlite_call_future: fn's status is the future's; arg_free runs once
+ * on every path; awaited through evx_future_all, a cancelled awaiter does
+ * not stop the work. */
+static int arg_frees;
+static void count_arg_free(void *p) {
+  ck_assert_ptr_eq(p, &arg_frees);
+  arg_frees++;
+}
+static int conflicting_insert(struct sqlite3 *conn, void *arg) {
+  (void)arg;
+  int rc = sqlite3_exec(conn, "INSERT INTO t (u) VALUES ('c'); INSERT INTO t (u) VALUES ('c')",
+                        NULL, NULL, NULL);
+  return rc == SQLITE_OK ? EVX_OK : (rc & 0xff) == SQLITE_CONSTRAINT ? EVX_ECONSTRAINT : EVX_EIO;
+}
+static int park_writer(struct sqlite3 *conn, void *arg) {
+  (void)conn;
+  (void)arg;
+  evx_gate_park(&rgate);
+  return sqlite3_exec(conn, "INSERT INTO t (u) VALUES ('kept')", NULL, NULL, NULL) == SQLITE_OK
+             ? EVX_OK
+             : EVX_EIO;
+}
+static int hook_status = EVX_PENDING;
+static void hook_cb(evx_future *f, void *arg) {
+  (void)arg;
+  hook_status = evx_future_status(f);
+}
+static int hook_ran(void *arg) {
+  (void)arg;
+  return hook_status != EVX_PENDING;
+}
+
+START_TEST(test_call_future) {
+  evx_sqlite *db = open_db(1, 1);
+  evx_gate_init(&rgate);
+  arg_frees = 0;
+  hook_status = EVX_PENDING;
+  ck_assert_ptr_null(evx_sqlite_call_future(NULL, EVX_SQL_WRITE, conflicting_insert, NULL, NULL));
+  ck_assert_ptr_null(evx_sqlite_call_future(db, EVX_SQL_WRITE, NULL, &arg_frees, count_arg_free));
+  ck_assert_int_eq(arg_frees, 0);
+
+  evx_future *f = evx_sqlite_call_future(db, EVX_SQL_WRITE, conflicting_insert, &arg_frees,
+                                         count_arg_free);
+  evx_test_run_until(loop, future_done, f, 10000);
+  ck_assert_int_eq(evx_future_status(f), EVX_ECONSTRAINT);
+  ck_assert_int_eq(arg_frees, 1);
+  evx_future_release(f);
+
+  /* Shielded: the awaiter's future is cancelled, the write still runs, and
+   * a callback on the call's own future sees it succeed. */
+  f = evx_sqlite_call_future(db, EVX_SQL_WRITE, park_writer, &arg_frees, count_arg_free);
+  ck_assert_int_eq(evx_future_on_done(f, hook_cb, NULL), EVX_OK);
+  evx_gate_wait_entered(&rgate, 1);
+  evx_future *queued = evx_sqlite_call_future(db, EVX_SQL_WRITE, park_writer, &arg_frees,
+                                              count_arg_free);
+  evx_future *full = evx_sqlite_call_future(db, EVX_SQL_WRITE, park_writer, &arg_frees,
+                                            count_arg_free);
+  ck_assert_int_eq(evx_future_status(full), EVX_EBUSY); /* the queue holds one */
+  ck_assert_int_eq(arg_frees, 2);
+  evx_future_release(full);
+  ck_assert_int_eq(evx_future_cancel(queued), EVX_OK); /* not started: never runs */
+  evx_future_release(queued);
+  evx_future *shield = evx_future_all(loop, &f, 1);
+  ck_assert_int_eq(evx_future_cancel(shield), EVX_OK);
+  evx_future_release(shield);
+  evx_future_release(f);
+  evx_gate_open(&rgate, 1);
+  evx_test_run_until(loop, hook_ran, NULL, 10000);
+  ck_assert_int_eq(hook_status, EVX_OK);
+  evx_test_run_until_count(loop, &arg_frees, 4, 10000);
+  evx_sql_result *r = query(db, EVX_SQL_READ, "SELECT count(*) FROM t WHERE u = 'kept'", NULL, 0);
+  ck_assert_int_eq(evx_sql_get_int(r, 0, 0), 1);
+  evx_sql_result_free(r);
+  evx_sqlite_close(db);
+  evx_gate_destroy(&rgate);
+}
+END_TEST
+
 /* A handle left open at evx_loop_free is closed by it (the ownership rule:
  * newest first, so before its own executors): DRAIN, every write runs. Were
  * the executors freed first they would cancel the writes not started. */
@@ -841,6 +1055,9 @@ Suite *suite(void) {
   tcase_add_test(tc, test_busy_timeout);
   tcase_add_test(tc, test_query_job_cancel);
   tcase_add_test(tc, test_left_open_closed_by_loop_free);
+  tcase_add_test(tc, test_await_one_status);
+  tcase_add_test(tc, test_future_one_status);
+  tcase_add_test(tc, test_call_future);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -6,20 +6,20 @@
  *
  *   POST /notes                {"title": "...", "body": "..."} -> 201 + the note;
  *                              (the note and its mail task in one transaction);
- *                              after finish: wake long polls
+ *                              after the commit: wake long polls
  *   GET  /notes[?since=ID&limit=N]  notes with id > since, oldest first
  *   GET  /notes/{id}           one note, 404 when missing
  *   GET  /notes/wait?since=ID[&timeout=MS]  notes newer than ID as soon as
  *                              one exists; 204 after the timeout
  *   GET  /metrics              Prometheus text (evx_http_route_metrics + metrics.c)
  *
- * Styles: the reads and the long poll are coroutine handlers
- * (evx_http_route_coro): they await the query or the condition, and a client
- * that leaves makes that await return EVX_EGONE (a query not started is
- * cancelled). POST stays a callback handler with a small context
- * (notes_post) freed by the callback that finishes the request: a write is
- * never cancelled - the note and its mail are stored even if nobody reads
- * the reply.
+ * Every route is a coroutine handler (evx_http_route_coro): it reads top to
+ * bottom - validate, await the query (evx_sqlite_await: one status) or the
+ * condition, answer - and a client that leaves makes the await return
+ * EVX_EGONE: a read not started is cancelled, a running one interrupted,
+ * and there is nothing to answer. A write is never cancelled: POST awaits a
+ * future that is not linked to the transaction (notes_store), so the note
+ * and its mail are stored even if nobody reads the reply.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -148,36 +148,10 @@ static int utf8_chars(const char *s, size_t len) {
   return n;
 }
 
-/* ---- POST /notes --------------------------------------------------------------- */
+/* ---- POST /notes (a coroutine handler) ----------------------------------------- */
 
-/* The note is stored and its mail task enqueued in one transaction
- * (mailtask.c), so the mail is as durable as the note. */
-static void post_done(void *arg, int status) {
-  notes_post *p = arg;
-  notes_app *app = p->app;
-  evx_request *req = p->req;
-  if (status != EVX_OK) {
-    reply_db_error(req, status, p->errmsg[0] ? p->errmsg : NULL);
-    notes_post_free(p);
-    return;
-  }
-  char location[64];
-  snprintf(location, sizeof location, "/notes/%lld", (long long)p->id);
-  evx_request_set_header(req, "Location", location);
-  /* The response ends here (Tornado's finish); the work below still runs,
-   * whether or not the client is still there. */
-  reply_json(req, 201,
-             json_pack("{s:I, s:s%, s:s%, s:s%}", "id", (json_int_t)p->id, "title", p->title,
-                       p->title_len, "body", p->body, p->body_len, "created_at", p->created_at,
-                       p->created_len));
-  if (p->id > app->latest_id) app->latest_id = p->id;
-  if (app->new_note) evx_condition_notify_all(app->new_note);
-  notes_enqueue_mail_after(p);
-  notes_post_free(p);
-}
-
-static void on_post(evx_request *req, void *arg) {
-  notes_app *app = arg;
+/* The note from the request body, or NULL after answering 400 (or 500). */
+static notes_post *read_note(evx_request *req, notes_app *app) {
   size_t len;
   const char *body = evx_request_body(req, &len);
   json_error_t jerr;
@@ -187,7 +161,7 @@ static void on_post(evx_request *req, void *arg) {
     snprintf(msg, sizeof msg, "invalid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
              jerr.column);
     notes_reply_error(req, 400, msg);
-    return;
+    return NULL;
   }
   json_t *jt = json_object_get(doc, "title"), *jb = json_object_get(doc, "body");
   const char *problem = NULL;
@@ -199,55 +173,50 @@ static void on_post(evx_request *req, void *arg) {
   else if (jb && !json_is_string(jb)) problem = "\"body\" must be a string";
   else if (jb && json_string_length(jb) > BODY_MAX) problem = "\"body\" is longer than 64 KiB";
   /* (json_loadb without JSON_ALLOW_NUL already refuses \u0000.) */
-  if (problem) {
-    notes_reply_error(req, 400, problem);
-    json_decref(doc);
-    return;
-  }
-  notes_post *p = calloc(1, sizeof *p);
-  int rc = EVX_ENOMEM;
-  if (p) {
-    p->app = app;
-    p->req = req;
-    p->title_len = json_string_length(jt);
-    p->body_len = jb ? json_string_length(jb) : 0;
-    p->title = malloc(p->title_len + 1);
-    p->body = malloc(p->body_len + 1);
-    if (p->title && p->body) {
-      memcpy(p->title, json_string_value(jt), p->title_len + 1);
-      memcpy(p->body, jb ? json_string_value(jb) : "", p->body_len + 1);
-      rc = notes_insert_note(p, post_done);
-    }
-  }
+  notes_post *p = problem ? NULL
+                          : notes_post_new(app, json_string_value(jt), json_string_length(jt),
+                                           jb ? json_string_value(jb) : "",
+                                           jb ? json_string_length(jb) : 0);
   json_decref(doc);
-  if (rc != EVX_OK) {
-    notes_post_free(p);
-    reply_db_error(req, rc, NULL);
+  if (problem) notes_reply_error(req, 400, problem);
+  else if (!p) notes_reply_error(req, 500, "out of memory");
+  return p;
+}
+
+/* Store the note and its mail (one transaction: notes_store), then answer
+ * 201 + the note as stored. A full writer queue is 503 at once. The client
+ * leaving ends only the wait: the write is never abandoned. */
+static void on_post(evx_request *req, void *arg) {
+  notes_post *p = read_note(req, arg);
+  if (!p) return;
+  int st = notes_store(p);
+  if (st == EVX_OK) {
+    char location[64];
+    snprintf(location, sizeof location, "/notes/%lld", (long long)p->id);
+    evx_request_set_header(req, "Location", location);
+    reply_json(req, 201,
+               json_pack("{s:I, s:s%, s:s%, s:s%}", "id", (json_int_t)p->id, "title", p->title,
+                         p->title_len, "body", p->body, p->body_len, "created_at",
+                         p->created_at, p->created_len));
+  } else if (!evx_request_is_gone(req)) {
+    reply_db_error(req, st, p->errmsg[0] ? p->errmsg : NULL);
   }
+  notes_post_release(p);
 }
 
 /* ---- reads: GET /notes, GET /notes/{id} (coroutine handlers) ------------------- */
 
-/* Run a read on the reader pool and wait for it. Returns the query's future
- * (the caller borrows its result and releases the future), or NULL after
- * answering the error itself. The client leaving makes the await return
- * EVX_EGONE (a query that has not started is cancelled): nothing to send. */
-static evx_future *await_read(notes_app *app, evx_request *req, const char *sql,
-                              const evx_sql_value *p, size_t n) {
-  evx_future *f = evx_sqlite_query_future(app->db, EVX_SQL_READ, sql, p, n);
-  if (!f) {
-    notes_reply_error(req, 500, "out of memory");
-    return NULL;
-  }
-  int st = evx_await(f);
-  evx_sql_result *r = st == EVX_OK ? evx_future_result(f) : NULL;
-  if (st != EVX_EGONE && (!r || r->status != EVX_OK))
-    reply_db_error(req, r ? r->status : st, r ? r->errmsg : NULL);
-  if (!r || r->status != EVX_OK) {
-    evx_future_release(f);
-    return NULL;
-  }
-  return f;
+/* Run a read on the reader pool and wait for it: the result (the caller
+ * frees it), or NULL after answering the error. When the client left, the
+ * query was cancelled (or interrupted) and there is nothing to answer. */
+static evx_sql_result *await_read(notes_app *app, evx_request *req, const char *sql,
+                                  const evx_sql_value *p, size_t n) {
+  evx_sql_result *r;
+  int st = evx_sqlite_await(app->db, EVX_SQL_READ, sql, p, n, &r);
+  if (st == EVX_OK) return r;
+  if (!evx_request_is_gone(req)) reply_db_error(req, st, r ? r->errmsg : NULL);
+  evx_sql_result_free(r);
+  return NULL;
 }
 
 static int list_params(evx_request *req, long long *since, long long *limit) {
@@ -269,10 +238,10 @@ static void on_list(evx_request *req, void *arg) {
   long long since, limit;
   if (list_params(req, &since, &limit) != 0) return;
   evx_sql_value p[2] = {evx_sql_int(since), evx_sql_int(limit)};
-  evx_future *f = await_read(arg, req, SQL_LIST, p, 2);
-  if (!f) return;
-  reply_json(req, 200, notes_array(evx_future_result(f)));
-  evx_future_release(f);
+  evx_sql_result *r = await_read(arg, req, SQL_LIST, p, 2);
+  if (!r) return;
+  reply_json(req, 200, notes_array(r));
+  evx_sql_result_free(r);
 }
 
 static void on_get_one(evx_request *req, void *arg) {
@@ -282,9 +251,8 @@ static void on_get_one(evx_request *req, void *arg) {
     return;
   }
   evx_sql_value p = evx_sql_int(id);
-  evx_future *f = await_read(arg, req, SQL_ONE, &p, 1);
-  if (!f) return;
-  const evx_sql_result *r = evx_future_result(f);
+  evx_sql_result *r = await_read(arg, req, SQL_ONE, &p, 1);
+  if (!r) return;
   if (r->nrows == 0) {
     char msg[64];
     snprintf(msg, sizeof msg, "note %lld not found", (long long)id);
@@ -292,7 +260,7 @@ static void on_get_one(evx_request *req, void *arg) {
   } else {
     reply_json(req, 200, note_json(r, 0));
   }
-  evx_future_release(f);
+  evx_sql_result_free(r);
 }
 
 /* ---- GET /notes/wait (a coroutine handler) ---------------------------------------- */
@@ -344,17 +312,17 @@ static void on_wait(evx_request *req, void *arg) {
     }
   }
   evx_sql_value p[2] = {evx_sql_int(since), evx_sql_int(LIST_MAX)};
-  evx_future *f = await_read(app, req, SQL_LIST, p, 2);
-  if (!f) return;
-  reply_json(req, 200, notes_array(evx_future_result(f)));
-  evx_future_release(f);
+  evx_sql_result *r = await_read(app, req, SQL_LIST, p, 2);
+  if (!r) return;
+  reply_json(req, 200, notes_array(r));
+  evx_sql_result_free(r);
 }
 
 /* ---- routes ----------------------------------------------------------------------------- */
 
 int notes_routes(notes_app *app) {
   evx_http *h = app->http;
-  if (evx_http_route(h, "POST", "/notes", 0, on_post, app) ||
+  if (evx_http_route_coro(h, "POST", "/notes", 0, on_post, app) ||
       evx_http_route_coro(h, "GET", "/notes", 0, on_list, app) ||
       evx_http_route_coro(h, "GET", "/notes/wait", 0, on_wait, app) ||
       evx_http_route_coro(h, "GET", "/notes/{id}", 0, on_get_one, app) ||

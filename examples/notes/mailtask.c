@@ -1,7 +1,8 @@
-/* The "new note" mail as a durable task (ext/tasks).
+/* Storing a note (notes_store), and its "new note" mail as a durable task
+ * (ext/tasks).
  *
  * POST /notes inserts the note and enqueues its mail task in ONE SQLite
- * transaction on the writer thread (notes_insert_note): the note and its mail
+ * transaction on the writer thread (notes_store): the note and its mail
  * commit together or not at all, so a crash can lose neither half. The task
  * handler (note_mail_task, on the task queue's worker threads) makes one
  * delivery attempt with evx_mail_deliver_now; the queue keeps the mail across
@@ -15,11 +16,11 @@
  *
  * With a Redis task store (--tasks redis://...) the mail cannot join the
  * SQLite transaction: it is enqueued right after the commit
- * (notes_enqueue_mail_after), so a crash between the two loses that mail,
+ * (enqueue_mail_after), so a crash between the two loses that mail,
  * and a refused enqueue (Redis down) is logged and counted, never silent.
  * --role web enqueues only; --role worker runs only the mail handlers.
  *
- * Threads: notes_insert_note runs on the SQLite writer thread,
+ * Threads: insert_fn runs on the SQLite writer thread,
  * note_mail_task on a task worker; both read only what main.c set before the
  * loop ran (app->cfg, app->port, app->mailer, app->tasks) and touch the
  * atomic counters.
@@ -79,7 +80,7 @@ static void mail_enqueued(evx_future *f, void *arg) {
   evx_future_release(f);
 }
 
-void notes_enqueue_mail_after(notes_post *p) {
+static void enqueue_mail_after(notes_post *p) {
   notes_app *app = p->app;
   if (!app->tasks || app->tasks_in_tx) return;
   char key[64];
@@ -137,16 +138,63 @@ sqlerr:
   return sqlite3_errcode(conn) == SQLITE_BUSY ? EVX_ELOCKED : EVX_EIO;
 }
 
-int notes_insert_note(notes_post *p, evx_done_fn done) {
-  return evx_sqlite_call(p->app->db, EVX_SQL_WRITE, insert_fn, done, p);
+notes_post *notes_post_new(notes_app *app, const char *title, size_t title_len, const char *body,
+                           size_t body_len) {
+  notes_post *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  *p = (notes_post){.app = app, .title_len = title_len, .body_len = body_len, .refs = 1};
+  p->title = malloc(title_len + 1);
+  p->body = malloc(body_len + 1);
+  if (!p->title || !p->body) {
+    notes_post_release(p);
+    return NULL;
+  }
+  memcpy(p->title, title, title_len);
+  p->title[title_len] = '\0';
+  memcpy(p->body, body, body_len);
+  p->body[body_len] = '\0';
+  return p;
 }
 
-void notes_post_free(notes_post *p) {
-  if (!p) return;
+void notes_post_release(notes_post *p) {
+  if (!p || --p->refs > 0) return;
+  evx_future_release(p->stored);
   free(p->title);
   free(p->body);
   free(p->created_at);
   free(p);
+}
+
+/* Loop thread, once the note's transaction ended - whether or not its handler
+ * still waits: publish the note (wake the long polls), hand the mail to a task
+ * store outside this database, then settle the handler's wait. */
+static void note_stored(void *arg, int status) {
+  notes_post *p = arg;
+  notes_app *app = p->app;
+  if (status == EVX_OK) {
+    if (p->id > app->latest_id) app->latest_id = p->id;
+    if (app->new_note) evx_condition_notify_all(app->new_note);
+    enqueue_mail_after(p);
+    (void)evx_future_resolve(p->stored, NULL, NULL); /* EVX_EINVAL once the handler left */
+  } else {
+    (void)evx_future_fail(p->stored, status);
+  }
+  notes_post_release(p); /* the job's reference */
+}
+
+/* p->stored is a plain future: the interruption of this wait (EVX_EGONE:
+ * the client left) cancels the future only, never the write - note_stored
+ * still runs, and holds its reference to p until then. */
+int notes_store(notes_post *p) {
+  p->stored = evx_future_new(p->app->loop);
+  if (!p->stored) return EVX_ENOMEM;
+  p->refs++;
+  int st = evx_sqlite_call(p->app->db, EVX_SQL_WRITE, insert_fn, note_stored, p);
+  if (st != EVX_OK) {
+    p->refs--;
+    return st;
+  }
+  return evx_await(p->stored);
 }
 
 /* Task worker: one delivery attempt. */

@@ -4,8 +4,8 @@
  * handlers.c the routes: POST/GET /notes, GET /notes/{id}, GET /notes/wait
  * metrics.c  the application's own numbers for GET /metrics (evexec adds
  *            every executor's, the HTTP server's and the task queue's)
- * mailtask.c the "new note" mail as a durable task, enqueued in the note's
- *            own transaction (ext/tasks)
+ * mailtask.c storing a note: its transaction, with the "new note" mail as a
+ *            durable task enqueued inside it (ext/tasks), and the mail handler
  *
  * Everything in notes_app is touched on the loop thread only, except what
  * mailtask.c's worker-thread code reads (set before the loop runs) and the
@@ -82,22 +82,33 @@ void notes_mail_log(void *arg, int level, const char *line);
 /* Register the application's own numbers with the loop's /metrics. */
 int notes_metrics_init(notes_app *app);
 
-/* mailtask.c: one POST's note on its way through the writer thread. The
- * strings are malloc'd; insert replaces title/body with the stored text. */
+/* mailtask.c: one POST's note on its way through the writer thread, shared
+ * by the handler's coroutine and the transaction's job (refs counts them;
+ * loop thread only). The strings are malloc'd; the insert replaces
+ * title/body with the stored text. */
 typedef struct notes_post {
   notes_app *app;
-  evx_request *req;
   char *title, *body, *created_at;
   size_t title_len, body_len, created_len;
   int64_t id;
   char errmsg[256];
+  int refs;
+  evx_future *stored; /* notes_store: settled when the transaction ended; may be NULL */
 } notes_post;
-/* Insert the note and enqueue its mail in one transaction (writer thread);
- * done(p, status) on the loop thread. evx_sqlite_call's return codes. */
-int notes_insert_note(notes_post *p, evx_done_fn done);
-void notes_post_free(notes_post *p);
-/* After the commit, for a task store that is not the notes database. */
-void notes_enqueue_mail_after(notes_post *p);
+/* A note with copies of title and body, one reference; NULL when out of memory. */
+notes_post *notes_post_new(notes_app *app, const char *title, size_t title_len, const char *body,
+                           size_t body_len);
+/* Drop a reference; the last frees the note and releases p->stored. NULL accepted. */
+void notes_post_release(notes_post *p);
+/* Coroutine only. Insert the note and enqueue its mail in one transaction
+ * on the writer thread, then, on the loop thread and whether or not the
+ * caller still waits: publish it (latest_id, wake the long polls) and, for a
+ * task store that is not the notes database, enqueue the mail right after
+ * the commit. Returns the transaction's status (p->id, title, body and
+ * created_at are the stored note then, p->errmsg SQLite's message on
+ * EVX_EIO), EVX_EBUSY at once when the writer's queue is full, or the
+ * interruption reason (EVX_EGONE...) - which never cancels the write. */
+int notes_store(notes_post *p);
 /* Open the mail task queue (--tasks) and register the handler; main starts
  * it (evx_tasks_start) once the port is known. */
 int notes_tasks_open(notes_app *app, char **errmsg);

@@ -487,12 +487,14 @@ typedef struct sql_job {
   evx_sql_conn_fn fn;
   evx_done_fn done;
   int call_status;
+  evx_free_fn arg_free; /* evx_sqlite_call_future: arg's destructor, run with the job's */
 } sql_job;
 
 static void evx__sql_job_free(void *p) {
   sql_job *job = p;
   if (!job) return;
   evx_sql_result_free(job->res);
+  if (job->arg_free) job->arg_free(job->arg);
   evx_free(job);
 }
 
@@ -640,6 +642,36 @@ static void evx__sql_call_done(void *arg, int status) {
   sql_job *job = arg;
   if (job->done) job->done(job->arg, status == EVX_ECANCELED ? EVX_ECANCELED : job->call_status);
   evx__sql_job_free(job);
+}
+
+/* evx_sqlite_call_future's worker half: fn's status is the future's. */
+static int evx__sql_call_future_fn(void *arg, void **result) {
+  sql_job *job = arg;
+  *result = NULL;
+  int code = 0;
+  char *msg = NULL;
+  sql_conn *c = evx__sql_conn_get(job->db, job->mode, &code, &msg);
+  evx_free(msg);
+  return c ? job->fn(c->conn, job->arg) : EVX_EIO;
+}
+
+evx_future *evx_sqlite_call_future(evx_sqlite *db, evx_sql_mode mode, evx_sql_conn_fn fn,
+                                   void *arg, evx_free_fn arg_free) {
+  if (!db || !fn || (mode != EVX_SQL_READ && mode != EVX_SQL_WRITE)) return NULL;
+  if (!evx__loop_thread_ok(db->loop)) return NULL;
+  sql_job *job = evx_calloc(1, sizeof *job);
+  if (!job) return NULL;
+  *job = (sql_job){.db = db, .mode = mode, .fn = fn, .arg = arg, .arg_free = arg_free};
+  /* From here the job owns arg: evx_run_on_executor frees the job (and so
+   * arg) on submit failure; when it returns NULL it did not, and arg goes
+   * back to the caller untouched. */
+  evx_future *f = evx_run_on_executor(evx__sql_pool_for(db, mode), evx__sql_call_future_fn, job,
+                                      evx__sql_job_free, NULL);
+  if (!f) {
+    job->arg_free = NULL;
+    evx__sql_job_free(job);
+  }
+  return f;
 }
 
 int evx_sqlite_call(evx_sqlite *db, evx_sql_mode mode, evx_sql_conn_fn fn, evx_done_fn done,

@@ -198,7 +198,10 @@ EVX_API int evx_sqlite_query_job(evx_sqlite *db, evx_sql_mode mode, const char *
  * The same as a future. Loop thread only.
  * The future resolves with an evx_sql_result * (owned by the future, freed
  * with evx_sql_result_free; take it with evx_future_take) once the query
- * ran, even when SQLite reported an error - check res->status. It fails
+ * ran, even when SQLite reported an error - so the outcome is two statuses,
+ * the future's and res->status: evx_sql_future_status() folds them into one,
+ * and in a coroutine evx_sqlite_await() is this call, the await and that
+ * one status together. It fails
  * (EVX_EBUSY, EVX_ECLOSED, EVX_ENOMEM) when the query could not be queued
  * and with EVX_ECANCELED when it was cancelled before it ran (cancelling the
  * future cancels a query that has not started, and interrupts one that runs:
@@ -212,6 +215,58 @@ EVX_API int evx_sqlite_query_job(evx_sqlite *db, evx_sql_mode mode, const char *
  */
 EVX_API evx_future *evx_sqlite_query_future(evx_sqlite *db, evx_sql_mode mode, const char *sql,
                                             const evx_sql_value *params, size_t nparams);
+
+/**
+ * The one status of a query future (from evx_sqlite_query_future): what the
+ * query itself answered when it ran, else why it did not run.
+ * @return EVX_PENDING while it is not done; EVX_OK only when the query ran
+ *         and succeeded (the rows are in evx_future_result(f)); res->status
+ *         when it ran and failed (EVX_ECONSTRAINT, EVX_ELOCKED, EVX_EIO,
+ *         EVX_EINVAL, EVX_ENOMEM, EVX_ECANCELED when interrupted while it ran;
+ *         the message stays in evx_future_result(f)->errmsg); the future's
+ *         failure when it never ran (EVX_EBUSY: the queue was full -
+ *         distinct from EVX_ELOCKED, the database was locked; EVX_ECLOSED,
+ *         EVX_ENOMEM, EVX_ECANCELED); EVX_EINVAL for NULL or a resolved
+ *         future whose result was taken (read res->status then).
+ * Loop thread only (like every future call).
+ */
+EVX_API int evx_sql_future_status(const evx_future *f);
+
+/**
+ * Coroutine form of evx_sqlite_query_future: queue the statement, suspend
+ * the calling coroutine (coro.h) until it finished, and return ONE status -
+ * the same as evx_sql_future_status() would give:
+ *
+ *     evx_sql_result *r;
+ *     int st = evx_sqlite_await(db, EVX_SQL_WRITE, "INSERT ...", p, 2, &r);
+ *     if (st == EVX_ECONSTRAINT) answer 409 with r->errmsg;
+ *     else if (st == EVX_EBUSY || st == EVX_ELOCKED) answer 503;
+ *     else if (st == EVX_OK) use r->last_insert_rowid ...
+ *     evx_sql_result_free(r);
+ *
+ * Interruption follows evx_await: when the coroutine is cancelled, or the
+ * client of a coroutine HTTP handler leaves, the query is cancelled (not
+ * started: dequeued; running: interrupted within about a thousand SQLite VM
+ * steps) and the reason is returned (EVX_ECANCELED / EVX_EGONE /
+ * EVX_ECLOSED) with *out NULL. A write that must not be abandoned with its
+ * client should be awaited through a future nobody cancels (see
+ * evx_sqlite_call_future).
+ * @param out if not NULL, receives the result (owned by the caller, free it
+ *        with evx_sql_result_free) whenever the query ran - on success and
+ *        on the query's own errors, so r->errmsg and r->sqlite_code stay
+ *        reachable - and NULL when it did not run. With out NULL the result
+ *        is freed.
+ * @return EVX_OK only when the query ran and succeeded; the query's status
+ *         (EVX_ECONSTRAINT, EVX_ELOCKED, EVX_EIO, EVX_EINVAL for a parameter
+ *         count that does not match, ...) when it ran and failed; EVX_EBUSY
+ *         (the pool's queue is full), EVX_ECLOSED (the database is closing)
+ *         or EVX_ENOMEM at once when it could not be queued; the
+ *         interruption reason; EVX_EINVAL at once outside a coroutine or for
+ *         invalid arguments (NULL db/sql, nparams > 0 with NULL params, bad
+ *         mode), nothing queued.
+ */
+EVX_API int evx_sqlite_await(evx_sqlite *db, evx_sql_mode mode, const char *sql,
+                             const evx_sql_value *params, size_t nparams, evx_sql_result **out);
 
 /**
  * Escape hatch for work that needs several statements on one connection (a
@@ -228,6 +283,32 @@ struct sqlite3;
 typedef int (*evx_sql_conn_fn)(struct sqlite3 *conn, void *arg);
 EVX_API int evx_sqlite_call(evx_sqlite *db, evx_sql_mode mode, evx_sql_conn_fn fn,
                             evx_done_fn done, void *arg);
+
+/**
+ * evx_sqlite_call as a future with one status. Loop thread only.
+ * The future resolves (with a NULL result) when fn(conn, arg) returned
+ * EVX_OK, and fails with fn's negative return value otherwise (EVX_EIO for
+ * a positive one), so `evx_await(f)` in a coroutine is the whole outcome;
+ * it fails with EVX_EIO when the worker's connection could not be opened,
+ * and EVX_ECANCELED when it was cancelled before fn ran. Cancelling the future cancels fn when it has not
+ * started and interrupts the statements fn runs (they fail with
+ * SQLITE_INTERRUPT; fn should roll back and return) - the same as
+ * evx_sqlite_query_future.
+ * To await a write that must complete even when its awaiter goes (a POST
+ * whose client left), await `evx_future_all(loop, &f, 1)` instead of f:
+ * cancelling that one does not reach f, and evx_future_on_done(f, ...)
+ * callbacks registered before still run when fn finished.
+ * @param arg_free called with arg on the loop thread once no worker uses arg
+ *        any more (after fn returned, or fn will never run); may be NULL.
+ *        It runs when the future settles, possibly before the future's
+ *        on_done callbacks: what they read must not be freed by it.
+ * @return a future (one reference for the caller). When fn cannot be queued
+ *         the future has already failed (EVX_EBUSY, EVX_ECLOSED, EVX_ENOMEM)
+ *         and arg_free was called. NULL (arg_free not called) for NULL
+ *         db/fn, bad mode, wrong thread or out of memory.
+ */
+EVX_API evx_future *evx_sqlite_call_future(evx_sqlite *db, evx_sql_mode mode, evx_sql_conn_fn fn,
+                                           void *arg, evx_free_fn arg_free);
 
 /** The reader pool (borrowed; for metrics). NULL for NULL. */
 EVX_API evx_executor *evx_sqlite_readers(evx_sqlite *db);
