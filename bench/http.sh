@@ -30,7 +30,7 @@
 # before and after (above ~2, wrk, the loop and the two workers share the 2
 # vCPUs with others and no figure is worth much):
 #   coro_round i=1 cb_rps=A,D co_rps=B,C ratio=..
-#   http impl=evexec route=/co/work?ms=0 ... rps=..   (the median over the rounds)
+#   http impl=evexec route=/co/work?ms=0 ... rps=..   (the median of the coroutine runs)
 #   ratio http coro_vs_callback route=/work?ms=0 impl=evexec rps=<co_rps/cb_rps> paired=..
 #     best=.. rounds=.. run_s=.. cb_rps=<median> co_rps=<median> load1=<before>-<after>
 # One long run per route (the old method) swung 0.60-1.02x on this 2-vCPU VM
