@@ -133,8 +133,8 @@ EVX_API int evx_submit_job(evx_executor *ex, evx_work_fn work, evx_done_fn done,
  * @param work run once on a worker thread, as work(arg).
  * @param done run once on the loop thread afterwards, as done(arg, status)
  *        (see evx_done_fn); may be NULL.
- * @param arg passed to work and done; it must stay valid until done ran (or,
- *        without done, until work returned).
+ * @param arg passed to work and done; it must stay valid until done ran
+ *        (without done: for as long as work may still run).
  * @param timeout_ms how long to wait for a slot; 0 = try once (as
  *        evx_submit); EVX_WAIT_FOREVER = no deadline.
  * @return EVX_OK; EVX_ETIMEDOUT (still full at the deadline; done is never

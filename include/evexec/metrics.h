@@ -36,8 +36,8 @@ typedef struct evx_metrics evx_metrics;
  * @param help one line; may be NULL.
  * @param labels NULL, or `key="value",key2="value2"` with values escaped
  *        (see evx_metrics_escape).
- * @param value the sample's value (printed with %.17g: integers below 2^53
- *        exactly); a counter's never decreases.
+ * @param value the sample's value, printed with %.17g (integers below 2^53
+ *        exactly); for a counter, a running total that never goes down.
  * @return EVX_OK; EVX_EINVAL (NULL m/name, a bad name); EVX_ENOMEM.
  */
 EVX_API int evx_metrics_counter(evx_metrics *m, const char *name, const char *help,
