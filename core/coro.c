@@ -51,20 +51,7 @@
 #include "future-internal.h"
 #include "loop-internal.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define EVX__ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define EVX__ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_THREAD__)
-#define EVX__TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define EVX__TSAN 1
-#endif
-#endif
+#include "sanitize-internal.h"
 
 #ifdef EVX__ASAN
 #include <sanitizer/asan_interface.h>
@@ -73,11 +60,8 @@
 #ifdef EVX__TSAN
 #include <sanitizer/tsan_interface.h>
 #endif
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
+#ifdef EVX__VALGRIND
 #include <valgrind/valgrind.h>
-#define EVX__VALGRIND 1
-#endif
 #endif
 
 #define EVX__CORO_POOL_MAX 256
