@@ -75,6 +75,7 @@ fuzz-smoke:
 # The API reference from the public headers' comments (Doxygen): HTML in
 # $(BUILD)/docs/html, man pages in $(BUILD)/docs/man/man3 (installed by
 # make install once built). Reconfigures so CMake finds a new doxygen.
+# Any Doxygen warning fails it (WARN_AS_ERROR in cmake/Doxyfile.in).
 docs: build
 	@sh scripts/deps.sh $(DOCS_DEPS)
 	cmake -S . -B $(BUILD) >/dev/null

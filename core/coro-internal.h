@@ -8,6 +8,12 @@
 
 typedef struct evx__coro evx__coro;
 
+/* evx_go with the default stack, without a future: for a starter that never
+ * awaits or cancels the coroutine (an HTTP handler, which its request
+ * interrupts). EVX_OK; EVX_EINVAL (not the loop thread, the loop is being
+ * freed) or EVX_ENOMEM: fn never ran. */
+int evx__go_detached(evx_loop *loop, evx_coro_fn fn, void *arg);
+
 /* The coroutine running on this thread, or NULL outside coroutines. */
 evx__coro *evx__coro_current(void);
 

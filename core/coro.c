@@ -21,7 +21,9 @@
  *   await returns it at once from then on. The future being awaited is then
  *   cancelled (asyncio's rule), which dequeues jobs and removes waiters.
  * - Ownership: the coroutine holds one reference to its future and resolves
- *   it when fn returns; evx_go's caller gets another. The struct and stack of
+ *   it when fn returns; evx_go's caller gets another. A detached coroutine
+ *   (evx__go_detached: HTTP handlers) has no future at all, which saves a
+ *   future's allocation, resolve and free per request. The struct and stack of
  *   a finished coroutine go to its loop's pool (at most EVX__CORO_POOL_MAX of
  *   them), reused by the next evx_go with the same stack size; the pool is
  *   unmapped by evx_loop_free.
@@ -49,20 +51,7 @@
 #include "future-internal.h"
 #include "loop-internal.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define EVX__ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define EVX__ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_THREAD__)
-#define EVX__TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define EVX__TSAN 1
-#endif
-#endif
+#include "sanitize-internal.h"
 
 #ifdef EVX__ASAN
 #include <sanitizer/asan_interface.h>
@@ -71,11 +60,8 @@
 #ifdef EVX__TSAN
 #include <sanitizer/tsan_interface.h>
 #endif
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
+#ifdef EVX__VALGRIND
 #include <valgrind/valgrind.h>
-#define EVX__VALGRIND 1
-#endif
 #endif
 
 #define EVX__CORO_POOL_MAX 256
@@ -91,7 +77,7 @@ struct evx__coro {
   evx_coro_fn fn;
   void *arg;
   evx_free_fn result_free;
-  evx_future *f; /* the coroutine's reference to its own future */
+  evx_future *f; /* the coroutine's reference to its own future; NULL: detached */
   int state;
   int err;         /* sticky interruption reason, 0 while none */
   int wake_queued; /* wake_node is on the loop's deferred list */
@@ -337,9 +323,10 @@ static void evx__coro_entry(void *p) {
 #endif
   void *result = co->fn(co->arg);
   evx__list_remove(&co->link);
-  evx__future_set_cancel_hook(co->f, NULL, NULL);
-  if (evx_future_resolve(co->f, result, co->result_free) != EVX_OK && result && co->result_free)
-    co->result_free(result); /* the future was cancelled: nobody takes it */
+  if (co->f) evx__future_set_cancel_hook(co->f, NULL, NULL);
+  if ((!co->f || evx_future_resolve(co->f, result, co->result_free) != EVX_OK) && result &&
+      co->result_free)
+    co->result_free(result); /* detached, or the future was cancelled: nobody takes it */
   co->state = EVX__CO_DONE;
 #ifdef EVX__ASAN
   __sanitizer_start_switch_fiber(NULL, co->caller_bottom, co->caller_size); /* this stack ends */
@@ -406,6 +393,9 @@ static void evx__coro_cancel_hook(evx_future *f, void *ctx) {
 
 /* ---- public API --------------------------------------------------------- */
 
+static int evx__coro_spawn(evx_loop *loop, size_t size, evx_coro_fn fn, void *arg,
+                           evx_free_fn result_free, evx_future *f);
+
 evx_future *evx_go_sized(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_coro_opts *opts_in,
                          size_t opts_size) {
   if (!loop || !fn || !evx__loop_thread_ok(loop) || evx__loop_freeing(loop))
@@ -418,11 +408,30 @@ evx_future *evx_go_sized(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_co
   if (size < EVX_CORO_STACK_MIN) size = EVX_CORO_STACK_MIN;
   size_t page = evx__page_size();
   size = (size + page - 1) / page * page;
-  evx__coro_home *cl = evx__coro_loop_get(loop);
-  if (!cl) return evx__ctor_fail(EVX_ENOMEM);
   evx_future *f = evx_future_new(loop);
   if (!f) return NULL; /* evx_future_new said why */
+  int rc = evx__coro_spawn(loop, size, fn, arg, opts ? opts->result_free : NULL, f);
+  if (rc != EVX_OK) {
+    evx_future_release(f);
+    return evx__ctor_fail(rc);
+  }
+  return f;
+}
 
+int evx__go_detached(evx_loop *loop, evx_coro_fn fn, void *arg) {
+  if (!loop || !fn || !evx__loop_thread_ok(loop) || evx__loop_freeing(loop)) return EVX_EINVAL;
+  size_t page = evx__page_size();
+  return evx__coro_spawn(loop, (EVX_CORO_STACK_DEFAULT + page - 1) / page * page, fn, arg, NULL,
+                         NULL);
+}
+
+/* Start fn(arg) on a stack of `size` bytes (page-rounded) and run it until it
+ * first suspends or returns. f (NULL: detached) gets the coroutine's
+ * reference and its cancel hook. EVX_ENOMEM: fn never runs. */
+static int evx__coro_spawn(evx_loop *loop, size_t size, evx_coro_fn fn, void *arg,
+                           evx_free_fn result_free, evx_future *f) {
+  evx__coro_home *cl = evx__coro_loop_get(loop);
+  if (!cl) return EVX_ENOMEM;
   evx__coro *co = NULL;
   for (evx__coro **pp = &cl->pool; *pp; pp = &(*pp)->next) {
     if ((*pp)->stack_size == size) {
@@ -436,10 +445,7 @@ evx_future *evx_go_sized(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_co
     }
   }
   if (!co) co = evx__coro_alloc(size);
-  if (!co) {
-    evx_future_release(f);
-    return evx__ctor_fail(EVX_ENOMEM); /* the stack (mmap) or its record */
-  }
+  if (!co) return EVX_ENOMEM; /* the stack (mmap) or its record */
 #ifdef EVX__TSAN
   co->tsan_fiber = __tsan_create_fiber(0);
 #endif
@@ -448,17 +454,17 @@ evx_future *evx_go_sized(evx_loop *loop, evx_coro_fn fn, void *arg, const evx_co
   co->cl = cl;
   co->fn = fn;
   co->arg = arg;
-  co->result_free = opts ? opts->result_free : NULL;
-  co->f = evx_future_ref(f);
+  co->result_free = result_free;
+  co->f = evx_future_ref(f); /* NULL stays NULL */
   co->err = 0;
   co->wake_queued = 0;
   co->next = NULL;
   co->wake_node = (evx__cbnode){.fn = evx__coro_wake_node, .arg = co, .owned = 1};
-  evx__future_set_cancel_hook(f, evx__coro_cancel_hook, co);
+  if (f) evx__future_set_cancel_hook(f, evx__coro_cancel_hook, co);
   evx__ctx_make(&co->ctx, co->stack_lo, co->stack_size, evx__coro_entry, co);
   evx__list_insert_tail(&cl->live, &co->link);
   evx__coro_resume(co);
-  return f;
+  return EVX_OK;
 }
 
 /* The first layout of evx_coro_opts (what the plain evx_go reads). */

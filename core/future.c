@@ -29,21 +29,12 @@
 
 #include <string.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define EVX__ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define EVX__ASAN 1
-#endif
-#endif
+#include "sanitize-internal.h"
 #ifdef EVX__ASAN
 #include <sanitizer/asan_interface.h>
 #endif
-#if defined(__has_include)
-#if __has_include(<valgrind/memcheck.h>)
+#ifdef EVX__VALGRIND
 #include <valgrind/memcheck.h>
-#define EVX__VALGRIND 1
-#endif
 #endif
 
 #define EVX__FCACHE_MAX 64

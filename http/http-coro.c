@@ -32,12 +32,9 @@ static void *evx__coro_handler(void *p) {
 static void evx__coro_dispatch(evx_request *r, void *arg) {
   evx__route *rt = arg;
   evx__coro_start st = {.req = r, .fn = rt->coro_fn, .arg = rt->coro_arg};
-  evx_future *f = evx_go(r->http->loop, evx__coro_handler, &st, NULL);
-  if (!f) {
+  /* No future: nobody awaits or cancels a handler; its request interrupts it. */
+  if (evx__go_detached(r->http->loop, evx__coro_handler, &st) != EVX_OK)
     (void)evx_request_finish_str(r, 500, NULL, "out of memory\n");
-    return;
-  }
-  evx_future_release(f); /* the coroutine holds its own reference */
 }
 
 int evx_http_route_coro(evx_http *http, const char *method, const char *path, int flags,

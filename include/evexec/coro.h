@@ -72,7 +72,13 @@ typedef struct evx_coro_opts {
  * Start fn(arg) as a coroutine of `loop` and run it until it first suspends
  * or returns; then return. Loop thread only; may be called from a coroutine
  * (the new one runs first, then the caller continues).
- * @param opts options, copied; NULL for the defaults.
+ * A macro over evx_go_sized (see "Options structs and the ABI" in common.h);
+ * source calling evx_go(loop, fn, arg, opts) is unchanged.
+ * @param loop the loop whose thread runs the coroutine.
+ * @param fn the coroutine body, called as fn(arg) on its own stack.
+ * @param arg passed to fn; it must stay valid for as long as fn uses it.
+ * @param ... `opts`, the one argument after arg: options, copied; NULL for
+ *        the defaults.
  * @return a future (one reference for the caller) that resolves with fn's
  *         result when fn returns (already resolved if fn returned without
  *         suspending). Cancel it to interrupt the coroutine (see above);
@@ -81,8 +87,6 @@ typedef struct evx_coro_opts {
  *         stack_size > 256 MiB, an option this library does not know, the
  *         wrong thread or a loop being freed; EVX_ENOMEM when the stack or
  *         the future cannot be allocated.
- * A macro over evx_go_sized (see "Options structs and the ABI" in common.h);
- * source calling evx_go(loop, fn, arg, opts) is unchanged.
  */
 #define evx_go(loop, fn, arg, ...) \
   evx_go_sized((loop), (fn), (arg), __VA_ARGS__, sizeof(evx_coro_opts))

@@ -85,7 +85,10 @@ typedef struct evx_executor_opts {
  * Create an executor bound to `loop` and start its threads. Loop thread only.
  * A macro over evx_executor_new_sized (see "Options structs and the ABI" in
  * common.h); source calling evx_executor_new(loop, opts) is unchanged.
- * @param opts options, or NULL for the defaults; copied.
+ * @param loop the loop whose thread runs the `done` callbacks (borrowed;
+ *        must outlive the executor).
+ * @param ... `opts`, the one argument after loop: options, or NULL for the
+ *        defaults; copied.
  * @return the executor, owned by the caller (evx_executor_free; the loop frees
  *         any left at evx_loop_free), or NULL with evx_last_error() saying
  *         why: EVX_EINVAL (NULL loop, wrong thread, threads > 1024,
@@ -126,6 +129,12 @@ EVX_API int evx_submit_job(evx_executor *ex, evx_work_fn work, evx_done_fn done,
  * Waiting producers get slots oldest first. The same rules as evx_submit
  * otherwise: `done` runs on the loop thread, exactly once, only when this
  * returns EVX_OK. The executor must not be freed while a call waits.
+ * @param ex the executor.
+ * @param work run once on a worker thread, as work(arg).
+ * @param done run once on the loop thread afterwards, as done(arg, status)
+ *        (see evx_done_fn); may be NULL.
+ * @param arg passed to work and done; it must stay valid until done ran
+ *        (without done: for as long as work may still run).
  * @param timeout_ms how long to wait for a slot; 0 = try once (as
  *        evx_submit); EVX_WAIT_FOREVER = no deadline.
  * @return EVX_OK; EVX_ETIMEDOUT (still full at the deadline; done is never

@@ -98,9 +98,16 @@ typedef int (*evx_call_fn)(void *arg, void **result);
  * Tornado's run_on_executor: run fn(arg, &result) on a worker of `ex`, and
  * resolve the returned future with the result on the loop thread (or fail it
  * with fn's error code).
+ * @param ex the executor whose worker runs fn; the future belongs to ex's loop.
+ * @param fn the blocking call, run once on a worker thread (never when the
+ *        job is cancelled before it starts or cannot be submitted).
+ * @param arg passed to fn; it must stay valid while fn may run, which can
+ *        outlast a cancelled future - arg_free, when given, marks the end.
  * @param arg_free called on the loop thread once no worker uses `arg` any more
  *        (after fn returned, or when the job was cancelled); may be NULL.
- * @param result_free the result's destructor; may be NULL.
+ * @param result_free the result's destructor, given to the future with the
+ *        result (see evx_future_resolve); also frees a result that arrives
+ *        after the future was cancelled. May be NULL.
  * @return a future (one reference for the caller). When the job cannot be
  *         submitted, the future is already failed with the reason (EVX_EBUSY,
  *         EVX_ECLOSED, EVX_ENOMEM) and fn never runs; arg_free is then called
@@ -116,6 +123,9 @@ EVX_API evx_future *evx_run_on_executor(evx_executor *ex, evx_call_fn fn, void *
  * fails. It holds references to the inputs; the caller keeps its own. Cancelling
  * it does not cancel the inputs. n == 0 gives a future that is already resolved.
  * @param loop the loop every input belongs to.
+ * @param futures an array of n futures (borrowed: the array is read during
+ *        the call only); may be NULL when n is 0.
+ * @param n the number of futures.
  * @return a future (one reference), or NULL (NULL loop, NULL array with n > 0,
  *         a NULL element, a future of another loop, wrong thread, out of memory).
  */

@@ -146,7 +146,9 @@ typedef struct evx_http_opts {
  * SIGPIPE at its default action (terminate), this sets it to SIG_IGN.
  * A macro over evx_http_new_sized (see "Options structs and the ABI" in
  * common.h); source calling evx_http_new(loop, opts) is unchanged.
- * @param opts options or NULL for the defaults; copied.
+ * @param loop the loop the server runs on (borrowed; must outlive it).
+ * @param ... `opts`, the one argument after loop: options or NULL for the
+ *        defaults; copied.
  * @return the server, owned by the caller (evx_http_free; evx_loop_free
  *         frees one left open), or NULL with evx_last_error() saying why:
  *         EVX_EINVAL (NULL loop, wrong thread, a field this library does
@@ -159,6 +161,7 @@ EVX_API evx_http *(evx_http_new)(evx_loop *loop, const evx_http_opts *opts);
 
 /**
  * Listen on host:port. May be called more than once (several addresses).
+ * @param http the server.
  * @param host a numeric address or name ("127.0.0.1", "::1", "0.0.0.0");
  *        NULL means "0.0.0.0".
  * @param port the TCP port; 0 picks a free one (see evx_http_port).
@@ -193,9 +196,14 @@ typedef struct evx_route evx_route;
  * evx_request_param(req, "name"): "/users/{id}/posts" matches
  * "/users/42/posts" with id "42", not "/users//posts" nor "/users/4/2/posts".
  * Values are taken from the decoded path (so "%2F" counts as a '/').
+ * @param http the server.
  * @param method "GET", "POST", ... (copied; compared exactly), or NULL for any.
  * @param path starts with '/'; copied. At most 16 `{name}` segments.
  * @param flags 0 or EVX_ROUTE_PREFIX (not with `{name}` segments).
+ * @param fn the handler, called fn(req, arg) on the loop thread for each
+ *        request dispatched to this route.
+ * @param arg passed to fn; borrowed (never freed by the server), so it must
+ *        stay valid until evx_http_free.
  * @return EVX_OK; EVX_EINVAL (NULL http/path/fn, path not starting with '/',
  *         a malformed `{name}` segment, unknown flags, the same
  *         method+path+flags twice, wrong thread); EVX_ENOMEM.
@@ -217,6 +225,7 @@ EVX_API evx_route *evx_http_route_find(evx_http *http, const char *method, const
  * This route's request timeout, replacing the server's request_timeout_ms for
  * requests dispatched to it from now on (a 30 s long poll and a 2 s API call
  * on one server). Loop thread only.
+ * @param route the route (evx_http_route_find).
  * @param ms milliseconds; 0 goes back to the server's value;
  *        EVX_HTTP_NO_TIMEOUT: no timeout for this route.
  * @return EVX_OK or EVX_EINVAL (NULL route, wrong thread).
@@ -229,6 +238,7 @@ EVX_API int evx_route_set_timeout(evx_route *route, uint64_t ms);
  * on /wait cannot take /api down). Independently, the server's max_held
  * refuses only routes that hold at least one request at that moment, so a
  * route that answers inline is never refused by it. Loop thread only.
+ * @param route the route (evx_http_route_find).
  * @param max the limit; 0 or EVX_HTTP_UNLIMITED: none (the server's max_held only).
  * @return EVX_OK or EVX_EINVAL (NULL route, wrong thread).
  */
@@ -383,10 +393,12 @@ EVX_API int evx_request_set_header(evx_request *req, const char *name, const cha
 /**
  * Send the response and end the request. Exactly once per request; releases
  * it (see the lifetime rule at the top).
+ * @param req the request; released by this call whatever it returns.
  * @param status 200..599 (a final status; 1xx is refused).
  * @param content_type the Content-Type, or NULL for "text/plain; charset=utf-8"
  *        (no header when there is no body to describe and it is NULL).
  * @param body copied; may be NULL when len is 0.
+ * @param len the number of bytes of body.
  * @return EVX_OK (handed to the connection); EVX_EGONE (the client left),
  *         EVX_ETIMEDOUT (already answered 504), EVX_ECLOSED (the server was
  *         freed) - in these three cases nothing is sent and the request is

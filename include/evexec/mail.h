@@ -16,7 +16,7 @@
  *
  * Transports:
  *  - SMTP (opts.smtp_url "smtp://host:port", or "smtps://"): libcurl.
- *  - spool (no smtp_url): each message is written as <spool_dir>/<time>-<seq>.eml
+ *  - spool (no smtp_url): each message is written as `<spool_dir>/<time>-<seq>.eml`
  *    (written to a temporary name, then renamed, so a reader never sees half
  *    a file). Needs nothing running; used by the demo.
  *
@@ -56,6 +56,8 @@ typedef struct evx_mail_msg {
  * Build the RFC 5322 text of `msg`: Date, From, To, Subject, Message-ID,
  * MIME-Version and Content-* headers, CRLF line ends throughout, body
  * 8bit or quoted-printable (when a line exceeds 998 bytes). Any thread.
+ * @param msg the message (borrowed for the call); msg->from NULL gives
+ *        "evexec@localhost".
  * @param hostname domain of the Message-ID (NULL: "localhost").
  * @param out receives the text (NUL-terminated; evx_free it).
  * @param message_id if not NULL, receives the Message-ID with its <> (evx_free it).
@@ -109,6 +111,9 @@ typedef struct evx_mailer evx_mailer;
  * used (blocking, once, at start-up).
  * A macro over evx_mailer_new_sized (see "Options structs and the ABI" in
  * common.h); source calling evx_mailer_new(loop, opts) is unchanged.
+ * @param loop the loop the mailer belongs to (borrowed; must outlive it).
+ * @param ... `opts`, the one argument after loop: options or NULL for the
+ *        defaults; copied, strings included.
  * @return the mailer, owned by the caller (evx_mailer_free; evx_loop_free
  *         frees one left open), or NULL with evx_last_error() saying why:
  *         EVX_EINVAL (NULL loop, wrong thread, threads > 2, an option this
@@ -126,8 +131,12 @@ EVX_API evx_mailer *(evx_mailer_new)(evx_loop *loop, const evx_mailer_opts *opts
 /**
  * Queue a mail. Loop thread only. The message is formatted now (see
  * evx_mail_format); delivery happens on the mailer's threads.
+ * @param m the mailer.
+ * @param msg the message (borrowed for the call: it is formatted now);
+ *        msg->from NULL takes the mailer's default sender.
  * @param done final outcome, called exactly once on the loop thread - never
  *        inside this call - when this returns EVX_OK; may be NULL.
+ * @param arg passed to done; borrowed, so it must stay valid until done ran.
  * @param message_id if not NULL, receives the Message-ID (evx_free it).
  * A message refused as bad (EVX_EINVAL) or for lack of memory is also
  * logged at EVX_MAIL_ERROR through the mailer's log, one line per mail.
@@ -158,7 +167,12 @@ EVX_API int evx_mail_check(evx_mailer *m, const evx_mail_msg *msg);
  * must not block: EVX_EINVAL on the thread evx_loop_in_thread names).
  * Counted in the mailer's stats (attempts, sent, failed); not logged (the log is a
  * loop-thread callback): the reason goes to `err`, for the task to keep.
- * @param err if not NULL, receives the failure reason (NUL-terminated, cut to errlen).
+ * @param m the mailer whose transport, sender and hostname are used.
+ * @param msg the message (borrowed for the call); msg->from NULL takes the
+ *        mailer's default sender.
+ * @param err if not NULL, receives the failure reason (NUL-terminated, cut to
+ *        errlen); not written on success.
+ * @param errlen the size of err in bytes; 0: nothing is written.
  * @return EVX_OK (delivered or spooled); EVX_EIO (a failure worth retrying:
  *         connection, timeout, SMTP 4xx); EVX_EINVAL (bad message, SMTP 5xx:
  *         retrying will not help); EVX_ENOMEM.

@@ -31,10 +31,13 @@ typedef struct evx_metrics evx_metrics;
  * Add one sample to the family `name`. Samples of one family are printed
  * together under one `# HELP` / `# TYPE` pair, whoever added them and in
  * whatever order; the first call for a name fixes its type and help.
+ * @param m the text being built, as given to an evx_metrics_fn.
  * @param name a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*); counters end in _total.
  * @param help one line; may be NULL.
  * @param labels NULL, or `key="value",key2="value2"` with values escaped
  *        (see evx_metrics_escape).
+ * @param value the sample's value, printed with %.17g (integers below 2^53
+ *        exactly); for a counter, a running total that never goes down.
  * @return EVX_OK; EVX_EINVAL (NULL m/name, a bad name); EVX_ENOMEM.
  */
 EVX_API int evx_metrics_counter(evx_metrics *m, const char *name, const char *help,
@@ -83,6 +86,7 @@ EVX_API void evx_metrics_source_free(evx_metrics_source *src);
 /**
  * Render the metrics of everything bound to `loop` (executors, HTTP servers,
  * task queues, application sources, in the order they were created).
+ * @param loop the loop; loop thread only.
  * @param out receives the NUL-terminated text, owned by the caller (evx_free).
  * @param len may be NULL; receives strlen(*out).
  * @return EVX_OK; EVX_EINVAL (NULL loop/out, wrong thread); EVX_ENOMEM

@@ -133,18 +133,24 @@ typedef struct evx_sqlite_opts {
  * runs opts->schema, then starts the reader pool and the writer thread.
  * Blocking (it touches the file): call it at start-up, on the loop thread,
  * before serving.
+ * A macro over evx_sqlite_open_sized (see "Options structs and the ABI" in
+ * common.h); source calling evx_sqlite_open(loop, path, opts, out, errmsg)
+ * is unchanged.
+ * @param loop the loop whose thread gets the results (borrowed; must
+ *        outlive the database).
  * @param path file name (copied); ":memory:" is refused (the pools need a
  *        shared file).
- * @param out receives the handle, owned by the caller (evx_sqlite_close).
- * @param errmsg if not NULL, receives NULL or an error message to free with
- *        evx_free().
+ * @param ... the three arguments after path, `opts, out, errmsg`:
+ *        - `opts`: options, or NULL for the defaults; read during the call
+ *          only (schema and name included);
+ *        - `out`: receives the handle, owned by the caller
+ *          (evx_sqlite_close); NULL on failure;
+ *        - `errmsg`: if not NULL, receives NULL or an error message to free
+ *          with evx_free().
  * @return EVX_OK; EVX_EINVAL (NULL loop/path/out, ":memory:", wrong thread,
  *         readers > 256, an option this library does not know); EVX_EIO
  *         (SQLite could not open the file, set WAL or run the schema: see
  *         *errmsg); EVX_ENOMEM.
- * A macro over evx_sqlite_open_sized (see "Options structs and the ABI" in
- * common.h); source calling evx_sqlite_open(loop, path, opts, out, errmsg)
- * is unchanged.
  */
 #define evx_sqlite_open(loop, path, ...) \
   evx_sqlite_open_sized((loop), (path), __VA_ARGS__, sizeof(evx_sqlite_opts))
@@ -171,10 +177,19 @@ typedef void (*evx_sql_cb)(evx_sql_result *res, void *arg);
  * Parameters bind by position (?1, ?2, ... or named parameters in order of
  * appearance); `nparams` must equal the statement's parameter count.
  * Text and blob parameters are copied before this returns.
+ * @param db the database.
+ * @param mode EVX_SQL_READ (the reader pool) or EVX_SQL_WRITE (the writer
+ *        thread).
+ * @param sql one statement (copied).
+ * @param params nparams values bound by position (text and blob bytes
+ *        copied); may be NULL when nparams is 0.
+ * @param nparams the number of params; must equal the statement's
+ *        parameter count.
  * @param cb called exactly once on the loop thread when the call returned
  *        EVX_OK, with the result (res->status tells whether the query ran and
  *        succeeded; EVX_ECANCELED when the database closed before it ran).
  *        May be NULL (fire and forget; the result is freed).
+ * @param arg passed to cb; borrowed, so it must stay valid until cb ran.
  * @return EVX_OK; EVX_EINVAL (NULL db/sql, nparams > 0 with NULL params,
  *         bad mode); EVX_EBUSY (that pool's queue is full); EVX_ECLOSED (the
  *         database is closing); EVX_ENOMEM. On any error cb is never called.
@@ -251,6 +266,14 @@ EVX_API int evx_sql_future_status(const evx_future *f);
  * EVX_ECLOSED) with *out NULL. A write that must not be abandoned with its
  * client should be awaited through a future nobody cancels (see
  * evx_sqlite_call_future).
+ * @param db the database.
+ * @param mode EVX_SQL_READ (the reader pool) or EVX_SQL_WRITE (the writer
+ *        thread).
+ * @param sql one statement (copied).
+ * @param params nparams values bound by position (text and blob bytes
+ *        copied); may be NULL when nparams is 0.
+ * @param nparams the number of params; must equal the statement's
+ *        parameter count.
  * @param out if not NULL, receives the result (owned by the caller, free it
  *        with evx_sql_result_free) whenever the query ran - on success and
  *        on the query's own errors, so r->errmsg and r->sqlite_code stay
@@ -298,6 +321,12 @@ EVX_API int evx_sqlite_call(evx_sqlite *db, evx_sql_mode mode, evx_sql_conn_fn f
  * whose client left), await `evx_future_all(loop, &f, 1)` instead of f:
  * cancelling that one does not reach f, and evx_future_on_done(f, ...)
  * callbacks registered before still run when fn finished.
+ * @param db the database.
+ * @param mode EVX_SQL_READ (fn runs on a reader, whose connection is
+ *        query_only) or EVX_SQL_WRITE (the writer thread).
+ * @param fn run once on that worker as fn(conn, arg), unless cancelled first.
+ * @param arg passed to fn; it must stay valid while fn may run, which can
+ *        outlast a cancelled future - arg_free, when given, marks the end.
  * @param arg_free called with arg on the loop thread once no worker uses arg
  *        any more (after fn returned, or fn will never run); may be NULL.
  *        It runs when the future settles, possibly before the future's

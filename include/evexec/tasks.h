@@ -115,10 +115,17 @@ typedef struct evx_tasks_opts {
 /**
  * Open a queue on `url` for `loop`. Blocking (it may touch a file or connect):
  * call it at start-up, on the loop thread.
- * @param opts options or NULL for the defaults; copied.
- * @param out receives the queue, owned by the caller (evx_tasks_free).
- * @param errmsg if not NULL, receives NULL or a message saying why it failed,
- *        to free with evx_free().
+ * A macro over evx_tasks_open_sized (see "Options structs and the ABI" in
+ * common.h); source calling evx_tasks_open(loop, url, opts, out, errmsg) is
+ * unchanged.
+ * @param loop the loop the queue belongs to (borrowed; must outlive it).
+ * @param url the backend (see above: "sqlite:PATH", "redis://...",
+ *        "unix:..."); read during the call only.
+ * @param ... the three arguments after url, `opts, out, errmsg`:
+ *        - `opts`: options or NULL for the defaults; copied;
+ *        - `out`: receives the queue, owned by the caller (evx_tasks_free);
+ *        - `errmsg`: if not NULL, receives NULL or a message saying why it
+ *          failed, to free with evx_free().
  * @return EVX_OK; EVX_EINVAL (NULL loop/url/out, unknown scheme, bad option,
  *         wrong thread); EVX_EIO (the backend could not be opened: *errmsg);
  *         EVX_ENOMEM. A Redis server that is down at open is not an error:
@@ -126,9 +133,6 @@ typedef struct evx_tasks_opts {
  *         meanwhile, or goes to the outbox with opts->db). An option this
  *         version of evexec_tasks does not know, set non-zero, is EVX_EINVAL
  *         too.
- * A macro over evx_tasks_open_sized (see "Options structs and the ABI" in
- * common.h); source calling evx_tasks_open(loop, url, opts, out, errmsg) is
- * unchanged.
  */
 #define evx_tasks_open(loop, url, ...) \
   evx_tasks_open_sized((loop), (url), __VA_ARGS__, sizeof(evx_tasks_opts))
@@ -167,7 +171,11 @@ typedef struct evx_task_opts {
 
 /**
  * Enqueue a task. Loop thread only.
+ * @param q the queue.
+ * @param name the task's name (copied): 1..128 bytes of [A-Za-z0-9_.:-]; in
+ *        role ALL a handler must be registered for it.
  * @param payload copied before this returns; 1..opts.max_payload bytes.
+ * @param len the payload's length in bytes.
  * @param opts per-task options, or NULL.
  * @return a future (one reference for the caller) that resolves, once the
  *         task is durable, with its id: a NUL-terminated string owned by the
@@ -190,6 +198,14 @@ EVX_API evx_future *evx_tasks_enqueue(evx_tasks *q, const char *name, const void
  * connection, where db is the queue's opts->db; the task commits or rolls
  * back with the application's rows (on Redis: it is forwarded after the
  * commit). Runs on that worker thread. Without opts->db: EVX_EINVAL.
+ * @param q the queue.
+ * @param conn the connection evx_sqlite_call gave fn (the queue's opts->db
+ *        writer), inside the application's transaction.
+ * @param name the task's name (copied): 1..128 bytes of [A-Za-z0-9_.:-]; in
+ *        role ALL a handler must be registered for it.
+ * @param payload copied before this returns; 1..opts.max_payload bytes.
+ * @param len the payload's length in bytes.
+ * @param opts per-task options, or NULL.
  * @param id_out if not NULL, receives the task id (free with evx_free), or
  *        the first task's id when the idempotency key was already used.
  * @return EVX_OK; EVX_EINVAL (as evx_tasks_enqueue, or conn is not the
@@ -275,12 +291,25 @@ typedef struct evx_tasks_stats {
   uint64_t outbox;
 } evx_tasks_stats;
 
-/** Fill *out. Loop thread. @return EVX_OK or EVX_EINVAL.
- *  A macro over evx_tasks_stats_get_sized, which fills the first `out_size`
- *  bytes only: fields are only ever appended to evx_tasks_stats, so a
- *  program built against older headers gets the layout it knows. */
+/**
+ * Fill *out. Loop thread.
+ * A macro over evx_tasks_stats_get_sized, which fills the first `out_size`
+ * bytes only: fields are only ever appended to evx_tasks_stats, so a program
+ * built against older headers gets the layout it knows.
+ * @param q the queue.
+ * @param out receives the stats.
+ * @return EVX_OK or EVX_EINVAL.
+ */
 #define evx_tasks_stats_get(q, out) \
   evx_tasks_stats_get_sized((q), (out), sizeof(evx_tasks_stats))
+/**
+ * The function behind evx_tasks_stats_get.
+ * @param q the queue.
+ * @param out receives the stats.
+ * @param out_size sizeof(evx_tasks_stats) as the caller was compiled with;
+ *        at least the first layout (up to run_hist).
+ * @return EVX_OK or EVX_EINVAL.
+ */
 EVX_API int evx_tasks_stats_get_sized(evx_tasks *q, evx_tasks_stats *out, size_t out_size);
 /** The function behind the macro, for its address: fills the first layout
  *  (up to run_hist). */
