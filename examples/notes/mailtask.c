@@ -70,32 +70,6 @@ static int enqueue_mail(notes_post *p, sqlite3 *conn) {
   return rc;
 }
 
-static void mail_enqueued(evx_future *f, void *arg) {
-  notes_app *app = arg;
-  int st = evx_future_status(f);
-  if (st != EVX_OK) {
-    atomic_fetch_add(&app->mail_failed, 1);
-    fprintf(stderr, "evx_notes: a note's mail was not enqueued: %s\n", evx_strerror(st));
-  }
-  evx_future_release(f);
-}
-
-static void enqueue_mail_after(notes_post *p) {
-  notes_app *app = p->app;
-  if (!app->tasks || app->tasks_in_tx) return;
-  char key[64];
-  char *payload = mail_payload(p, key, sizeof key);
-  evx_task_opts to = {.key = key};
-  evx_future *f =
-      payload ? evx_tasks_enqueue(app->tasks, NOTE_MAIL_TASK, payload, strlen(payload), &to) : NULL;
-  free(payload);
-  if (!f || evx_future_on_done(f, mail_enqueued, app) != EVX_OK) {
-    atomic_fetch_add(&app->mail_failed, 1);
-    fprintf(stderr, "evx_notes: mail for note %lld not enqueued: out of memory\n", (long long)p->id);
-    evx_future_release(f);
-  }
-}
-
 /* Writer thread: BEGIN; INSERT ... RETURNING; enqueue the mail; COMMIT. */
 static int insert_fn(sqlite3 *conn, void *arg) {
   notes_post *p = arg;
@@ -120,7 +94,7 @@ static int insert_fn(sqlite3 *conn, void *arg) {
   if (sqlite3_step(st) != SQLITE_DONE) goto rollback;
   sqlite3_finalize(st);
   st = NULL;
-  if (p->app->tasks && p->app->tasks_in_tx) {
+  if (p->app->tasks) {
     rc = enqueue_mail(p, conn);
     if (rc != EVX_OK) goto rollback_rc;
   }
@@ -166,15 +140,14 @@ void notes_post_release(notes_post *p) {
 }
 
 /* Loop thread, once the note's transaction ended - whether or not its handler
- * still waits: publish the note (wake the long polls), hand the mail to a task
- * store outside this database, then settle the handler's wait. */
+ * still waits: publish the note (wake the long polls), then settle the
+ * handler's wait. */
 static void note_stored(void *arg, int status) {
   notes_post *p = arg;
   notes_app *app = p->app;
   if (status == EVX_OK) {
     if (p->id > app->latest_id) app->latest_id = p->id;
     if (app->new_note) evx_condition_notify_all(app->new_note);
-    enqueue_mail_after(p);
     (void)evx_future_resolve(p->stored, NULL, NULL); /* EVX_EINVAL once the handler left */
   } else {
     (void)evx_future_fail(p->stored, status);
@@ -276,7 +249,6 @@ int notes_tasks_open(notes_app *app, char **errmsg) {
             url, app->cfg.db_path);
     return EVX_EINVAL;
   }
-  app->tasks_in_tx = 1; /* SQLite: the same database; Redis: its outbox (.db below) */
   evx_tasks_opts o = {.queue = "notes-mail",
                       .role = app->cfg.role,
                       .workers = (unsigned)app->cfg.mail_threads,

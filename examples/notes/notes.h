@@ -67,7 +67,6 @@ typedef struct notes_app {
   uint64_t requests[NOTES_NMETHODS][600];
   evx_tasks *tasks;          /* the mail queue (mailtask.c); NULL: no mail */
   int port;                  /* the bound port, for the mail's link */
-  int tasks_in_tx;           /* the task store is the notes database: enqueue in the note's transaction */
   atomic_uint_fast64_t mail_sent, mail_failed, mail_retries; /* task outcomes */
   uint64_t started_ns;
 } notes_app;
@@ -101,10 +100,9 @@ notes_post *notes_post_new(notes_app *app, const char *title, size_t title_len, 
 /* Drop a reference; the last frees the note and releases p->stored. NULL accepted. */
 void notes_post_release(notes_post *p);
 /* Coroutine only. Insert the note and enqueue its mail in one transaction
- * on the writer thread, then, on the loop thread and whether or not the
- * caller still waits: publish it (latest_id, wake the long polls) and, for a
- * task store that is not the notes database, enqueue the mail right after
- * the commit. Returns the transaction's status (p->id, title, body and
+ * on the writer thread (a SQLite task store is the notes database; a Redis
+ * one has it as its outbox), then, on the loop thread and whether or not the
+ * caller still waits: publish it (latest_id, wake the long polls). Returns the transaction's status (p->id, title, body and
  * created_at are the stored note then, p->errmsg SQLite's message on
  * EVX_EIO), EVX_EBUSY at once when the writer's queue is full, or the
  * interruption reason (EVX_EGONE...) - which never cancels the write. */
