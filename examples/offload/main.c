@@ -1,4 +1,4 @@
-/* The README example: run a blocking call on the pool, get the result on the loop. */
+/* The README example: a coroutine runs a blocking call on the pool and reads its result on the loop. */
 #define _POSIX_C_SOURCE 200809L
 #include <evexec/evexec.h>
 #include <stdio.h>
@@ -11,17 +11,21 @@ static void slow_lookup(void *arg) { /* worker thread: may block */
   *(int *)arg = 42;
 }
 
-static void on_done(void *arg, int status) { /* loop thread */
-  printf("answer=%d status=%s\n", *(int *)arg, evx_strerror(status));
+static void *lookup(void *pool) { /* a coroutine on the loop thread */
+  int answer = 0;
+  int status = evx_await_job(pool, slow_lookup, &answer); /* suspends; the loop runs on */
+  printf("answer=%d status=%s\n", answer, evx_strerror(status));
   evx_loop_stop(loop);
+  return NULL;
 }
 
 int main(void) {
-  static int answer;
   loop = evx_loop_new(NULL);
   evx_executor *pool = evx_executor_new(loop, &(evx_executor_opts){.threads = 4});
-  if (!pool || evx_submit(pool, slow_lookup, on_done, &answer) != EVX_OK) return 1;
+  evx_future *done = pool ? evx_go(loop, lookup, pool, NULL) : NULL;
+  if (!done) return 1;
   evx_loop_run(loop);
+  evx_future_release(done);
   evx_executor_free(pool);
   evx_loop_free(loop);
   return 0;
