@@ -898,6 +898,10 @@ START_TEST(test_await_one_status) {
   ck_assert_int_eq(evx_sqlite_await(c.db, EVX_SQL_READ, "SELECT 1", NULL, 0, &r), EVX_EINVAL);
   ck_assert_ptr_null(r);
   run_coro(await_body, &c);
+  /* The parked reader and the four queries behind it are on c.quick; the
+   * coroutine's last await was on c.db and may end first. */
+  evx_test_run_until_count(loop, &parked_done, 1, 10000);
+  evx_test_run_until_count(loop, &ok_cbs, 4, 10000);
   ck_assert_int_eq(parked_done, 1);
   ck_assert_int_eq(ok_cbs, 4);
   evx_sqlite_close(c.quick);
